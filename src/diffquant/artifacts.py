@@ -1,0 +1,122 @@
+"""Cached artefacts shared by runs: the FP32 model, the feature classifier, FP32 reference samples.
+
+Each entry lives under `<cache_dir>/<kind>/<hash>/` where the hash covers everything that
+determines it, so a sweep over quantization settings trains the FP32 model once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffquant.cache import atomic_torch_save, config_hash, load_checkpoint
+from diffquant.config import Config
+from diffquant.data.datasets import DataSplit, iterate_batches
+from diffquant.diffusion.schedule import GaussianDiffusion
+from diffquant.errors import DiffquantError
+from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
+from diffquant.models import build_model
+from diffquant.tb import RunLogger
+from diffquant.training import TrainSettings, train_diffusion
+
+
+@dataclasses.dataclass
+class FP32Artifact:
+    """The FP32 (EMA) model, the key of its cache entry, and its training loss history."""
+
+    model: nn.Module
+    key: str
+    entry_dir: Path
+    cached: bool
+    losses: list[float]
+
+
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    """The architecture fields of the `model` group (name and checkpoint excluded)."""
+    fields = dataclasses.asdict(cfg.model)
+    for key in ("name", "arch", "checkpoint"):
+        fields.pop(key)
+    fields["channel_mults"] = tuple(fields["channel_mults"])
+    fields["attn_resolutions"] = tuple(fields["attn_resolutions"])
+    return fields
+
+
+def fp32_key(cfg: Config) -> str:
+    """Hash of everything that determines the trained FP32 weights."""
+    parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "dataset", "diffusion", "train")}
+    parts["model"].pop("checkpoint")
+    parts["model"].pop("name")
+    parts["seed"] = cfg.seed
+    return config_hash(parts)
+
+
+def file_key(path: str) -> str:
+    """Hash of a checkpoint file's bytes (the cache key of a user-given checkpoint)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger) -> FP32Artifact:
+    """Load `model.checkpoint`, or the cached FP32 model, or train it and cache it."""
+    log = logging.getLogger("diffquant")
+    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+    if cfg.model.checkpoint:
+        ckpt = load_checkpoint(cfg.model.checkpoint, "model.checkpoint")
+        key = "ckpt-" + file_key(cfg.model.checkpoint)
+        log.info("Using the FP32 checkpoint model.checkpoint=%s", cfg.model.checkpoint)
+        _load_state(model, ckpt, "model.checkpoint")
+        return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, ckpt.get("losses", []))
+    key = fp32_key(cfg)
+    entry = Path(cfg.paths.cache_dir) / "fp32" / key
+    path = entry / "model.pt"
+    if path.is_file():
+        ckpt = load_checkpoint(path, "paths.cache_dir")
+        _load_state(model, ckpt, "paths.cache_dir")
+        log.info("Reusing the cached FP32 model %s (no training)", path)
+        return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
+    log.info("Training the FP32 model for %d steps (cache entry %s)", cfg.train.steps, entry)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+    t = cfg.train
+    settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                             warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every)
+    batches = iterate_batches(data.train_images, t.batch_size, generator)
+    ema, losses = train_diffusion(model, diffusion, batches, settings, generator=generator,
+                                  log_scalar=logger.scalar, progress=cfg.progress)
+    atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
+                       "losses": losses, "key": key}, path)
+    return FP32Artifact(ema.eval(), key, entry, False, losses)
+
+
+def _load_state(model: nn.Module, ckpt: dict[str, Any], setting: str) -> None:
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[0]
+        raise DiffquantError(
+            f"{setting}: the checkpoint does not fit the configured model ({detail}); check the model group"
+        ) from None
+
+
+def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float, bool]:
+    """The feature classifier for fid_cls (cached per data set, steps and seed) and its held-out accuracy."""
+    log = logging.getLogger("diffquant")
+    key = config_hash({"dataset": dataclasses.asdict(cfg.dataset), "steps": cfg.eval.classifier_steps, "seed": cfg.seed})
+    path = Path(cfg.paths.cache_dir) / "classifier" / key / "model.pt"
+    if path.is_file():
+        ckpt = load_checkpoint(path, "paths.cache_dir")
+        model = DigitClassifier(**ckpt["model_config"])
+        model.load_state_dict(ckpt["state_dict"])
+        log.info("Reusing the cached feature classifier %s (no training)", path)
+        return model.eval(), float(ckpt["accuracy"]), True
+    log.info("Training the feature classifier for %d steps", cfg.eval.classifier_steps)
+    model = train_classifier(data.train_images, data.train_labels, num_classes=data.num_classes,
+                             steps=cfg.eval.classifier_steps, seed=cfg.seed, progress=cfg.progress)
+    acc = accuracy(model, data.test_images, data.test_labels)
+    atomic_torch_save({"state_dict": model.state_dict(), "model_config": model.config, "accuracy": acc}, path)
+    return model, acc, False

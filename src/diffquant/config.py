@@ -1,0 +1,222 @@
+"""Typed schemas behind every config group, registered in Hydra's ConfigStore; validation lives here.
+
+Types are checked by OmegaConf at compose time; ranges and choices are checked in `__post_init__`
+when `to_config` turns the composed DictConfig into these dataclasses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from diffquant.errors import DiffquantError
+from diffquant.quant.qconfig import QuantSpec
+
+
+def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """Raise a one-line error naming the key, the bad value and the allowed values."""
+    if value not in allowed:
+        raise DiffquantError(f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def check_range(key: str, value: float, low: float, high: float | None = None) -> None:
+    """Raise a one-line error if value is outside [low, high]."""
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise DiffquantError(f"{key}={value} is out of range; allowed: {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet_tiny"
+    arch: str = "unet"
+    base_channels: int = 32
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    attn_resolutions: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    groups: int = 8
+    checkpoint: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_choice("model.arch", self.arch, ("unet",))
+        check_range("model.base_channels", self.base_channels, 1)
+        if self.base_channels % self.groups:
+            raise DiffquantError(f"model.base_channels={self.base_channels} must be divisible by model.groups={self.groups}")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "digits"
+    root: Optional[str] = None
+    image_size: int = 16
+    channels: int = 1
+    download: bool = False
+    holdout_fraction: float = 0.2
+    max_train: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check_choice("dataset.name", self.name, ("digits", "mnist", "cifar10"))
+        check_range("dataset.image_size", self.image_size, 4, 256)
+        check_choice("dataset.channels", self.channels, (1, 3))
+        check_range("dataset.holdout_fraction", self.holdout_fraction, 0.01, 0.9)
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_choice("diffusion.schedule", self.schedule, ("linear", "cosine"))
+        check_range("diffusion.num_timesteps", self.num_timesteps, 2)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 50
+    ema_decay: float = 0.995
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        check_range("train.steps", self.steps, 1)
+        check_range("train.batch_size", self.batch_size, 1)
+        check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
+
+
+@dataclass
+class CalibConfig:
+    num_samples: int = 64
+    timesteps: int = 25
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        check_range("quant.calib.num_samples", self.num_samples, 1)
+        check_range("quant.calib.timesteps", self.timesteps, 1)
+
+
+@dataclass
+class QATConfig:
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 128
+    freeze_observer_step: int = 100
+
+    def __post_init__(self) -> None:
+        check_range("quant.qat.steps", self.steps, 1)
+
+
+@dataclass
+class QuantConfig:
+    method: str = "fp32"
+    weight_bits: int = 8
+    act_bits: int = 8
+    granularity: str = "per_channel"
+    symmetric: bool = False
+    observer: str = "histogram"
+    skip: list[str] = field(default_factory=list)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
+        self.spec(reduce_range=True)  # QuantSpec validates bits, granularity and observer
+
+    def spec(self, reduce_range: bool) -> QuantSpec:
+        """The qconfig-level description of this group, with the backend's activation range."""
+        return QuantSpec(weight_bits=self.weight_bits, act_bits=self.act_bits, granularity=self.granularity,
+                         symmetric=self.symmetric, observer=self.observer, reduce_range=reduce_range)
+
+
+@dataclass
+class BackendConfig:
+    engine: str = "fbgemm"
+    reduce_range: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86"))
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("sampler.name", self.name, ("ddim", "ddpm"))
+        check_range("sampler.steps", self.steps, 1)
+        check_range("sampler.eta", self.eta, 0.0, 1.0)
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 512
+    batch_size: int = 256
+    seed: int = 1234
+    eps_timesteps: int = 20
+    eps_num_images: int = 128
+    classifier_steps: int = 400
+    grid_images: int = 64
+
+    def __post_init__(self) -> None:
+        check_range("eval.num_samples", self.num_samples, 2)
+        check_range("eval.eps_timesteps", self.eps_timesteps, 1)
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = True
+    histograms: bool = True
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "outputs/cache"
+    output_dir: str = "outputs/runs/manual"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore as `config_schema` (conf/config.yaml lists it first)."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Resolve and validate a composed config into typed dataclasses (range errors become DiffquantError)."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, DiffquantError) else None
+        if cause is not None:
+            raise cause from None
+        raise DiffquantError(str(exc).splitlines()[0]) from None
+    if isinstance(obj, dict):  # composed without the schema (e.g. a bare OmegaConf.create)
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+    assert isinstance(obj, Config)
+    return obj

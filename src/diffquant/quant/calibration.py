@@ -1,0 +1,56 @@
+"""Timestep-aware calibration data: (x_t, t) pairs from the FP32 model's own sampling trajectory.
+
+Calibrating a denoiser on clean images is wrong: its inputs are noisy x_t whose statistics change
+with t (Q-Diffusion, PTQ4DM). We run the FP32 sampler and keep the inputs it feeds the model.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class CalibrationData:
+    """Model inputs captured along sampling trajectories: x [N, C, H, W] and integer t [N]."""
+
+    x: Tensor
+    t: Tensor
+
+    def batches(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+        """Consecutive (x, t) batches covering the whole set."""
+        return [(self.x[i : i + batch_size], self.t[i : i + batch_size]) for i in range(0, len(self.t), batch_size)]
+
+
+def pick_indices(num_steps: int, keep: int) -> set[int]:
+    """`keep` step indices spread evenly over a trajectory of `num_steps` model evaluations."""
+    keep = max(1, min(keep, num_steps))
+    return {round(i * (num_steps - 1) / max(keep - 1, 1)) for i in range(keep)}
+
+
+def collect_trajectory(
+    sample: Callable[..., Tensor], num_steps: int, keep_timesteps: int, noise: Tensor
+) -> CalibrationData:
+    """Run `sample(noise=..., callback=...)` and keep x_t at `keep_timesteps` evenly spread steps."""
+    keep = pick_indices(num_steps, keep_timesteps)
+    xs: list[Tensor] = []
+    ts: list[Tensor] = []
+
+    def capture(step: int, t: int, x: Tensor) -> None:
+        if step in keep:
+            xs.append(x.detach().clone())
+            ts.append(torch.full((x.shape[0],), t, dtype=torch.long))
+
+    sample(noise=noise, callback=capture)
+    return CalibrationData(torch.cat(xs), torch.cat(ts))
+
+
+@torch.no_grad()
+def run_calibration(model: nn.Module, data: CalibrationData, batch_size: int, progress: bool = False) -> None:
+    """Feed every calibration pair through the model so its observers record activation ranges."""
+    model.eval()
+    for x, t in tqdm(data.batches(batch_size), desc="calibrate", disable=not progress, leave=False):
+        model(x, t)

@@ -1,0 +1,76 @@
+"""Build torch.ao QConfigs from bit widths, granularity and observer names (fake-quant based)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.ao.quantization import FakeQuantize, QConfig
+from torch.ao.quantization import observer as obs
+
+from diffquant.errors import DiffquantError
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What to quantize and how: the part of the `quant` / `backend` groups a qconfig needs."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    granularity: str = "per_channel"  # per_channel | per_tensor
+    symmetric: bool = False
+    observer: str = "histogram"  # minmax | moving_average | histogram
+    reduce_range: bool = True  # 7-bit activations at 8 bits (fbgemm / x86 without VNNI overflow guard)
+
+    def __post_init__(self) -> None:
+        for key, bits in (("quant.weight_bits", self.weight_bits), ("quant.act_bits", self.act_bits)):
+            if not 2 <= bits <= 8:
+                raise DiffquantError(f"{key}={bits} is out of range; allowed: integers 2..8")
+        if self.granularity not in ("per_channel", "per_tensor"):
+            raise DiffquantError(f"quant.granularity={self.granularity!r} is not known; allowed: per_channel, per_tensor")
+        if self.observer not in observer_classes():
+            raise DiffquantError(f"quant.observer={self.observer!r} is not known; allowed: {', '.join(observer_classes())}")
+
+    @property
+    def is_int8(self) -> bool:
+        """True when the converted model can run real int8 kernels (8-bit weights and activations)."""
+        return self.weight_bits == 8 and self.act_bits == 8
+
+    def act_range(self) -> tuple[int, int]:
+        """(quant_min, quant_max) of the unsigned activation grid."""
+        if self.act_bits == 8 and self.reduce_range:
+            return 0, 127
+        return 0, 2**self.act_bits - 1
+
+    def weight_range(self) -> tuple[int, int]:
+        """(quant_min, quant_max) of the signed weight grid."""
+        return -(2 ** (self.weight_bits - 1)), 2 ** (self.weight_bits - 1) - 1
+
+
+def observer_classes() -> dict[str, type[obs.ObserverBase]]:
+    """Activation observers selectable with `quant.observer`."""
+    return {
+        "minmax": obs.MinMaxObserver,
+        "moving_average": obs.MovingAverageMinMaxObserver,
+        "histogram": obs.HistogramObserver,
+    }
+
+
+def make_qconfig(spec: QuantSpec) -> QConfig:
+    """A QConfig of FakeQuantize modules: usable by prepare_qat, by calibration, and by convert to int8."""
+    qmin, qmax = spec.act_range()
+    activation = FakeQuantize.with_args(
+        observer=observer_classes()[spec.observer], quant_min=qmin, quant_max=qmax,
+        dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False,
+    )
+    wmin, wmax = spec.weight_range()
+    if spec.granularity == "per_channel":
+        qscheme = torch.per_channel_symmetric if spec.symmetric else torch.per_channel_affine
+        weight_observer: type[obs.ObserverBase] = obs.PerChannelMinMaxObserver
+        extra = {"ch_axis": 0}
+    else:
+        qscheme = torch.per_tensor_symmetric if spec.symmetric else torch.per_tensor_affine
+        weight_observer, extra = obs.MinMaxObserver, {}
+    weight = FakeQuantize.with_args(
+        observer=weight_observer, quant_min=wmin, quant_max=wmax, dtype=torch.qint8, qscheme=qscheme, **extra
+    )
+    return QConfig(activation=activation, weight=weight)

@@ -1,0 +1,67 @@
+"""Run artefacts a person looks at: the comparison grid PNG and results.json."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from diffquant.cache import atomic_write_json  # noqa: E402
+from diffquant.tb import to_grid  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Save a matplotlib figure atomically (temporary file, then rename) and close it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def save_comparison_grid(panels: dict[str, Tensor], path: Path, nrow: int = 8) -> None:
+    """One PNG with titled panels side by side (e.g. real | FP32 | quantized from the same noise)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, images) in zip(axes[0], panels.items()):
+        grid = to_grid(images, nrow).permute(1, 2, 0).numpy()
+        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    save_figure(fig, path)
+
+
+def save_eps_plot(per_t: dict[int, float], path: Path, label: str) -> None:
+    """Relative noise-prediction error against the timestep (where quantization hurts)."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(list(per_t), list(per_t.values()), marker="o", label=label)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("‖ε_q − ε_fp32‖ / ‖ε_fp32‖")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers."""
+    import hydra
+    import torchvision
+
+    import diffquant
+
+    return {"diffquant": diffquant.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "hydra": hydra.__version__, "python": platform.python_version(),
+            "quantized_engine": torch.backends.quantized.engine}
+
+
+def write_results(path: Path, header: dict[str, Any], metrics: dict[str, float | None], extra: dict[str, Any]) -> dict[str, Any]:
+    """results.json: method, bits, backend, execution, metrics, versions (written atomically)."""
+    results = {**header, "metrics": metrics, **extra, "versions": versions()}
+    atomic_write_json(results, path)
+    return results
