@@ -12,21 +12,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffquant.errors import DiffquantError
+from diffquant.errors import DiffquantError, check_choice, check_range
 from diffquant.quant.qconfig import QuantSpec
-
-
-def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    """Raise a one-line error naming the key, the bad value and the allowed values."""
-    if value not in allowed:
-        raise DiffquantError(f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
-
-
-def check_range(key: str, value: float, low: float, high: float | None = None) -> None:
-    """Raise a one-line error if value is outside [low, high]."""
-    if value < low or (high is not None and value > high):
-        allowed = f"{low}..{high}" if high is not None else f">= {low}"
-        raise DiffquantError(f"{key}={value} is out of range; allowed: {allowed}")
 
 
 @dataclass
@@ -141,7 +128,7 @@ class QuantConfig:
 @dataclass
 class BackendConfig:
     engine: str = "fbgemm"
-    reduce_range: bool = True
+    reduce_range: Optional[bool] = None  # null: 8-bit activations where the engine's int8 accumulation is exact
 
     def __post_init__(self) -> None:
         check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86"))

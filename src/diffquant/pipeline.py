@@ -20,7 +20,7 @@ from diffquant.diffusion.samplers import get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.evaluation import EpsProbe, eps_errors, sample_batched, sample_metrics, time_first_batch
 from diffquant.quant.calibration import collect_trajectory
-from diffquant.quant.engine import set_engine
+from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import QuantContext, make_strategy
 from diffquant.report import save_comparison_grid, save_eps_plot, write_results
@@ -34,8 +34,9 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     q = cfg.quant
-    spec = q.spec(reduce_range=cfg.backend.reduce_range)
     set_engine(cfg.backend.engine)  # inside every job: sweep workers are reused
+    reduce_range = resolve_reduce_range(cfg.backend.engine, cfg.backend.reduce_range)
+    spec = q.spec(reduce_range=reduce_range)
     qat_settings = TrainSettings(steps=q.qat.steps, lr=q.qat.lr, log_every=cfg.train.log_every)
     strategy = make_strategy(q.method, spec, q.skip, qat_settings, q.qat.freeze_observer_step)
     torch.manual_seed(cfg.seed)
@@ -95,7 +96,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         save_eps_plot(eps_per_t, out_dir / "eps_rel_err.png", f"{q.method} W{q.weight_bits}A{q.act_bits} {cfg.backend.engine}")
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
         header = {"method": q.method, "weight_bits": bits[0], "act_bits": bits[1], "backend": cfg.backend.engine,
-                  "execution": outcome.execution}
+                  "execution": outcome.execution, "reduce_range": reduce_range}
         extra = {"eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()}, "fp32_cache_key": fp32.key,
                  "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
                  "fused_groups": outcome.fused_groups}

@@ -7,7 +7,7 @@ import torch
 from torch.ao.quantization import FakeQuantize, QConfig
 from torch.ao.quantization import observer as obs
 
-from diffquant.errors import DiffquantError
+from diffquant.errors import check_choice, check_range
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,10 @@ class QuantSpec:
     reduce_range: bool = True  # 7-bit activations at 8 bits (fbgemm / x86 without VNNI overflow guard)
 
     def __post_init__(self) -> None:
-        for key, bits in (("quant.weight_bits", self.weight_bits), ("quant.act_bits", self.act_bits)):
-            if not 2 <= bits <= 8:
-                raise DiffquantError(f"{key}={bits} is out of range; allowed: integers 2..8")
-        if self.granularity not in ("per_channel", "per_tensor"):
-            raise DiffquantError(f"quant.granularity={self.granularity!r} is not known; allowed: per_channel, per_tensor")
-        if self.observer not in observer_classes():
-            raise DiffquantError(f"quant.observer={self.observer!r} is not known; allowed: {', '.join(observer_classes())}")
+        check_range("quant.weight_bits", self.weight_bits, 2, 8)
+        check_range("quant.act_bits", self.act_bits, 2, 8)
+        check_choice("quant.granularity", self.granularity, ("per_channel", "per_tensor"))
+        check_choice("quant.observer", self.observer, tuple(observer_classes()))
 
     @property
     def is_int8(self) -> bool:

@@ -1,0 +1,52 @@
+"""The UNet: output shapes, time conditioning, and a seeded regression slice."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffquant.models import build_model
+from diffquant.models.unet import UNet, timestep_embedding
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape"),
+    [
+        (dict(in_channels=1, image_size=16), (2, 1, 16, 16)),
+        (dict(in_channels=3, image_size=8, base_channels=8, groups=4, channel_mults=(1, 2)), (2, 3, 8, 8)),
+        (dict(in_channels=1, image_size=16, base_channels=8, groups=4, num_res_blocks=2, attn_resolutions=(8,)), (2, 1, 16, 16)),
+    ],
+    ids=["default", "rgb-8px", "attn-2blocks"],
+)
+def test_output_shape_matches_input(kwargs, shape) -> None:
+    model = UNet(**kwargs).eval()
+    out = model(torch.randn(shape), torch.tensor([0, 999]))
+    assert out.shape == shape
+    assert torch.isfinite(out).all()
+
+
+def test_default_unet_size() -> None:
+    params = sum(p.numel() for p in UNet().parameters())
+    assert 1.0e6 < params < 1.1e6  # the unet_tiny config: ~1.06 M parameters
+
+
+def test_output_depends_on_timestep() -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8).eval()
+    x = torch.randn(1, 1, 8, 8)
+    assert not torch.allclose(model(x, torch.tensor([10])), model(x, torch.tensor([900])))
+
+
+def test_timestep_embedding_values() -> None:
+    emb = timestep_embedding(torch.tensor([0, 5]), 8)
+    assert emb.shape == (2, 8)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    assert emb[1, 0].item() == pytest.approx(torch.cos(torch.tensor(5.0)).item())
+
+
+def test_build_model_and_config_roundtrip() -> None:
+    model = build_model("unet", in_channels=1, image_size=8, base_channels=8, groups=4, channel_mults=(1, 2))
+    rebuilt = UNet(**{**model.config, "channel_mults": tuple(model.config["channel_mults"]),
+                      "attn_resolutions": tuple(model.config["attn_resolutions"])})
+    rebuilt.load_state_dict(model.state_dict())
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 400])
+    torch.testing.assert_close(rebuilt(x, t), model(x, t))

@@ -1,0 +1,110 @@
+"""The real CLI end to end (`python -m diffquant.run`) with tiny overrides, and its error paths."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_OVERRIDES
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+METRIC_KEYS = {
+    "eval/fid_cls", "eval/fid_cls_fp32", "eval/psnr_vs_fp32", "eval/mse_vs_fp32", "eval/eps_rel_err",
+    "model/size_bytes", "model/size_bytes_fp32", "perf/sample_s", "perf/sample_s_fp32",
+}
+
+
+def diffquant(tmp_path: Path, *overrides: str, run_dir: str = "run") -> subprocess.CompletedProcess[str]:
+    """Run the CLI into tmp_path with the tiny model; the cache is shared by runs of one test."""
+    cmd = [sys.executable, "-m", "diffquant.run", f"hydra.run.dir={tmp_path / run_dir}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY_OVERRIDES, *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_ptq_int8_run_writes_results_tensorboard_and_pngs(tmp_path: Path) -> None:
+    proc = diffquant(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert (results["method"], results["weight_bits"], results["act_bits"], results["backend"], results["execution"]) == (
+        "ptq", 8, 8, "fbgemm", "int8")
+    assert METRIC_KEYS <= set(results["metrics"])
+    metrics = results["metrics"]
+    assert all(math.isfinite(metrics[k]) for k in METRIC_KEYS)
+    assert metrics["model/size_bytes"] <= 0.35 * metrics["model/size_bytes_fp32"]
+    assert 0 < metrics["eval/eps_rel_err"] < 1
+    assert {"torch", "diffquant"} <= set(results["versions"])
+    assert (run / "samples.png").stat().st_size > 1000 and (run / "eps_rel_err.png").stat().st_size > 1000
+
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0]), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "eval/fid_cls", "eval/eps_rel_err", "eval/eps_rel_err_by_t"} <= set(tags["scalars"])
+    assert acc.Scalars("eval/eps_rel_err")[0].value == pytest.approx(metrics["eval/eps_rel_err"], rel=1e-5)
+    assert {"samples/real", "samples/fp32", "samples/quantized", "samples/abs_diff_x4"} <= set(tags["images"])
+    assert any(t.startswith("weights_quantized/") for t in tags["histograms"])
+    assert "Training the FP32 model" in proc.stderr
+
+    second = diffquant(tmp_path, "quant=fp32", run_dir="run2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Reusing the cached FP32 model" in second.stderr and "Training the FP32 model" not in second.stderr
+    assert "Reusing the cached feature classifier" in second.stderr
+    fp32 = json.loads((tmp_path / "run2" / "results.json").read_text())
+    assert fp32["execution"] == "fp32" and fp32["metrics"]["eval/eps_rel_err"] == 0.0
+    assert fp32["metrics"]["eval/psnr_vs_fp32"] is None
+    assert fp32["metrics"]["eval/fid_cls"] == pytest.approx(metrics["eval/fid_cls_fp32"])
+
+
+@pytest.mark.parametrize(("quant", "backend"), [("qat", "x86"), ("ptq", "qnnpack")])
+def test_other_methods_and_backends_complete(tmp_path: Path, quant: str, backend: str) -> None:
+    proc = diffquant(tmp_path, f"quant={quant}", f"backend={backend}", "quant.qat.steps=4", "quant.qat.freeze_observer_step=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["method"], results["backend"], results["execution"]) == (quant, backend, "int8")
+    assert all(math.isfinite(v) for k, v in results["metrics"].items() if k in METRIC_KEYS)
+
+
+def test_multirun_sweep_writes_one_result_per_job(tmp_path: Path) -> None:
+    proc = diffquant(tmp_path, "-m", "quant=ptq", "quant.weight_bits=4,8", "backend=fbgemm,qnnpack")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(jobs) == 4
+    seen = {(r["weight_bits"], r["backend"], r["execution"]) for r in (json.loads(p.read_text()) for p in jobs)}
+    assert seen == {(4, "fbgemm", "fakequant"), (8, "fbgemm", "int8"), (4, "qnnpack", "fakequant"), (8, "qnnpack", "int8")}
+    assert all(list((p.parent / "tensorboard").glob("events.out.tfevents.*")) for p in jobs)
+    assert proc.stderr.count("Training the FP32 model") == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["quant.weight_bits=12"], "quant.weight_bits=12 is out of range; allowed: 2..8"),
+        (["quant=int3"], "Could not find 'quant/int3'"),
+        (["backend=tensorrt"], "Could not find 'backend/tensorrt'"),
+        (["quant.observer=kmeans"], "quant.observer='kmeans' is not allowed; allowed: minmax, moving_average, histogram"),
+        (["dataset=mnist", "dataset.root=/nonexistent/mnist"], "dataset.root='/nonexistent/mnist' does not exist"),
+        (["model.checkpoint=/nonexistent.pt"], "model.checkpoint='/nonexistent.pt' does not exist"),
+        (["quant.weight_bits=four"], "quant.weight_bits"),
+    ],
+    ids=["bits-range", "unknown-quant", "unknown-backend", "observer", "dataset-root", "checkpoint", "bits-type"],
+)
+def test_bad_input_gives_one_clear_message(tmp_path: Path, overrides: list[str], message: str) -> None:
+    proc = diffquant(tmp_path, *overrides)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = diffquant(tmp_path, f"model.checkpoint={bad}")
+    assert proc.returncode == 2
+    assert f"model.checkpoint='{bad}' is not a readable checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
