@@ -66,7 +66,7 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 800
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0

@@ -57,7 +57,7 @@ def train_diffusion(
 
     `on_step(step)` runs before each step (QAT uses it to freeze observers).
     """
-    model.train()
+    model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(settings.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))

@@ -61,10 +61,11 @@ def wrap_layers(
     `layer_qconfigs` maps fnmatch patterns to a per-layer qconfig (mixed precision). Returns the
     names of the wrapped layers.
     """
-    targets = [
-        (name, mod) for name, mod in model.named_modules()
-        if name and isinstance(mod, quantizable_types()) and not is_skipped(name, skip)
-    ]
+    targets: list[tuple[str, nn.Module]] = []
+    for name, mod in model.named_modules():
+        inside_target = any(name.startswith(f"{outer}.") for outer, _ in targets)  # e.g. the Conv2d of a ConvReLU2d
+        if name and not inside_target and isinstance(mod, quantizable_types()) and not is_skipped(name, skip):
+            targets.append((name, mod))
     for name, mod in targets:
         wrapper = QuantWrapper(mod)
         wrapper.qconfig = next(
