@@ -110,3 +110,16 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"model.checkpoint='{bad}' is not a readable checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_every_method_on_every_backend_completes(tmp_path: Path) -> None:
+    proc = diffquant(tmp_path, "-m", "quant=fp32,ptq,qat", "backend=fbgemm,qnnpack,x86", "quant.qat.steps=4",
+                     "quant.qat.freeze_observer_step=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
+    assert {(r["method"], r["backend"]) for r in results} == {
+        (m, b) for m in ("fp32", "ptq", "qat") for b in ("fbgemm", "qnnpack", "x86")}
+    for r in results:
+        assert r["execution"] == ("fp32" if r["method"] == "fp32" else "int8")
+        assert all(math.isfinite(r["metrics"][k]) for k in METRIC_KEYS - {"eval/psnr_vs_fp32", "eval/mse_vs_fp32"})

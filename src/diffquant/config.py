@@ -86,10 +86,31 @@ class CalibConfig:
     num_samples: int = 64
     timesteps: int = 25
     batch_size: int = 128
+    t_sampling: str = "uniform"  # uniform: evenly over the trajectory; normal: PTQ4DM's skewed choice
+    t_mean: float = 0.4  # normal: mean of t as a fraction of diffusion.num_timesteps
+    t_std: float = 0.4  # normal: std of t as a fraction of diffusion.num_timesteps
 
     def __post_init__(self) -> None:
         check_range("quant.calib.num_samples", self.num_samples, 1)
         check_range("quant.calib.timesteps", self.timesteps, 1)
+        check_choice("quant.calib.t_sampling", self.t_sampling, ("uniform", "normal"))
+        check_range("quant.calib.t_std", self.t_std, 1e-6)
+
+
+@dataclass
+class ReconConfig:
+    method: str = "none"  # none | adaround (layer by layer) | brecq (block by block)
+    iters: int = 300
+    lr: float = 1e-2
+    num_samples: int = 256  # calibration pairs used for reconstruction
+    batch_size: int = 32
+    reg_weight: float = 0.01  # AdaRound rounding regularizer weight
+    block_types: list[str] = field(default_factory=lambda: ["ResBlock", "AttnBlock"])
+
+    def __post_init__(self) -> None:
+        check_choice("quant.recon.method", self.method, ("none", "adaround", "brecq"))
+        check_range("quant.recon.iters", self.iters, 1)
+        check_range("quant.recon.num_samples", self.num_samples, 1)
 
 
 @dataclass
@@ -107,22 +128,30 @@ class QATConfig:
 class QuantConfig:
     method: str = "fp32"
     weight_bits: int = 8
-    act_bits: int = 8
+    act_bits: Optional[int] = 8  # null: activations stay float (weight-only quantization)
     granularity: str = "per_channel"
     symmetric: bool = False
     observer: str = "histogram"
+    percentile: float = 99.99  # observer=percentile: clip activations at this percentile
     skip: list[str] = field(default_factory=list)
+    layer_bits: dict[str, int] = field(default_factory=dict)  # layer-name pattern -> weight bits
+    split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
+    sensitivity: bool = True  # write the per-layer SQNR report
     calib: CalibConfig = field(default_factory=CalibConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
     qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
         self.spec(reduce_range=True)  # QuantSpec validates bits, granularity and observer
+        for pattern, bits in self.layer_bits.items():
+            check_range(f"quant.layer_bits.{pattern}", bits, 2, 8)
 
     def spec(self, reduce_range: bool) -> QuantSpec:
         """The qconfig-level description of this group, with the backend's activation range."""
         return QuantSpec(weight_bits=self.weight_bits, act_bits=self.act_bits, granularity=self.granularity,
-                         symmetric=self.symmetric, observer=self.observer, reduce_range=reduce_range)
+                         symmetric=self.symmetric, observer=self.observer, percentile=self.percentile,
+                         reduce_range=reduce_range)
 
 
 @dataclass

@@ -13,17 +13,18 @@ from typing import Any
 import torch
 
 from diffquant.artifacts import get_classifier, get_fp32_model
-from diffquant.cache import atomic_torch_save, config_hash
+from diffquant.cache import atomic_torch_save, atomic_write_text, config_hash
 from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
-from diffquant.diffusion.samplers import get_sampler
+from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.evaluation import EpsProbe, eps_errors, sample_batched, sample_metrics, time_first_batch
-from diffquant.quant.calibration import collect_trajectory
+from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
 from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.size import state_dict_bytes
-from diffquant.quant.strategies import QuantContext, make_strategy
-from diffquant.report import save_comparison_grid, save_eps_plot, write_results
+from diffquant.quant.reconstruction import ReconSettings
+from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan, make_strategy
+from diffquant.report import save_comparison_grid, save_eps_plot, save_figure, sensitivity_figure, write_results
 from diffquant.tb import RunLogger, to_grid
 from diffquant.training import TrainSettings
 
@@ -36,9 +37,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     q = cfg.quant
     set_engine(cfg.backend.engine)  # inside every job: sweep workers are reused
     reduce_range = resolve_reduce_range(cfg.backend.engine, cfg.backend.reduce_range)
-    spec = q.spec(reduce_range=reduce_range)
-    qat_settings = TrainSettings(steps=q.qat.steps, lr=q.qat.lr, log_every=cfg.train.log_every)
-    strategy = make_strategy(q.method, spec, q.skip, qat_settings, q.qat.freeze_observer_step)
+    strategy = build_strategy(cfg, reduce_range)
     torch.manual_seed(cfg.seed)
 
     data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
@@ -58,11 +57,9 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         classifier, cls_acc, _ = get_classifier(cfg, data)
         sample = partial(get_sampler(cfg.sampler.name), diffusion=diffusion, steps=cfg.sampler.steps,
                          eta=cfg.sampler.eta, generator=None)
-        num_steps = cfg.diffusion.num_timesteps if cfg.sampler.name == "ddpm" else cfg.sampler.steps
-        calib_noise = torch.randn((q.calib.num_samples, data.channels, data.image_size, data.image_size),
-                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
+        calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
         ctx = QuantContext(
-            calibration=lambda: collect_trajectory(partial(sample, fp32.model), num_steps, q.calib.timesteps, calib_noise),
+            calibration=calibration.get,
             train_batches=lambda: iterate_batches(data.train_images, q.qat.batch_size, torch.Generator().manual_seed(cfg.seed + 2)),
             diffusion=diffusion, generator=torch.Generator().manual_seed(cfg.seed + 3),
             calib_batch_size=q.calib.batch_size, log_scalar=logger.scalar, progress=cfg.progress,
@@ -93,19 +90,84 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         log_run(logger, cfg, metrics, eps_per_t, data.test_images, fp32_samples, q_samples, fp32.model, outcome.model)
         save_comparison_grid({"real (held-out)": data.test_images[: ev.grid_images], "FP32": fp32_samples[: ev.grid_images],
                               f"{q.method} ({outcome.execution})": q_samples[: ev.grid_images]}, out_dir / "samples.png")
+        if outcome.sensitivity:
+            write_sensitivity(outcome.sensitivity, out_dir, logger)
         save_eps_plot(eps_per_t, out_dir / "eps_rel_err.png", f"{q.method} W{q.weight_bits}A{q.act_bits} {cfg.backend.engine}")
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
         header = {"method": q.method, "weight_bits": bits[0], "act_bits": bits[1], "backend": cfg.backend.engine,
                   "execution": outcome.execution, "reduce_range": reduce_range}
         extra = {"eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()}, "fp32_cache_key": fp32.key,
                  "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
-                 "fused_groups": outcome.fused_groups}
+                 "fused_groups": outcome.fused_groups, "quant": dataclasses.asdict(q)}
         results = write_results(out_dir / "results.json", header, metrics, extra)
         log.info("fid_cls %.3f (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"] or float("nan"),
                  metrics["eval/fid_cls_fp32"], eps_rel, metrics["eval/psnr_vs_fp32"], out_dir / "results.json")
         return results
     finally:
         logger.close()
+
+
+def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrategy | QATStrategy:
+    """Translate the `quant` group into a strategy object (validated before any work starts)."""
+    q = cfg.quant
+    plan = QuantPlan(q.spec(reduce_range=reduce_range), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut)
+    r = q.recon
+    recon = None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
+    qat_settings = TrainSettings(steps=q.qat.steps, lr=q.qat.lr, log_every=cfg.train.log_every)
+    return make_strategy(q.method, plan, qat_settings, q.qat.freeze_observer_step, recon, r.num_samples, q.sensitivity)
+
+
+class CachedCalibration:
+    """(x_t, t) pairs from the FP32 trajectory, built once and cached per FP32 model, sampler and calib setting."""
+
+    def __init__(self, cfg: Config, entry_dir: Path, sample: Any, channels: int, image_size: int) -> None:
+        c = cfg.quant.calib
+        self.path = entry_dir / "calib_{}.pt".format(config_hash({
+            "calib": dataclasses.asdict(c), "sampler": dataclasses.asdict(cfg.sampler), "seed": cfg.seed}))
+        self.cfg, self.sample, self.shape = cfg, sample, (c.num_samples, channels, image_size, image_size)
+        self.data: CalibrationData | None = None
+
+    def get(self) -> CalibrationData:
+        if self.data is None:
+            self.data = self._load() or self._build()
+        return self.data
+
+    def _load(self) -> CalibrationData | None:
+        if not self.path.is_file():
+            return None
+        try:
+            blob = torch.load(self.path, map_location="cpu")
+            logging.getLogger("diffquant").info("Reusing cached calibration pairs %s", self.path)
+            return CalibrationData(blob["x"], blob["t"])
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
+            logging.getLogger("diffquant").warning("Cached calibration pairs %s are unreadable; rebuilding", self.path)
+            return None
+
+    def _build(self) -> CalibrationData:
+        cfg, c = self.cfg, self.cfg.quant.calib
+        T = cfg.diffusion.num_timesteps
+        steps = list(range(T - 1, -1, -1)) if cfg.sampler.name == "ddpm" else ddim_timesteps(T, cfg.sampler.steps)
+        keep = (pick_indices(len(steps), c.timesteps) if c.t_sampling == "uniform"
+                else pick_indices_normal(steps, c.timesteps, c.t_mean, c.t_std, T, seed=cfg.seed))
+        noise = torch.randn(self.shape, generator=torch.Generator().manual_seed(cfg.seed + 1))
+        data = collect_trajectory(self.sample, len(steps), c.timesteps, noise, keep)
+        atomic_torch_save({"x": data.x, "t": data.t}, self.path)
+        return data
+
+
+def write_sensitivity(rows: list[dict[str, Any]], out_dir: Path, logger: RunLogger) -> None:
+    """sensitivity.csv and sensitivity.png in the run dir, and the figure in TensorBoard."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buffer.getvalue(), out_dir / "sensitivity.csv")
+    fig = sensitivity_figure(rows)
+    logger.figure("quant/sensitivity", fig)
+    save_figure(fig, out_dir / "sensitivity.png")
 
 
 def reference_samples(cfg: Config, entry_dir: Path, make: Any) -> torch.Tensor:

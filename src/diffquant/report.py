@@ -48,6 +48,19 @@ def save_eps_plot(per_t: dict[int, float], path: Path, label: str) -> None:
     save_figure(fig, path)
 
 
+def sensitivity_figure(rows: list[dict[str, Any]]) -> plt.Figure:
+    """Per-layer SQNR bars: isolated (the layer's own error) and accumulated (inside the quantized model)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(rows)), 3.6))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["sqnr_isolated_db"] for r in rows], width=0.4, label="isolated")
+    ax.bar([x + 0.2 for x in xs], [r["sqnr_accumulated_db"] for r in rows], width=0.4, label="accumulated")
+    ax.set_xticks(list(xs), [str(r["layer"]) for r in rows], rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR vs FP32 (dB)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
 def versions() -> dict[str, str]:
     """Versions of what produced the numbers."""
     import hydra

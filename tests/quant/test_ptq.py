@@ -15,7 +15,7 @@ from diffquant.quant.calibration import CalibrationData, collect_trajectory, pic
 from diffquant.quant.engine import int8_accumulation_is_exact, resolve_reduce_range, set_engine, supported_engines
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.size import state_dict_bytes
-from diffquant.quant.strategies import PTQStrategy, QuantContext, calibrate, prepare_fake_quant
+from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
 from diffquant.quant.wrap import fusable_groups
 
 
@@ -40,7 +40,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 def test_w8a8_converts_to_int8_modules_with_high_sqnr(engine, inputs) -> None:
     set_engine(engine)
     model, (x, t) = tiny_unet(), inputs
-    out = PTQStrategy(QuantSpec(reduce_range=engine != "qnnpack")).quantize(model, context(x, t))
+    out = PTQStrategy(QuantPlan(QuantSpec(reduce_range=engine != "qnnpack"))).quantize(model, context(x, t))
     assert out.execution == "int8"
     assert isinstance(out.model.conv_in.quant, nnq.Quantize)
     assert isinstance(out.model.conv_in.module, nnq.Conv2d)
@@ -57,7 +57,7 @@ def test_int8_artefact_of_the_default_unet_is_under_035_of_fp32() -> None:
     set_engine("fbgemm")
     model = UNet().eval()  # the unet_tiny default, 1.06 M parameters
     x, t = torch.randn(8, 1, 16, 16), torch.randint(0, 1000, (8,))
-    out = PTQStrategy(QuantSpec(observer="minmax")).quantize(model, context(x, t))
+    out = PTQStrategy(QuantPlan(QuantSpec(observer="minmax"))).quantize(model, context(x, t))
     ratio = state_dict_bytes(out.model) / state_dict_bytes(model)
     assert 0.25 < ratio <= 0.35  # int8 weights: ~1/4 of fp32 plus scales, zero points and float norms
 
@@ -67,7 +67,7 @@ def test_sqnr_falls_with_bit_width(inputs) -> None:
     model, (x, t) = tiny_unet(), inputs
     with torch.no_grad():
         ref = model(x, t)
-        sqnr = {b: sqnr_db(ref, PTQStrategy(QuantSpec(weight_bits=b, act_bits=b, reduce_range=False))
+        sqnr = {b: sqnr_db(ref, PTQStrategy(QuantPlan(QuantSpec(weight_bits=b, act_bits=b, reduce_range=False)))
                            .quantize(model, context(x, t)).model(x, t)) for b in (8, 6, 4)}
     assert sqnr[8] > sqnr[6] + 6 > sqnr[4] + 12  # ~6 dB per bit
     assert sqnr[4] > 3.0
@@ -82,9 +82,8 @@ def test_fake_quant_matches_int8_kernels(inputs) -> None:
     set_engine("fbgemm")
     model, (x, t) = tiny_unet(), inputs
     spec = QuantSpec(observer="minmax", reduce_range=False)
-    qmodel, _, _ = prepare_fake_quant(model, spec, [], qat=False)
+    qmodel, _, _ = prepare_fake_quant(model, QuantPlan(spec), qat=False)
     calibrate(qmodel, context(x, t))
-    qmodel.apply(torch.ao.quantization.disable_observer)
     with torch.no_grad():
         fake = qmodel.eval()(x, t)
         real = torch.ao.quantization.convert(qmodel)(x, t)
@@ -93,7 +92,7 @@ def test_fake_quant_matches_int8_kernels(inputs) -> None:
 
 def test_sub_8_bit_stays_fake_quantized(inputs) -> None:
     set_engine("fbgemm")
-    out = PTQStrategy(QuantSpec(weight_bits=4)).quantize(tiny_unet(), context(*inputs))
+    out = PTQStrategy(QuantPlan(QuantSpec(weight_bits=4))).quantize(tiny_unet(), context(*inputs))
     assert out.execution == "fakequant"
     fq = out.model.conv_in.module.weight_fake_quant
     assert isinstance(fq, FakeQuantize) and (fq.quant_min, fq.quant_max) == (-8, 7)
@@ -129,13 +128,13 @@ def test_granularity_and_symmetry() -> None:
 
 def test_skip_patterns_keep_layers_in_float(inputs) -> None:
     set_engine("fbgemm")
-    out = PTQStrategy(QuantSpec(), skip=["time_embed.*", "conv_out"]).quantize(tiny_unet(), context(*inputs))
+    out = PTQStrategy(QuantPlan(QuantSpec(), skip=("time_embed.*", "conv_out"))).quantize(tiny_unet(), context(*inputs))
     assert type(out.model.conv_out) is nn.Conv2d
     assert type(out.model.time_embed[0]) is nn.Linear
     assert isinstance(out.model.conv_in.module, nnq.Conv2d)
     assert "conv_out" not in out.wrapped_layers and "conv_in" in out.wrapped_layers
     with pytest.raises(DiffquantError, match="quant.skip"):
-        PTQStrategy(QuantSpec(), skip=["*"]).quantize(tiny_unet(), context(*inputs))
+        PTQStrategy(QuantPlan(QuantSpec(), skip=("*",))).quantize(tiny_unet(), context(*inputs))
 
 
 class ConvBnReLU(nn.Module):
@@ -156,7 +155,7 @@ def test_fusion_of_conv_bn_relu(inputs) -> None:
     model = ConvBnReLU().eval()
     assert fusable_groups(model) == [["features.0", "features.1", "features.2"], ["head.0", "head.1"]]
     x, t = inputs
-    out = PTQStrategy(QuantSpec()).quantize(model, context(x, t))
+    out = PTQStrategy(QuantPlan(QuantSpec())).quantize(model, context(x, t))
     assert type(out.model.features[0].module).__name__ == "ConvReLU2d"
     assert type(out.model.head[0].module).__name__ == "LinearReLU"
     with torch.no_grad():

@@ -12,13 +12,13 @@ from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant import strategies
-from diffquant.quant.strategies import QATStrategy, QuantContext, prepare_fake_quant
+from diffquant.quant.strategies import QATStrategy, QuantContext, QuantPlan, prepare_fake_quant
 from diffquant.training import TrainSettings
 
 
 def test_prepare_inserts_fake_quant_modules() -> None:
     model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8)
-    qmodel, wrapped, _ = prepare_fake_quant(model, QuantSpec(), [], qat=True)
+    qmodel, wrapped, _ = prepare_fake_quant(model, QuantPlan(QuantSpec()), qat=True)
     assert isinstance(qmodel.conv_in.module, nnqat.Conv2d)
     assert isinstance(qmodel.time_embed[0].module, nnqat.Linear)
     assert len(wrapped) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
@@ -39,7 +39,7 @@ def test_qat_loss_falls_observers_freeze_and_convert() -> None:
         diffusion=d, generator=gen, progress=False,
         log_scalar=lambda tag, v, step: losses.append(v) if tag == "qat/loss" else None,
     )
-    strategy = QATStrategy(QuantSpec(observer="moving_average"), TrainSettings(steps=60, lr=3e-3, log_every=1),
+    strategy = QATStrategy(QuantPlan(QuantSpec(observer="moving_average")), TrainSettings(steps=60, lr=3e-3, log_every=1),
                            freeze_observer_step=30)
     out = strategy.quantize(model, ctx)
     assert len(losses) == 60
@@ -66,6 +66,6 @@ def test_observers_frozen_after_configured_step(monkeypatch) -> None:
     ctx = QuantContext(calibration=lambda: CalibrationData(x, torch.zeros(16, dtype=torch.long)),
                        train_batches=lambda: iter([x] * 10), diffusion=GaussianDiffusion(make_betas("linear", 1000)),
                        generator=torch.Generator().manual_seed(0), progress=False)
-    out = QATStrategy(QuantSpec(weight_bits=4), TrainSettings(steps=6, lr=1e-3), freeze_observer_step=3).quantize(model, ctx)
+    out = QATStrategy(QuantPlan(QuantSpec(weight_bits=4)), TrainSettings(steps=6, lr=1e-3), freeze_observer_step=3).quantize(model, ctx)
     assert states == [True, True, True, False, False, False]
     assert out.execution == "fakequant"

@@ -109,9 +109,11 @@ class UNet(nn.Module):
         self.mid = nn.ModuleList([ResBlock(ch, ch, temb_dim, groups, dropout), AttnBlock(ch, groups),
                                   ResBlock(ch, ch, temb_dim, groups, dropout)])
         self.up = nn.ModuleList()
+        self.splits: dict[str, int] = {}  # layers fed by cat([h, skip]) -> channels of h
         for level, mult in reversed(list(enumerate(channel_mults))):
             for _ in range(num_res_blocks + 1):
                 cin = ch + skip_chs.pop()
+                self.splits.update({f"up.{len(self.up)}.0.conv1": ch, f"up.{len(self.up)}.0.shortcut": ch})
                 self.up.append(self._stage(cin, base_channels * mult, temb_dim, groups, dropout, res in attn_resolutions))
                 ch = base_channels * mult
             if level > 0:
@@ -120,6 +122,10 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, ch)
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+
+    def concat_splits(self) -> dict[str, int]:
+        """Layers whose input is a skip concatenation, with the channel index where the skip starts."""
+        return dict(self.splits)
 
     @staticmethod
     def _stage(cin: int, cout: int, temb_dim: int, groups: int, dropout: float, attn: bool) -> nn.ModuleList:

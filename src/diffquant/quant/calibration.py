@@ -20,6 +20,13 @@ class CalibrationData:
     x: Tensor
     t: Tensor
 
+    def subset(self, n: int, seed: int = 0) -> CalibrationData:
+        """A seeded random subset of at most n pairs (all timesteps stay represented on average)."""
+        if n >= len(self.t):
+            return self
+        idx = torch.randperm(len(self.t), generator=torch.Generator().manual_seed(seed))[:n]
+        return CalibrationData(self.x[idx], self.t[idx])
+
     def batches(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """Consecutive (x, t) batches covering the whole set."""
         return [(self.x[i : i + batch_size], self.t[i : i + batch_size]) for i in range(0, len(self.t), batch_size)]
@@ -31,11 +38,25 @@ def pick_indices(num_steps: int, keep: int) -> set[int]:
     return {round(i * (num_steps - 1) / max(keep - 1, 1)) for i in range(keep)}
 
 
+def pick_indices_normal(step_timesteps: list[int], keep: int, mean: float, std: float, num_timesteps: int, seed: int = 0) -> set[int]:
+    """PTQ4DM-style: draw t ~ N(mean·T, std·T), snap each to the nearest sampler step, until `keep` distinct steps."""
+    keep = max(1, min(keep, len(step_timesteps)))
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.tensor(step_timesteps, dtype=torch.float64)
+    chosen: set[int] = set()
+    for _ in range(100 * keep):
+        if len(chosen) == keep:
+            break
+        t = mean * num_timesteps + std * num_timesteps * torch.randn((), generator=generator, dtype=torch.float64)
+        chosen.add(int((steps - t).abs().argmin()))
+    return chosen
+
+
 def collect_trajectory(
-    sample: Callable[..., Tensor], num_steps: int, keep_timesteps: int, noise: Tensor
+    sample: Callable[..., Tensor], num_steps: int, keep_timesteps: int, noise: Tensor, keep: set[int] | None = None
 ) -> CalibrationData:
-    """Run `sample(noise=..., callback=...)` and keep x_t at `keep_timesteps` evenly spread steps."""
-    keep = pick_indices(num_steps, keep_timesteps)
+    """Run `sample(noise=..., callback=...)` and keep x_t at the step indices `keep` (default: evenly spread)."""
+    keep = pick_indices(num_steps, keep_timesteps) if keep is None else keep
     xs: list[Tensor] = []
     ts: list[Tensor] = []
 

@@ -8,6 +8,7 @@ from torch.ao.quantization import FakeQuantize, QConfig
 from torch.ao.quantization import observer as obs
 
 from diffquant.errors import check_choice, check_range
+from diffquant.quant.observers import PercentileObserver
 
 
 @dataclass(frozen=True)
@@ -15,17 +16,20 @@ class QuantSpec:
     """What to quantize and how: the part of the `quant` / `backend` groups a qconfig needs."""
 
     weight_bits: int = 8
-    act_bits: int = 8
+    act_bits: int | None = 8  # None: activations stay float (weight-only quantization)
     granularity: str = "per_channel"  # per_channel | per_tensor
     symmetric: bool = False
-    observer: str = "histogram"  # minmax | moving_average | histogram
+    observer: str = "histogram"  # minmax | moving_average | histogram | percentile
+    percentile: float = 99.99
     reduce_range: bool = True  # 7-bit activations at 8 bits (fbgemm / x86 without VNNI overflow guard)
 
     def __post_init__(self) -> None:
         check_range("quant.weight_bits", self.weight_bits, 2, 8)
-        check_range("quant.act_bits", self.act_bits, 2, 8)
+        if self.act_bits is not None:
+            check_range("quant.act_bits", self.act_bits, 2, 8)
         check_choice("quant.granularity", self.granularity, ("per_channel", "per_tensor"))
         check_choice("quant.observer", self.observer, tuple(observer_classes()))
+        check_range("quant.percentile", self.percentile, 50.0, 100.0)
 
     @property
     def is_int8(self) -> bool:
@@ -34,9 +38,10 @@ class QuantSpec:
 
     def act_range(self) -> tuple[int, int]:
         """(quant_min, quant_max) of the unsigned activation grid."""
-        if self.act_bits == 8 and self.reduce_range:
+        bits = 8 if self.act_bits is None else self.act_bits
+        if bits == 8 and self.reduce_range:
             return 0, 127
-        return 0, 2**self.act_bits - 1
+        return 0, 2**bits - 1
 
     def weight_range(self) -> tuple[int, int]:
         """(quant_min, quant_max) of the signed weight grid."""
@@ -49,16 +54,20 @@ def observer_classes() -> dict[str, type[obs.ObserverBase]]:
         "minmax": obs.MinMaxObserver,
         "moving_average": obs.MovingAverageMinMaxObserver,
         "histogram": obs.HistogramObserver,
+        "percentile": PercentileObserver,
     }
 
 
 def make_qconfig(spec: QuantSpec) -> QConfig:
     """A QConfig of FakeQuantize modules: usable by prepare_qat, by calibration, and by convert to int8."""
     qmin, qmax = spec.act_range()
+    extra_obs = {"percentile": spec.percentile} if spec.observer == "percentile" else {}
     activation = FakeQuantize.with_args(
         observer=observer_classes()[spec.observer], quant_min=qmin, quant_max=qmax,
-        dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False,
+        dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False, **extra_obs,
     )
+    if spec.act_bits is None:  # weight-only: activations pass through unobserved
+        activation = obs.NoopObserver.with_args(dtype=torch.float32)
     wmin, wmax = spec.weight_range()
     if spec.granularity == "per_channel":
         qscheme = torch.per_channel_symmetric if spec.symmetric else torch.per_channel_affine

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,9 @@ from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.quant.calibration import CalibrationData, run_calibration
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
+from diffquant.quant.reconstruction import ReconSettings, reconstruct
+from diffquant.quant.sensitivity import layer_sensitivity
+from diffquant.quant.split import apply_split_shortcut, concat_splits
 from diffquant.quant.wrap import fuse, wrap_layers
 from diffquant.training import TrainSettings, train_diffusion
 
@@ -44,17 +47,37 @@ class QuantOutcome:
     wrapped_layers: list[str] = field(default_factory=list)
     fused_groups: list[list[str]] = field(default_factory=list)
     seconds: float = 0.0
+    sensitivity: list[dict[str, object]] = field(default_factory=list)
+    recon_loss: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_fake_quant(model: nn.Module, spec: QuantSpec, skip: list[str], qat: bool) -> tuple[nn.Module, list[str], list[list[str]]]:
+@dataclass(frozen=True)
+class QuantPlan:
+    """Which layers get which qconfig: the base spec, skip patterns, per-layer weight bits, split shortcuts."""
+
+    spec: QuantSpec
+    skip: tuple[str, ...] = ()
+    layer_bits: tuple[tuple[str, int], ...] = ()
+    split_shortcut: bool = False
+
+    @property
+    def runs_int8(self) -> bool:
+        """Real int8 kernels need W8A8 everywhere and one activation scale per tensor (no split)."""
+        return self.spec.is_int8 and all(b == 8 for _, b in self.layer_bits) and not self.split_shortcut
+
+
+def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn.Module, list[str], list[list[str]]]:
     """Copy, fuse, wrap and `prepare_qat` a float model: every wrapped layer carries FakeQuantize modules."""
     qmodel = copy.deepcopy(model).train(qat)
     fused = fuse(qmodel, qat=qat)
-    wrapped = wrap_layers(qmodel, make_qconfig(spec), skip)
+    layer_qconfigs = {pattern: make_qconfig(replace(plan.spec, weight_bits=bits)) for pattern, bits in plan.layer_bits}
+    wrapped = wrap_layers(qmodel, make_qconfig(plan.spec), list(plan.skip), layer_qconfigs)
     if not wrapped:
-        raise DiffquantError(f"quant.skip={skip} leaves no Conv2d / Linear layer to quantize")
+        raise DiffquantError(f"quant.skip={list(plan.skip)} leaves no Conv2d / Linear layer to quantize")
     qmodel.train()
     tq.prepare_qat(qmodel, inplace=True)
+    if plan.split_shortcut:
+        apply_split_shortcut(qmodel, concat_splits(model), wrapped)
     return qmodel, wrapped, fused
 
 
@@ -63,14 +86,15 @@ def calibrate(qmodel: nn.Module, ctx: QuantContext) -> None:
     qmodel.apply(tq.disable_fake_quant)
     qmodel.apply(tq.enable_observer)
     run_calibration(qmodel, ctx.calibration(), ctx.calib_batch_size, ctx.progress)
+    qmodel.apply(tq.disable_observer)
     qmodel.apply(tq.enable_fake_quant)
 
 
-def finalize(qmodel: nn.Module, spec: QuantSpec) -> tuple[nn.Module, str]:
-    """Freeze ranges; convert to real int8 kernels at W8A8, keep fake quantization below."""
+def finalize(qmodel: nn.Module, plan: QuantPlan) -> tuple[nn.Module, str]:
+    """Freeze ranges; convert to real int8 kernels where the plan allows, keep fake quantization otherwise."""
     qmodel.apply(tq.disable_observer)
     qmodel.eval()
-    if spec.is_int8:
+    if plan.runs_int8:
         return tq.convert(qmodel, inplace=True), "int8"
     return qmodel, "fakequant"
 
@@ -85,32 +109,43 @@ class FP32Strategy:
 
 @dataclass
 class PTQStrategy:
-    """Post-training quantization: fuse, wrap, calibrate on trajectory pairs, convert."""
+    """Post-training quantization: fuse, wrap, calibrate on trajectory pairs, reconstruct, convert."""
 
-    spec: QuantSpec
-    skip: list[str] = field(default_factory=list)
+    plan: QuantPlan
+    recon: ReconSettings | None = None
+    recon_samples: int = 256
+    sensitivity: bool = False
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
-        qmodel, wrapped, fused = prepare_fake_quant(model, self.spec, self.skip, qat=False)
+        qmodel, wrapped, fused = prepare_fake_quant(model, self.plan, qat=False)
         calibrate(qmodel, ctx)
-        qmodel, execution = finalize(qmodel, self.spec)
-        return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start)
+        recon_loss: dict[str, float] = {}
+        if self.recon is not None:
+            subset = ctx.calibration().subset(self.recon_samples, seed=0)
+            recon_loss = reconstruct(qmodel, model, wrapped, subset, self.recon, ctx.progress)
+        report_start, rows = time.perf_counter(), []
+        if self.sensitivity:  # on the fake-quant model, before conversion (same numerics as int8, see tests)
+            rows = layer_sensitivity(qmodel, model, wrapped, fused, ctx.calibration().subset(128, seed=1))
+        report_seconds = time.perf_counter() - report_start
+        qmodel, execution = finalize(qmodel, self.plan)
+        return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start - report_seconds,
+                            sensitivity=rows, recon_loss=recon_loss)
 
 
 @dataclass
 class QATStrategy:
     """Quantization-aware training: calibrated start, fake-quant fine-tuning, observers frozen, convert."""
 
-    spec: QuantSpec
+    plan: QuantPlan
     settings: TrainSettings
-    skip: list[str] = field(default_factory=list)
     freeze_observer_step: int = 100
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
-        qmodel, wrapped, fused = prepare_fake_quant(model, self.spec, self.skip, qat=True)
+        qmodel, wrapped, fused = prepare_fake_quant(model, self.plan, qat=True)
         calibrate(qmodel, ctx)
+        qmodel.apply(tq.enable_observer)  # ranges keep adapting until freeze_observer_step
 
         def freeze(step: int) -> None:
             if step == self.freeze_observer_step:
@@ -118,18 +153,19 @@ class QATStrategy:
 
         train_diffusion(qmodel, ctx.diffusion, ctx.train_batches(), self.settings, generator=ctx.generator,
                         log_scalar=ctx.log_scalar, on_step=freeze, tag="qat", progress=ctx.progress)
-        qmodel, execution = finalize(qmodel, self.spec)
+        qmodel, execution = finalize(qmodel, self.plan)
         return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start)
 
 
 def make_strategy(
-    method: str, spec: QuantSpec, skip: list[str], qat_settings: TrainSettings, freeze_observer_step: int
+    method: str, plan: QuantPlan, qat_settings: TrainSettings, freeze_observer_step: int,
+    recon: ReconSettings | None = None, recon_samples: int = 256, sensitivity: bool = False,
 ) -> FP32Strategy | PTQStrategy | QATStrategy:
     """The strategy object for `quant.method` (the one place that maps a method name to code)."""
     if method == "fp32":
         return FP32Strategy()
     if method == "ptq":
-        return PTQStrategy(spec, list(skip))
+        return PTQStrategy(plan, recon, recon_samples, sensitivity)
     if method == "qat":
-        return QATStrategy(spec, qat_settings, list(skip), freeze_observer_step)
+        return QATStrategy(plan, qat_settings, freeze_observer_step)
     raise DiffquantError(f"quant.method={method!r} is not known; allowed: fp32, ptq, qat")
