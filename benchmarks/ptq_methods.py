@@ -18,8 +18,9 @@ from diffquant.pipeline import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
-    "naive min-max, per-tensor": ["quant.observer=minmax", "quant.granularity=per_tensor"],
-    "histogram, per-channel": [],
+    "naive: min-max, per-tensor, static": ["quant.observer=minmax", "quant.granularity=per_tensor", "quant.dynamic_input=false"],
+    "histogram, per-channel, static": ["quant.dynamic_input=false"],
+    "+ dynamic inputs (default)": [],
     "+ AdaRound": ["quant.recon.method=adaround"],
     "+ BRECQ": ["quant.recon.method=brecq"],
     "+ BRECQ + split shortcut": ["quant.recon.method=brecq", "quant.split_shortcut=true"],
@@ -29,7 +30,7 @@ BITS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4)}
 
 def run(name: str, bits: str, overrides: list[str], extra: list[str]) -> dict:
     w, a = BITS[bits]
-    slug = name.replace(" ", "_").replace(",", "").replace("+", "plus")
+    slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     out = ROOT / "outputs" / "benchmarks" / "ptq_methods" / f"{slug}-{bits}"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[

@@ -136,6 +136,7 @@ class QuantConfig:
     skip: list[str] = field(default_factory=list)
     layer_bits: dict[str, int] = field(default_factory=dict)  # layer-name pattern -> weight bits
     split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
+    dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)
     sensitivity: bool = True  # write the per-layer SQNR report
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)

@@ -16,6 +16,7 @@ from torch.ao import quantization as tq
 
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
+from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.calibration import CalibrationData, run_calibration
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
@@ -59,6 +60,7 @@ class QuantPlan:
     skip: tuple[str, ...] = ()
     layer_bits: tuple[tuple[str, int], ...] = ()
     split_shortcut: bool = False
+    dynamic_input: bool = False  # per-call (hence per-timestep) scales for every layer's input
 
     @property
     def runs_int8(self) -> bool:
@@ -76,6 +78,8 @@ def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn
         raise DiffquantError(f"quant.skip={list(plan.skip)} leaves no Conv2d / Linear layer to quantize")
     qmodel.train()
     tq.prepare_qat(qmodel, inplace=True)
+    if plan.dynamic_input:
+        use_dynamic_inputs(qmodel, wrapped)
     if plan.split_shortcut:
         apply_split_shortcut(qmodel, concat_splits(model), wrapped)
     return qmodel, wrapped, fused
@@ -90,13 +94,16 @@ def calibrate(qmodel: nn.Module, ctx: QuantContext) -> None:
     qmodel.apply(tq.enable_fake_quant)
 
 
-def finalize(qmodel: nn.Module, plan: QuantPlan) -> tuple[nn.Module, str]:
+def finalize(qmodel: nn.Module, plan: QuantPlan, wrapped: list[str]) -> tuple[nn.Module, str]:
     """Freeze ranges; convert to real int8 kernels where the plan allows, keep fake quantization otherwise."""
     qmodel.apply(tq.disable_observer)
     qmodel.eval()
-    if plan.runs_int8:
-        return tq.convert(qmodel, inplace=True), "int8"
-    return qmodel, "fakequant"
+    if not plan.runs_int8:
+        return qmodel, "fakequant"
+    tq.convert(qmodel, inplace=True)
+    if plan.dynamic_input:
+        use_dynamic_int8_inputs(qmodel, wrapped, reduce_range=plan.spec.act_range()[1] == 127)
+    return qmodel, "int8"
 
 
 @dataclass
@@ -128,7 +135,7 @@ class PTQStrategy:
         if self.sensitivity:  # on the fake-quant model, before conversion (same numerics as int8, see tests)
             rows = layer_sensitivity(qmodel, model, wrapped, fused, ctx.calibration().subset(128, seed=1))
         report_seconds = time.perf_counter() - report_start
-        qmodel, execution = finalize(qmodel, self.plan)
+        qmodel, execution = finalize(qmodel, self.plan, wrapped)
         return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start - report_seconds,
                             sensitivity=rows, recon_loss=recon_loss)
 
@@ -153,7 +160,7 @@ class QATStrategy:
 
         train_diffusion(qmodel, ctx.diffusion, ctx.train_batches(), self.settings, generator=ctx.generator,
                         log_scalar=ctx.log_scalar, on_step=freeze, tag="qat", progress=ctx.progress)
-        qmodel, execution = finalize(qmodel, self.plan)
+        qmodel, execution = finalize(qmodel, self.plan, wrapped)
         return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start)
 
 
