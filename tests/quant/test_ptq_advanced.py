@@ -16,6 +16,7 @@ from diffquant.quant.observers import PercentileObserver
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct, units_for
 from diffquant.quant.split import SplitFakeQuantize
+from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
 
 
@@ -139,3 +140,24 @@ def test_normal_timestep_sampling_prefers_the_mean() -> None:
     assert len(ts) == 10
     assert 250 <= sum(ts) / len(ts) <= 550  # centred near 0.4 T, unlike the uniform spread's 490
     assert max(ts) - min(ts) < 600
+
+
+def test_dynamic_inputs_scale_per_call_in_fake_and_int8_paths() -> None:
+    from diffquant.quant.dynamic import DynamicFakeQuantize, DynamicQuantize
+
+    set_engine("fbgemm")
+    model, ctx = tiny_unet(), context()
+    plan = QuantPlan(QuantSpec(reduce_range=False, observer="minmax"), dynamic_input=True)
+    qmodel, wrapped, _ = prepare_fake_quant(model, plan, qat=False)
+    calibrate(qmodel, ctx)
+    assert isinstance(qmodel.conv_in.quant.activation_post_process, DynamicFakeQuantize)
+    small, large = 0.05 * torch.randn(4, 1, 8, 8), 4 * torch.randn(4, 1, 8, 8)
+    step = lambda x: float(qmodel.conv_in.quant(x).unique().diff().min())  # noqa: E731 - grid step seen
+    assert step(small) < step(large) / 20
+    t = torch.full((4,), 10)
+    with torch.no_grad():
+        fake = qmodel.eval()(small, t)
+        out = PTQStrategy(plan).quantize(model, ctx)
+        assert out.execution == "int8" and isinstance(out.model.conv_in.quant, DynamicQuantize)
+        real = out.model(small, t)
+    assert sqnr_db(fake, real) > 30.0
