@@ -123,3 +123,22 @@ def test_every_method_on_every_backend_completes(tmp_path: Path) -> None:
     for r in results:
         assert r["execution"] == ("fp32" if r["method"] == "fp32" else "int8")
         assert all(math.isfinite(r["metrics"][k]) for k in METRIC_KEYS - {"eval/psnr_vs_fp32", "eval/mse_vs_fp32"})
+
+
+def test_runs_are_deterministic_and_a_truncated_cache_entry_is_rebuilt(tmp_path: Path) -> None:
+    first = diffquant(tmp_path, "quant.weight_bits=4", run_dir="a")
+    assert first.returncode == 0, first.stderr[-3000:]
+    entry = next((tmp_path / "cache" / "fp32").glob("*/model.pt"))
+    good = entry.read_bytes()
+    entry.write_bytes(good[: len(good) // 2])  # a write cut short
+    second = diffquant(tmp_path, "quant.weight_bits=4", run_dir="b")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "is unreadable" in second.stdout and "Training the FP32 model" in second.stdout
+    assert entry.read_bytes() == good  # retrained bit for bit, from the same seed
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
+    timing = {k for k in a["metrics"] if k.startswith("perf/")}
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == {k: v for k, v in b["metrics"].items() if k not in timing}
+    prov = a["provenance"]
+    assert prov["fp32_checkpoint_sha256"] == b["provenance"]["fp32_checkpoint_sha256"] and len(prov["fp32_checkpoint_sha256"]) == 64
+    assert prov["config_hash"] != b["provenance"]["config_hash"]  # the run dirs differ
+    assert prov["git_commit"] == "unknown" or len(prov["git_commit"]) == 40

@@ -55,9 +55,9 @@ def fp32_key(cfg: Config) -> str:
     return config_hash(parts)
 
 
-def file_key(path: str) -> str:
-    """Hash of a checkpoint file's bytes (the cache key of a user-given checkpoint)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+def file_key(path: str | Path, length: int = 16) -> str:
+    """SHA-256 of a checkpoint file's bytes, shortened to `length` hex digits (the cache key of a given checkpoint)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
 
 
 def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger) -> FP32Artifact:
@@ -73,8 +73,8 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
     key = fp32_key(cfg)
     entry = Path(cfg.paths.cache_dir) / "fp32" / key
     path = entry / "model.pt"
-    if path.is_file():
-        ckpt = load_checkpoint(path, "paths.cache_dir")
+    ckpt = load_cache_entry(path, key)
+    if ckpt is not None:
         _load_state(model, ckpt, "paths.cache_dir")
         log.info("Reusing the cached FP32 model %s (no training)", path)
         return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
@@ -103,13 +103,28 @@ def _load_state(model: nn.Module, ckpt: dict[str, Any], setting: str) -> None:
         ) from None
 
 
+def load_cache_entry(path: Path, key: str) -> dict[str, Any] | None:
+    """A cache entry if it is readable and was made for `key`; a truncated or foreign file is rebuilt, never used."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt entry
+        logging.getLogger("diffquant").warning("Cache entry %s is unreadable (%s); rebuilding it", path, type(exc).__name__)
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("key") != key or "state_dict" not in ckpt:
+        logging.getLogger("diffquant").warning("Cache entry %s does not match its key %s; rebuilding it", path, key)
+        return None
+    return ckpt
+
+
 def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float, bool]:
     """The feature classifier for fid_cls (cached per data set, steps and seed) and its held-out accuracy."""
     log = logging.getLogger("diffquant")
     key = config_hash({"dataset": dataclasses.asdict(cfg.dataset), "steps": cfg.eval.classifier_steps, "seed": cfg.seed})
     path = Path(cfg.paths.cache_dir) / "classifier" / key / "model.pt"
-    if path.is_file():
-        ckpt = load_checkpoint(path, "paths.cache_dir")
+    ckpt = load_cache_entry(path, key)
+    if ckpt is not None:
         model = DigitClassifier(**ckpt["model_config"])
         model.load_state_dict(ckpt["state_dict"])
         log.info("Reusing the cached feature classifier %s (no training)", path)
@@ -118,5 +133,5 @@ def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float
     model = train_classifier(data.train_images, data.train_labels, num_classes=data.num_classes,
                              steps=cfg.eval.classifier_steps, seed=cfg.seed, progress=cfg.progress)
     acc = accuracy(model, data.test_images, data.test_labels)
-    atomic_torch_save({"state_dict": model.state_dict(), "model_config": model.config, "accuracy": acc}, path)
+    atomic_torch_save({"state_dict": model.state_dict(), "model_config": model.config, "accuracy": acc, "key": key}, path)
     return model, acc, False

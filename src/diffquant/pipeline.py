@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from diffquant.artifacts import get_classifier, get_fp32_model
+from diffquant.artifacts import file_key, get_classifier, get_fp32_model
 from diffquant.cache import atomic_torch_save, atomic_write_text, config_hash
 from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
@@ -24,7 +24,7 @@ from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan, make_strategy
-from diffquant.report import save_comparison_grid, save_eps_plot, save_figure, sensitivity_figure, write_results
+from diffquant.report import git_commit, save_comparison_grid, save_eps_plot, save_figure, sensitivity_figure, write_results
 from diffquant.tb import RunLogger, to_grid
 from diffquant.training import TrainSettings
 
@@ -98,13 +98,21 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                   "execution": outcome.execution, "reduce_range": reduce_range}
         extra = {"eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()}, "fp32_cache_key": fp32.key,
                  "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
-                 "fused_groups": outcome.fused_groups, "quant": dataclasses.asdict(q)}
+                 "fused_groups": outcome.fused_groups, "quant": dataclasses.asdict(q),
+                 "provenance": {"git_commit": git_commit(), "config_hash": config_hash(dataclasses.asdict(cfg)),
+                                "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint)}}
         results = write_results(out_dir / "results.json", header, metrics, extra)
         log.info("fid_cls %.3f (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"] or float("nan"),
                  metrics["eval/fid_cls_fp32"], eps_rel, metrics["eval/psnr_vs_fp32"], out_dir / "results.json")
         return results
     finally:
         logger.close()
+
+
+def file_sha256(cached: Path, given: str | None) -> str:
+    """SHA-256 of the FP32 checkpoint the run used (a given `model.checkpoint`, else the cache entry)."""
+    path = Path(given) if given else cached
+    return file_key(path, length=64) if path.is_file() else "unknown"
 
 
 def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrategy | QATStrategy:

@@ -73,6 +73,17 @@ def versions() -> dict[str, str]:
             "quantized_engine": torch.backends.quantized.engine}
 
 
+def git_commit() -> str:
+    """The commit of the diffquant checkout that ran, or "unknown" (not a git checkout, no git)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
 def write_results(path: Path, header: dict[str, Any], metrics: dict[str, float | None], extra: dict[str, Any]) -> dict[str, Any]:
     """results.json: method, bits, backend, execution, metrics, versions (written atomically)."""
     results = {**header, "metrics": metrics, **extra, "versions": versions()}
