@@ -22,7 +22,7 @@ from diffquant.errors import DiffquantError
 from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
 from diffquant.models import build_model
 from diffquant.tb import RunLogger
-from diffquant.training import TrainSettings, train_diffusion
+from diffquant.training import TrainSettings, epsilon_loss, train_diffusion
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
     settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
                              warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every)
     batches = iterate_batches(data.train_images, t.batch_size, generator)
-    ema, losses = train_diffusion(model, diffusion, batches, settings, generator=generator,
+    ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
                                   log_scalar=logger.scalar, progress=cfg.progress)
     atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
                        "losses": losses, "key": key}, path)

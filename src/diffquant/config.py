@@ -119,9 +119,21 @@ class QATConfig:
     lr: float = 1e-4
     batch_size: int = 128
     freeze_observer_step: int = 100
+    data_weight: float = 1.0  # ‖ε − ε_student‖² on real images
+    distill_weight: float = 1.0  # ‖ε_teacher − ε_student‖² with the FP32 model as teacher
+    data_free: bool = False  # train on the teacher's trajectory pairs only (quant.calib.* sets how many)
+    init_from_ptq: bool = True  # start from the trajectory-calibrated ranges
+    ema_decay: Optional[float] = None  # EMA of the student's weights
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
 
     def __post_init__(self) -> None:
         check_range("quant.qat.steps", self.steps, 1)
+        check_range("quant.qat.data_weight", self.data_weight, 0.0)
+        check_range("quant.qat.distill_weight", self.distill_weight, 0.0)
+        check_choice("quant.qat.schedule", self.schedule, ("constant", "cosine"))
+        if self.ema_decay is not None:
+            check_range("quant.qat.ema_decay", self.ema_decay, 0.0, 1.0)
 
 
 @dataclass

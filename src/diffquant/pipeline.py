@@ -23,7 +23,7 @@ from diffquant.quant.calibration import CalibrationData, collect_trajectory, pic
 from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.reconstruction import ReconSettings
-from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan, make_strategy
+from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
 from diffquant.report import git_commit, save_comparison_grid, save_eps_plot, save_figure, sensitivity_figure, write_results
 from diffquant.tb import RunLogger, to_grid
 from diffquant.training import TrainSettings
@@ -116,14 +116,20 @@ def file_sha256(cached: Path, given: str | None) -> str:
 
 
 def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrategy | QATStrategy:
-    """Translate the `quant` group into a strategy object (validated before any work starts)."""
-    q = cfg.quant
+    """Translate the `quant` group into a strategy object (the one place that maps a method name to code)."""
+    q, r, t = cfg.quant, cfg.quant.recon, cfg.quant.qat
     plan = QuantPlan(q.spec(reduce_range=reduce_range), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut,
                      q.dynamic_input)
-    r = q.recon
     recon = None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
-    qat_settings = TrainSettings(steps=q.qat.steps, lr=q.qat.lr, log_every=cfg.train.log_every)
-    return make_strategy(q.method, plan, qat_settings, q.qat.freeze_observer_step, recon, r.num_samples, q.sensitivity)
+    qat_settings = TrainSettings(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
+                                 log_every=cfg.train.log_every, schedule=t.schedule)
+    builders = {
+        "fp32": FP32Strategy,
+        "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity),
+        "qat": lambda: QATStrategy(plan, qat_settings, t.freeze_observer_step, t.data_weight, t.distill_weight,
+                                   t.data_free, t.init_from_ptq, t.batch_size),
+    }
+    return builders[q.method]()
 
 
 class CachedCalibration:

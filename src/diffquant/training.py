@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +26,16 @@ class TrainSettings:
     warmup_steps: int = 0
     ema_decay: float | None = None
     log_every: int = 25
+    schedule: str = "constant"  # constant | cosine (after warmup)
+
+
+def lr_factor(step: int, warmup: int, settings: TrainSettings) -> float:
+    """Linear warmup, then constant or cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if settings.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(settings.steps - warmup, 1)))
+    return 1.0
 
 
 class EMA:
@@ -41,33 +53,69 @@ class EMA:
             b_ema.copy_(b)
 
 
+LossFn = Callable[[nn.Module, Any], Tensor]
+
+
+def epsilon_loss(diffusion: GaussianDiffusion, generator: torch.Generator) -> LossFn:
+    """The DDPM objective on clean images: ‖ε − ε_θ(x_t, t)‖² at uniformly drawn t."""
+    return lambda model, x0: diffusion.training_loss(model, x0, generator)
+
+
+def distillation_loss(
+    teacher: nn.Module, diffusion: GaussianDiffusion, generator: torch.Generator, data_weight: float, distill_weight: float
+) -> LossFn:
+    """QAT on images: data_weight·‖ε − ε_s‖² + distill_weight·‖ε_teacher − ε_s‖² at the same (x_t, t)."""
+
+    def loss(student: nn.Module, x0: Tensor) -> Tensor:
+        t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = diffusion.q_sample(x0, t, noise)
+        eps = student(x_t, t)
+        with torch.no_grad():
+            target = teacher(x_t, t)
+        return data_weight * nn.functional.mse_loss(eps, noise) + distill_weight * nn.functional.mse_loss(eps, target)
+
+    return loss
+
+
+def trajectory_distillation_loss(teacher: nn.Module) -> LossFn:
+    """Data-free QAT: batches are (x_t, t) pairs from the teacher's own sampling trajectories."""
+
+    def loss(student: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x_t, t = batch
+        with torch.no_grad():
+            target = teacher(x_t, t)
+        return nn.functional.mse_loss(student(x_t, t), target)
+
+    return loss
+
+
 def train_diffusion(
     model: nn.Module,
-    diffusion: GaussianDiffusion,
-    batches: Iterator[Tensor],
+    loss_fn: LossFn,
+    batches: Iterator[Any],
     settings: TrainSettings,
     *,
-    generator: torch.Generator,
     log_scalar: Callable[[str, float, int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     tag: str = "train",
     progress: bool = True,
 ) -> tuple[nn.Module, list[float]]:
-    """Minimise the ε-prediction loss; return (EMA model if enabled else the model, loss per step).
+    """Minimise `loss_fn(model, batch)`; return (EMA model if enabled else the model, loss per step).
 
     `on_step(step)` runs before each step (QAT uses it to freeze observers).
     """
     model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(settings.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, settings))
     ema = EMA(model, settings.ema_decay) if settings.ema_decay else None
     losses: list[float] = []
     bar = tqdm(range(settings.steps), desc=tag, disable=not progress)
     for step in bar:
         if on_step is not None:
             on_step(step)
-        loss = diffusion.training_loss(model, next(batches), generator)
+        loss = loss_fn(model, next(batches))
         if not torch.isfinite(loss):
             raise DiffquantError(f"{tag}: the loss became {loss.item()} at step {step}; lower {tag}.lr or check the data")
         optimizer.zero_grad(set_to_none=True)

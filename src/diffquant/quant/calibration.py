@@ -5,7 +5,7 @@ with t (Q-Diffusion, PTQ4DM). We run the FP32 sampler and keep the inputs it fee
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,12 @@ class CalibrationData:
             return self
         idx = torch.randperm(len(self.t), generator=torch.Generator().manual_seed(seed))[:n]
         return CalibrationData(self.x[idx], self.t[idx])
+
+    def random_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """An endless stream of random (x_t, t) batches (data-free QAT draws from the teacher's trajectories)."""
+        while True:
+            idx = torch.randint(0, len(self.t), (min(batch_size, len(self.t)),), generator=generator)
+            yield self.x[idx], self.t[idx]
 
     def batches(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """Consecutive (x, t) batches covering the whole set."""

@@ -23,7 +23,7 @@ from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.sensitivity import layer_sensitivity
 from diffquant.quant.split import apply_split_shortcut, concat_splits
 from diffquant.quant.wrap import fuse, wrap_layers
-from diffquant.training import TrainSettings, train_diffusion
+from diffquant.training import TrainSettings, distillation_loss, train_diffusion, trajectory_distillation_loss
 
 
 @dataclass
@@ -147,32 +147,31 @@ class QATStrategy:
     plan: QuantPlan
     settings: TrainSettings
     freeze_observer_step: int = 100
+    data_weight: float = 1.0  # ‖ε − ε_student‖² on real images
+    distill_weight: float = 1.0  # ‖ε_teacher − ε_student‖², the FP32 model as teacher
+    data_free: bool = False  # train on the teacher's trajectory pairs only (distillation, no images)
+    init_from_ptq: bool = True  # start from ranges calibrated on the trajectory (else from the first batches)
+    batch_size: int = 128
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
         qmodel, wrapped, fused = prepare_fake_quant(model, self.plan, qat=True)
-        calibrate(qmodel, ctx)
+        if self.init_from_ptq:
+            calibrate(qmodel, ctx)
         qmodel.apply(tq.enable_observer)  # ranges keep adapting until freeze_observer_step
+        teacher = model.eval()
+        if self.data_free:
+            loss_fn = trajectory_distillation_loss(teacher)
+            batches = ctx.calibration().random_batches(self.batch_size, ctx.generator)
+        else:
+            loss_fn = distillation_loss(teacher, ctx.diffusion, ctx.generator, self.data_weight, self.distill_weight)
+            batches = ctx.train_batches()
 
         def freeze(step: int) -> None:
             if step == self.freeze_observer_step:
                 qmodel.apply(tq.disable_observer)
 
-        train_diffusion(qmodel, ctx.diffusion, ctx.train_batches(), self.settings, generator=ctx.generator,
-                        log_scalar=ctx.log_scalar, on_step=freeze, tag="qat", progress=ctx.progress)
+        qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar,
+                                    on_step=freeze, tag="qat", progress=ctx.progress)
         qmodel, execution = finalize(qmodel, self.plan, wrapped)
         return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start)
-
-
-def make_strategy(
-    method: str, plan: QuantPlan, qat_settings: TrainSettings, freeze_observer_step: int,
-    recon: ReconSettings | None = None, recon_samples: int = 256, sensitivity: bool = False,
-) -> FP32Strategy | PTQStrategy | QATStrategy:
-    """The strategy object for `quant.method` (the one place that maps a method name to code)."""
-    if method == "fp32":
-        return FP32Strategy()
-    if method == "ptq":
-        return PTQStrategy(plan, recon, recon_samples, sensitivity)
-    if method == "qat":
-        return QATStrategy(plan, qat_settings, freeze_observer_step)
-    raise DiffquantError(f"quant.method={method!r} is not known; allowed: fp32, ptq, qat")
