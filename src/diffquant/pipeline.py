@@ -24,6 +24,7 @@ from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import QuantContext, make_strategy
 from diffquant.report import save_comparison_grid, save_eps_plot, write_results
+from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger, to_grid
 from diffquant.training import TrainSettings
 
@@ -113,15 +114,16 @@ def reference_samples(cfg: Config, entry_dir: Path, make: Any) -> torch.Tensor:
     key = config_hash({"sampler": dataclasses.asdict(cfg.sampler), "diffusion": dataclasses.asdict(cfg.diffusion),
                        "n": cfg.eval.num_samples, "seed": cfg.eval.seed})
     path = entry_dir / f"samples_{key}.pt"
-    if path.is_file():
-        try:
-            logging.getLogger("diffquant").info("Reusing cached FP32 reference samples %s", path)
-            return torch.load(path, map_location="cpu")
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-            logging.getLogger("diffquant").warning("Cached FP32 samples %s are unreadable; rebuilding", path)
-    samples = make()
-    atomic_torch_save(samples, path)
-    return samples
+    with cache_lock(path, "FP32 reference samples"):
+        if path.is_file():
+            try:
+                logging.getLogger("diffquant").info("Reusing cached FP32 reference samples %s", path)
+                return torch.load(path, map_location="cpu")
+            except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
+                logging.getLogger("diffquant").warning("Cached FP32 samples %s are unreadable; rebuilding", path)
+        samples = make()
+        atomic_torch_save(samples, path)
+        return samples
 
 
 def log_run(logger: RunLogger, cfg: Config, metrics: dict[str, Any], eps_per_t: dict[int, float],
