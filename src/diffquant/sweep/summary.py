@@ -147,9 +147,11 @@ def to_markdown(records: list[JobRecord], title: str) -> str:
     lines = [f"# Sweep summary: {title}", "",
              f"{len(records)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['incomplete']} incomplete.", ""]
     scored = [r for r in records if r.status == "ok" and isinstance(r.metrics.get("eval/fid_cls"), (int, float))]
-    if scored:
-        best = min(scored, key=lambda r: r.metrics["eval/fid_cls"])
-        lines += [f"Best eval/fid_cls: {best.metrics['eval/fid_cls']:.4g} (job {best.job}: {' '.join(best.overrides) or 'defaults'}).", ""]
+    quantized = [r for r in scored if r.method != "fp32"] or scored  # FP32 is the reference, not a candidate
+    if quantized:
+        best = min(quantized, key=lambda r: r.metrics["eval/fid_cls"])
+        lines += [f"Best eval/fid_cls: {best.metrics['eval/fid_cls']:.4g} (job {best.job}: "
+                  f"{' '.join(best.overrides) or 'defaults'}).", ""]
     if common:
         lines += ["Overrides shared by every job: `" + " ".join(common) + "`", ""]
     if rows:
