@@ -40,7 +40,7 @@ def test_success_writes_ok_status_and_returns_fid(tmp_path: Path) -> None:
     value = run_job(lambda: results(), JobInfo(dir=tmp_path, overrides=OVERRIDES, multirun=True))
     assert value == 2.5
     status = json.loads((tmp_path / "status.json").read_text())
-    assert (status["status"], status["error"], status["overrides"]) == ("ok", None, OVERRIDES)
+    assert (status["status"], status["error"], status["objective"], status["overrides"]) == ("ok", None, 2.5, OVERRIDES)
     assert status["seconds"] >= 0
 
 
@@ -52,7 +52,7 @@ def test_failure_in_a_multirun_is_recorded_and_returns_nan(tmp_path: Path, exc: 
     value = run_job(lambda: _fail(exc), JobInfo(dir=tmp_path, overrides=OVERRIDES, multirun=True))
     assert math.isnan(value)
     status = json.loads((tmp_path / "status.json").read_text())
-    assert (status["status"], status["error"]) == ("failed", error)
+    assert (status["status"], status["error"]) == ("failed", error) and math.isnan(status["objective"])
 
 
 def test_failure_in_a_single_run_is_recorded_and_raised(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Two processes that need the same cache entry at the same moment: one builds it, the other waits and loads it."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,9 @@ print(f"RESULT acc={acc:.6f} cached={cached}")
 
 def test_two_processes_build_a_cache_entry_once(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a small machine: no thread oversubscription
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cache), str(tmp_path / f"ready{i}"), str(tmp_path / f"ready{1 - i}")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
     logs = [out for out, _ in outputs]

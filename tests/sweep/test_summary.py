@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,13 @@ def ptq_results(bits: int, backend: str, fid: float, psnr: float) -> dict[str, A
 
 @pytest.fixture
 def sweep_dir(tmp_path: Path) -> Path:
-    """Jobs 0-3 ok (2 bit widths x 2 backends), 4 an FP32 reference, 10 failed, 11 killed (no status)."""
+    """Jobs 0-3 ok (2 bit widths x 2 backends; 1 over the size budget), 4 an FP32 reference, 10 failed, 11 killed."""
     root = tmp_path / "sweep"
     for i, (bits, backend, fid, psnr) in enumerate([(4, "fbgemm", 9.5, 20.0), (8, "fbgemm", 3.1, 38.0),
                                                      (4, "qnnpack", 9.9, 19.5), (8, "qnnpack", 3.2, 37.0)]):
         make_job(root, str(i), ["quant=ptq", f"quant.weight_bits={bits}", f"backend={backend}", "sweep.skip_done=true"],
-                 ptq_results(bits, backend, fid, psnr), {"status": "ok", "error": None, "seconds": 10.0 + i})
+                 ptq_results(bits, backend, fid, psnr),
+                 {"status": "ok", "error": None, "objective": math.inf if i == 1 else fid, "seconds": 10.0 + i})
     fp32 = {**ptq_results(8, "fbgemm", 3.0, 0.0), "method": "fp32", "weight_bits": 32, "act_bits": 32, "execution": "fp32"}
     fp32["metrics"] = {**fp32["metrics"], "eval/psnr_vs_fp32": None, "eval/extra_metric": 0.5}
     make_job(root, "4", ["quant=fp32", "quant.weight_bits=8", "backend=fbgemm"], fp32, {"status": "ok"})
@@ -68,6 +70,8 @@ def test_collect_reads_every_job_in_natural_order(sweep_dir: Path) -> None:
     assert records["1"].metrics["eval/fid_cls"] == 3.1 and records["1"].seconds == 11.0
     assert records["1"].overrides == ["quant=ptq", "quant.weight_bits=8", "backend=fbgemm"]  # skip_done dropped
     assert records["1"].weight_bytes_est == 800.0  # 3200 FP32 bytes at 8 of 32 bits
+    assert (records["0"].objective, records["1"].objective) == (9.5, math.inf)
+    assert records["4"].objective == 3.0  # no objective in status.json (an older run): eval/fid_cls
     assert (records["10"].status, records["10"].weight_bits, records["10"].backend) == ("failed", 9, "qnnpack")
     assert records["10"].error.startswith("quant.weight_bits=9 is out of range")
     assert (records["11"].status, records["11"].weight_bits, records["11"].error) == ("incomplete", 6, None)
@@ -78,9 +82,9 @@ def test_write_summary_csv_md_png(sweep_dir: Path) -> None:
     assert [p.name for p in paths] == ["summary.csv", "summary.md", "summary.png"]
     rows = list(csv.DictReader(paths[0].open()))
     assert len(rows) == len(records) == 7
-    assert list(rows[0])[:11] == ["job", "overrides", "method", "weight_bits", "act_bits", "backend", "execution",
-                                  "status", "error", "seconds", "weight_bytes_est"]
-    assert list(rows[0])[11:14] == ["eval/fid_cls", "eval/fid_cls_fp32", "eval/psnr_vs_fp32"]
+    assert list(rows[0])[:12] == ["job", "overrides", "method", "weight_bits", "act_bits", "backend", "execution",
+                                  "status", "error", "objective", "seconds", "weight_bytes_est"]
+    assert list(rows[0])[12:15] == ["eval/fid_cls", "eval/fid_cls_fp32", "eval/psnr_vs_fp32"]
     assert {"perf/quantize_s", "model/size_bytes_fp32", "eval/extra_metric"} <= set(rows[0])
     by_job = {r["job"]: r for r in rows}
     assert by_job["2"]["overrides"] == "quant=ptq quant.weight_bits=4 backend=qnnpack"
@@ -91,7 +95,7 @@ def test_write_summary_csv_md_png(sweep_dir: Path) -> None:
 
     md = paths[1].read_text()
     assert "7 jobs: 5 ok, 1 failed, 1 incomplete." in md
-    assert "Best eval/fid_cls: 3.1 (job 1: quant=ptq quant.weight_bits=8 backend=fbgemm)" in md
+    assert "Best objective (eval/fid_cls within the size budget): 3.2 (job 3: quant=ptq quant.weight_bits=8 backend=qnnpack)" in md
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 7  # header + one row per job
     assert table[0].startswith("| job | overrides | method | weight_bits |")

@@ -1,6 +1,6 @@
 """One job of a sweep: seeds, a status file, failures that do not end the sweep, skipping finished jobs.
 
-Every job folder gets `status.json` ({"status": "ok" | "failed", "error", "overrides", "seconds"}),
+Every job folder gets `status.json` ({"status": "ok" | "failed", "error", "objective", "overrides", "seconds"}),
 written atomically. In a multirun a failing job logs its traceback, records the error and returns
 NaN, so the launcher goes on with the other jobs; a single run re-raises (exit code 2 for a
 DiffquantError).
@@ -91,10 +91,10 @@ def finished_results(job: JobInfo) -> Optional[dict[str, Any]]:
     return results if same and complete else None
 
 
-def write_status(job: JobInfo, status: str, seconds: float, error: Optional[str] = None) -> None:
-    """status.json of the job (atomically): status, error, overrides, seconds."""
-    atomic_write_json({"status": status, "error": error, "overrides": job.overrides, "seconds": round(seconds, 3)},
-                      job.dir / STATUS_FILE)
+def write_status(job: JobInfo, status: str, seconds: float, value: float, error: Optional[str] = None) -> None:
+    """status.json of the job (atomically): status, error, the objective returned to the sweeper, overrides, seconds."""
+    atomic_write_json({"status": status, "error": error, "objective": value, "overrides": job.overrides,
+                       "seconds": round(seconds, 3)}, job.dir / STATUS_FILE)
 
 
 def run_job(task: Callable[[], dict[str, Any]], job: JobInfo) -> float:
@@ -108,10 +108,11 @@ def run_job(task: Callable[[], dict[str, Any]], job: JobInfo) -> float:
     try:
         results = task()
     except Exception as exc:  # noqa: BLE001 - any failure of one job is recorded; the sweep goes on
-        write_status(job, "failed", time.perf_counter() - start, describe(exc))
+        write_status(job, "failed", time.perf_counter() - start, math.nan, describe(exc))
         if not job.multirun:
             raise
         log.error("Job %s failed: %s", job.dir, describe(exc), exc_info=not isinstance(exc, DiffquantError))
         return math.nan
-    write_status(job, "ok", time.perf_counter() - start)
-    return objective(results, job.size_budget_bytes)
+    value = objective(results, job.size_budget_bytes)
+    write_status(job, "ok", time.perf_counter() - start, value)
+    return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from diffquant.sweep.job import RESULTS_FILE, STATUS_FILE, defining_overrides, e
 
 FIRST_METRICS = ("eval/fid_cls", "eval/fid_cls_fp32", "eval/psnr_vs_fp32", "eval/mse_vs_fp32", "eval/eps_rel_err")
 HEADER = ("job", "overrides", "method", "weight_bits", "act_bits", "backend", "execution", "status", "error",
-          "seconds", "weight_bytes_est")
+          "objective", "seconds", "weight_bytes_est")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class JobRecord:
     execution: Optional[str] = None
     status: str = "incomplete"
     error: Optional[str] = None
+    objective: Optional[float] = None  # what the sweeper saw: fid_cls, +inf over the size budget, NaN if failed
     seconds: Optional[float] = None
     weight_bytes_est: Optional[float] = None
     metrics: dict[str, Optional[float]] = field(default_factory=dict)
@@ -88,6 +90,7 @@ def read_job(job_dir: Path, root: Path) -> JobRecord:
             setattr(record, key, results.get(key))
         record.metrics = dict(results.get("metrics", {}))
         record.weight_bytes_est = estimated_weight_bytes(results)
+        record.objective = status.get("objective", record.metrics.get("eval/fid_cls"))
         record.status = "ok"
         return record
     _from_config(job_dir, record)
@@ -146,11 +149,11 @@ def to_markdown(records: list[JobRecord], title: str) -> str:
     counts = {s: sum(r.status == s for r in records) for s in ("ok", "failed", "incomplete")}
     lines = [f"# Sweep summary: {title}", "",
              f"{len(records)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['incomplete']} incomplete.", ""]
-    scored = [r for r in records if r.status == "ok" and isinstance(r.metrics.get("eval/fid_cls"), (int, float))]
+    scored = [r for r in records if r.status == "ok" and isinstance(r.objective, (int, float)) and math.isfinite(r.objective)]
     quantized = [r for r in scored if r.method != "fp32"] or scored  # FP32 is the reference, not a candidate
     if quantized:
-        best = min(quantized, key=lambda r: r.metrics["eval/fid_cls"])
-        lines += [f"Best eval/fid_cls: {best.metrics['eval/fid_cls']:.4g} (job {best.job}: "
+        best = min(quantized, key=lambda r: r.objective)
+        lines += [f"Best objective (eval/fid_cls within the size budget): {best.objective:.4g} (job {best.job}: "
                   f"{' '.join(best.overrides) or 'defaults'}).", ""]
     if common:
         lines += ["Overrides shared by every job: `" + " ".join(common) + "`", ""]
