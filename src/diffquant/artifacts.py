@@ -21,6 +21,7 @@ from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
 from diffquant.models import build_model
+from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger
 from diffquant.training import TrainSettings, epsilon_loss, train_diffusion
 
@@ -73,24 +74,25 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
     key = fp32_key(cfg)
     entry = Path(cfg.paths.cache_dir) / "fp32" / key
     path = entry / "model.pt"
-    ckpt = load_cache_entry(path, key)
-    if ckpt is not None:
-        _load_state(model, ckpt, "paths.cache_dir")
-        log.info("Reusing the cached FP32 model %s (no training)", path)
-        return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
-    log.info("Training the FP32 model for %d steps (cache entry %s)", cfg.train.steps, entry)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
-    t = cfg.train
-    settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                             warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every)
-    batches = iterate_batches(data.train_images, t.batch_size, generator)
-    ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
-                                  log_scalar=logger.scalar, progress=cfg.progress)
-    atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
-                       "losses": losses, "key": key}, path)
-    return FP32Artifact(ema.eval(), key, entry, False, losses)
+    with cache_lock(path, "FP32 model"):  # concurrent sweep jobs: one trains, the others wait and load
+        ckpt = load_cache_entry(path, key)
+        if ckpt is not None:
+            _load_state(model, ckpt, "paths.cache_dir")
+            log.info("Reusing the cached FP32 model %s (no training)", path)
+            return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
+        log.info("Training the FP32 model for %d steps (cache entry %s)", cfg.train.steps, entry)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+        t = cfg.train
+        settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                                 warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every)
+        batches = iterate_batches(data.train_images, t.batch_size, generator)
+        ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
+                                      log_scalar=logger.scalar, progress=cfg.progress)
+        atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
+                           "losses": losses, "key": key}, path)
+        return FP32Artifact(ema.eval(), key, entry, False, losses)
 
 
 def _load_state(model: nn.Module, ckpt: dict[str, Any], setting: str) -> None:
@@ -123,15 +125,16 @@ def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float
     log = logging.getLogger("diffquant")
     key = config_hash({"dataset": dataclasses.asdict(cfg.dataset), "steps": cfg.eval.classifier_steps, "seed": cfg.seed})
     path = Path(cfg.paths.cache_dir) / "classifier" / key / "model.pt"
-    ckpt = load_cache_entry(path, key)
-    if ckpt is not None:
-        model = DigitClassifier(**ckpt["model_config"])
-        model.load_state_dict(ckpt["state_dict"])
-        log.info("Reusing the cached feature classifier %s (no training)", path)
-        return model.eval(), float(ckpt["accuracy"]), True
-    log.info("Training the feature classifier for %d steps", cfg.eval.classifier_steps)
-    model = train_classifier(data.train_images, data.train_labels, num_classes=data.num_classes,
-                             steps=cfg.eval.classifier_steps, seed=cfg.seed, progress=cfg.progress)
-    acc = accuracy(model, data.test_images, data.test_labels)
-    atomic_torch_save({"state_dict": model.state_dict(), "model_config": model.config, "accuracy": acc, "key": key}, path)
-    return model, acc, False
+    with cache_lock(path, "feature classifier"):
+        ckpt = load_cache_entry(path, key)
+        if ckpt is not None:
+            model = DigitClassifier(**ckpt["model_config"])
+            model.load_state_dict(ckpt["state_dict"])
+            log.info("Reusing the cached feature classifier %s (no training)", path)
+            return model.eval(), float(ckpt["accuracy"]), True
+        log.info("Training the feature classifier for %d steps", cfg.eval.classifier_steps)
+        model = train_classifier(data.train_images, data.train_labels, num_classes=data.num_classes,
+                                 steps=cfg.eval.classifier_steps, seed=cfg.seed, progress=cfg.progress)
+        acc = accuracy(model, data.test_images, data.test_labels)
+        atomic_torch_save({"state_dict": model.state_dict(), "model_config": model.config, "accuracy": acc, "key": key}, path)
+        return model, acc, False

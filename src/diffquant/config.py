@@ -216,6 +216,16 @@ class PathsConfig:
 
 
 @dataclass
+class SweepConfig:
+    skip_done: bool = False  # a job whose folder holds complete results for the same overrides is not re-run
+    size_budget_bytes: Optional[int] = None  # sweepers see +inf for jobs whose estimated weight size exceeds it
+
+    def __post_init__(self) -> None:
+        if self.size_budget_bytes is not None:
+            check_range("sweep.size_budget_bytes", self.size_budget_bytes, 1)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -227,6 +237,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
     progress: bool = True
 

@@ -25,6 +25,7 @@ from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
 from diffquant.report import git_commit, save_comparison_grid, save_eps_plot, save_figure, sensitivity_figure, write_results
+from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger, to_grid
 from diffquant.training import TrainSettings
 
@@ -144,7 +145,8 @@ class CachedCalibration:
 
     def get(self) -> CalibrationData:
         if self.data is None:
-            self.data = self._load() or self._build()
+            with cache_lock(self.path, "calibration pairs"):
+                self.data = self._load() or self._build()
         return self.data
 
     def _load(self) -> CalibrationData | None:
@@ -190,15 +192,16 @@ def reference_samples(cfg: Config, entry_dir: Path, make: Any) -> torch.Tensor:
     key = config_hash({"sampler": dataclasses.asdict(cfg.sampler), "diffusion": dataclasses.asdict(cfg.diffusion),
                        "n": cfg.eval.num_samples, "seed": cfg.eval.seed})
     path = entry_dir / f"samples_{key}.pt"
-    if path.is_file():
-        try:
-            logging.getLogger("diffquant").info("Reusing cached FP32 reference samples %s", path)
-            return torch.load(path, map_location="cpu")
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-            logging.getLogger("diffquant").warning("Cached FP32 samples %s are unreadable; rebuilding", path)
-    samples = make()
-    atomic_torch_save(samples, path)
-    return samples
+    with cache_lock(path, "FP32 reference samples"):
+        if path.is_file():
+            try:
+                logging.getLogger("diffquant").info("Reusing cached FP32 reference samples %s", path)
+                return torch.load(path, map_location="cpu")
+            except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
+                logging.getLogger("diffquant").warning("Cached FP32 samples %s are unreadable; rebuilding", path)
+        samples = make()
+        atomic_torch_save(samples, path)
+        return samples
 
 
 def log_run(logger: RunLogger, cfg: Config, metrics: dict[str, Any], eps_per_t: dict[int, float],

@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from diffquant.config import register_configs, to_config
@@ -16,23 +18,27 @@ from diffquant.errors import DiffquantError
 # The top-level conf/ of the checkout (the package is installed editable: `pip install -e .`).
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Run one job; return eval/fid_cls for sweepers that optimize it."""
+    """Run one job; return eval/fid_cls for sweepers that optimize it (NaN for a failed sweep job)."""
     from diffquant.pipeline import run_experiment
+    from diffquant.sweep.job import JobInfo, run_job
 
+    # torch 2.14 flags quantized tensor creation as deprecated on every int8 conversion; the README
+    # says so once instead of a warning block per run. Set here, in the job: sweep workers are
+    # separate processes. Tests keep seeing it.
+    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel", category=UserWarning)
+    hc = HydraConfig.get()
+    job = JobInfo(dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), multirun=hc.mode == RunMode.MULTIRUN,
+                  seed=cfg.seed, skip_done=cfg.sweep.skip_done, size_budget_bytes=cfg.sweep.size_budget_bytes)
     try:
-        results = run_experiment(to_config(cfg))
-    except DiffquantError as exc:
+        return run_job(lambda: run_experiment(to_config(cfg)), job)
+    except DiffquantError as exc:  # a single run only: run_job records a sweep job's failure and returns NaN
         logging.getLogger("diffquant").error("%s", exc)
         print(f"diffquant: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    return results["metrics"]["eval/fid_cls"]
 
 
 def main() -> None:
     """Console-script entry: register the schemas, then hand over to Hydra."""
-    # torch 2.14 flags quantized tensor creation as deprecated on every int8 conversion; the README
-    # says so once instead of a warning block per run. Tests keep seeing it.
-    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel", category=UserWarning)
     register_configs()
     hydra_main()
 
