@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ def diffquant(tmp_path: Path, *overrides: str, run_dir: str = "run") -> subproce
     overrides = tuple(o for o in overrides if not o.startswith("-"))
     cmd = [sys.executable, "-m", "diffquant.run", *flags, f"hydra.run.dir={tmp_path / run_dir}",
            f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY_OVERRIDES, *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is faster and leaves a core to pytest
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
 
 
 def test_ptq_int8_run_writes_results_tensorboard_and_pngs(tmp_path: Path) -> None:
