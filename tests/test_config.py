@@ -57,3 +57,11 @@ def test_bad_values_name_the_setting(compose_cfg, override: str, message: str) -
         to_config(compose_cfg(override))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_layer_bits_and_skip_from_the_command_line(compose_cfg) -> None:
+    cfg = to_config(compose_cfg("+quant.layer_bits={conv_out:8,up.0.0.conv1:6}", "quant.skip=[time_embed.*]"))
+    assert cfg.quant.layer_bits == {"conv_out": 8, "up.0.0.conv1": 6}
+    assert cfg.quant.skip == ["time_embed.*"]
+    with pytest.raises(DiffquantError, match="quant.layer_bits.conv_out=9 is out of range"):
+        to_config(compose_cfg("+quant.layer_bits={conv_out:9}"))
