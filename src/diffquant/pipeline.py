@@ -18,7 +18,7 @@ from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.evaluation import EpsProbe, eps_errors, sample_batched, sample_metrics, time_first_batch
+from diffquant.evaluation import EpsProbe, eps_errors, finite_or_none, sample_batched, sample_metrics, time_first_batch
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
 from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.size import state_dict_bytes
@@ -80,7 +80,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         eps_rel, eps_per_t = eps_errors(probe.predictions(fp32.model), probe.predictions(outcome.model), probe.t)
         metrics = {
             **sample_metrics(classifier, data.test_images, fp32_samples, q_samples, compare=q.method != "fp32"),
-            "eval/eps_rel_err": eps_rel,
+            "eval/eps_rel_err": finite_or_none(eps_rel),  # non-finite outputs are reported as null
             "eval/classifier_acc": cls_acc,
             "model/size_bytes": state_dict_bytes(outcome.model),
             "model/size_bytes_fp32": state_dict_bytes(fp32.model),
