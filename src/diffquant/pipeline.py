@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from functools import partial
 from pathlib import Path
@@ -13,18 +12,17 @@ from typing import Any
 import torch
 
 from diffquant.artifacts import get_classifier, get_fp32_model
-from diffquant.cache import atomic_torch_save, config_hash
 from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.samplers import get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.evaluation import EpsProbe, eps_errors, sample_batched, sample_metrics, time_first_batch
+from diffquant.eval_stage import EvalInputs, evaluate_and_report
+from diffquant.features import require_extractor
 from diffquant.quant.calibration import collect_trajectory
 from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import QuantContext, make_strategy
-from diffquant.report import save_comparison_grid, save_eps_plot, write_results
-from diffquant.tb import RunLogger, to_grid
+from diffquant.tb import RunLogger
 from diffquant.training import TrainSettings
 
 
@@ -39,6 +37,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     spec = q.spec(reduce_range=reduce_range)
     qat_settings = TrainSettings(steps=q.qat.steps, lr=q.qat.lr, log_every=cfg.train.log_every)
     strategy = make_strategy(q.method, spec, q.skip, qat_settings, q.qat.freeze_observer_step)
+    require_extractor(cfg.eval.fid.extractor)  # a missing optional extra fails before any training
     torch.manual_seed(cfg.seed)
 
     data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
@@ -71,77 +70,15 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         outcome = strategy.quantize(fp32.model, ctx)
         log.info("Execution: %s (%d layers wrapped, %.1f s)", outcome.execution, len(outcome.wrapped_layers), outcome.seconds)
 
-        ev = cfg.eval
-        noise = torch.randn((ev.num_samples, data.channels, data.image_size, data.image_size),
-                            generator=torch.Generator().manual_seed(ev.seed))
-        fp32_samples = reference_samples(cfg, fp32.entry_dir, lambda: sample_batched(sample, fp32.model, noise, ev.batch_size)[0])
-        fp32_seconds = time_first_batch(sample, fp32.model, noise, ev.batch_size)
-        q_samples, q_seconds = sample_batched(sample, outcome.model, noise, ev.batch_size)
-
-        probe = EpsProbe.build(data.test_images[: ev.eps_num_images], diffusion, ev.eps_timesteps, ev.seed)
-        eps_rel, eps_per_t = eps_errors(probe.predictions(fp32.model), probe.predictions(outcome.model), probe.t)
-        metrics = {
-            **sample_metrics(classifier, data.test_images, fp32_samples, q_samples, compare=q.method != "fp32"),
-            "eval/eps_rel_err": eps_rel,
-            "eval/classifier_acc": cls_acc,
-            "model/size_bytes": state_dict_bytes(outcome.model),
-            "model/size_bytes_fp32": state_dict_bytes(fp32.model),
-            "perf/sample_s": q_seconds,
-            "perf/sample_s_fp32": fp32_seconds,
-            "perf/quantize_s": outcome.seconds,
-        }
-        log_run(logger, cfg, metrics, eps_per_t, data.test_images, fp32_samples, q_samples, fp32.model, outcome.model)
-        save_comparison_grid({"real (held-out)": data.test_images[: ev.grid_images], "FP32": fp32_samples[: ev.grid_images],
-                              f"{q.method} ({outcome.execution})": q_samples[: ev.grid_images]}, out_dir / "samples.png")
-        save_eps_plot(eps_per_t, out_dir / "eps_rel_err.png", f"{q.method} W{q.weight_bits}A{q.act_bits} {cfg.backend.engine}")
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
         header = {"method": q.method, "weight_bits": bits[0], "act_bits": bits[1], "backend": cfg.backend.engine,
                   "execution": outcome.execution, "reduce_range": reduce_range}
-        extra = {"eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()}, "fp32_cache_key": fp32.key,
-                 "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
+        extra = {"fp32_cache_key": fp32.key, "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
                  "fused_groups": outcome.fused_groups}
-        results = write_results(out_dir / "results.json", header, metrics, extra)
-        log.info("fid_cls %.3f (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"] or float("nan"),
-                 metrics["eval/fid_cls_fp32"], eps_rel, metrics["eval/psnr_vs_fp32"], out_dir / "results.json")
-        return results
+        model_metrics = {"model/size_bytes": state_dict_bytes(outcome.model), "model/size_bytes_fp32": state_dict_bytes(fp32.model),
+                         "perf/quantize_s": outcome.seconds}
+        inputs = EvalInputs(data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution,
+                            classifier, cls_acc)
+        return evaluate_and_report(cfg, inputs, header, model_metrics, extra, logger)
     finally:
         logger.close()
-
-
-def reference_samples(cfg: Config, entry_dir: Path, make: Any) -> torch.Tensor:
-    """FP32 samples from the evaluation noise, cached next to the FP32 checkpoint per sampler and eval setting."""
-    key = config_hash({"sampler": dataclasses.asdict(cfg.sampler), "diffusion": dataclasses.asdict(cfg.diffusion),
-                       "n": cfg.eval.num_samples, "seed": cfg.eval.seed})
-    path = entry_dir / f"samples_{key}.pt"
-    if path.is_file():
-        try:
-            logging.getLogger("diffquant").info("Reusing cached FP32 reference samples %s", path)
-            return torch.load(path, map_location="cpu")
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-            logging.getLogger("diffquant").warning("Cached FP32 samples %s are unreadable; rebuilding", path)
-    samples = make()
-    atomic_torch_save(samples, path)
-    return samples
-
-
-def log_run(logger: RunLogger, cfg: Config, metrics: dict[str, Any], eps_per_t: dict[int, float],
-            real: torch.Tensor, fp32_samples: torch.Tensor, q_samples: torch.Tensor, fp32_model: Any, q_model: Any) -> None:
-    """Everything TensorBoard shows for a run: metrics, per-t error, grids, histograms, HParams, config."""
-    from omegaconf import OmegaConf
-
-    logger.scalars(metrics)
-    for t, value in eps_per_t.items():
-        logger.scalar("eval/eps_rel_err_by_t", value, t)
-    n = cfg.eval.grid_images
-    for tag, images in (("real", real), ("fp32", fp32_samples), ("quantized", q_samples)):
-        logger.image(f"samples/{tag}", to_grid(images[:n]))
-    logger.image("samples/abs_diff_x4", to_grid((q_samples[:n] - fp32_samples[:n]).abs().mul(4).sub(1)))
-    if cfg.logger.histograms:
-        logger.histograms(fp32_model, "weights_fp32")
-        logger.histograms(q_model, "weights_quantized")
-    q = cfg.quant
-    logger.hparams({"method": q.method, "weight_bits": q.weight_bits, "act_bits": q.act_bits, "backend": cfg.backend.engine,
-                    "granularity": q.granularity, "symmetric": q.symmetric, "observer": q.observer,
-                    "calib_timesteps": q.calib.timesteps, "model": cfg.model.name, "dataset": cfg.dataset.name,
-                    "sampler": f"{cfg.sampler.name}{cfg.sampler.steps}"}, metrics)
-    logger.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "\n```")
