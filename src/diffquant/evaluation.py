@@ -110,9 +110,14 @@ def sample_metrics(
 ) -> dict[str, float | None]:
     """Per feature space: FID / precision / recall / IS of both sample sets; PSNR / MSE vs FP32 when `compare`."""
     metrics: dict[str, float | None] = {}
+    same = q_samples.shape == fp32_samples.shape and torch.equal(q_samples, fp32_samples)  # e.g. quant=fp32
     for space in spaces:
-        metrics.update(space_metrics(space, refs[space.name], q_samples, "", k))
-        metrics.update(space_metrics(space, refs[space.name], fp32_samples, "_fp32", k))
+        quantized = space_metrics(space, refs[space.name], q_samples, "", k)
+        metrics.update(quantized)
+        if same:  # identical samples: skip a second feature pass (minutes with Inception on a CPU)
+            metrics.update({f"{key}_fp32": value for key, value in quantized.items()})
+        else:
+            metrics.update(space_metrics(space, refs[space.name], fp32_samples, "_fp32", k))
     metrics["eval/psnr_vs_fp32"], metrics["eval/mse_vs_fp32"] = None, None
     if compare and bool(torch.isfinite(q_samples).all()):
         metrics["eval/psnr_vs_fp32"] = finite_or_none(psnr(q_samples, fp32_samples, data_range=2.0))
