@@ -151,8 +151,8 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
              "traj_eps_mse_per_t": {str(t): v for t, v in traj.items()},
              "activation_ranges": {k: list(v) for k, v in ranges.items()}, **extra}
     results = write_results(out_dir / "results.json", header, metrics, extra)
-    log.info("fid_cls %s (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"],
+    log.info("fid_cls %.3f (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"] or float("nan"),
              metrics["eval/fid_cls_fp32"], eps_rel, metrics["eval/psnr_vs_fp32"], out_dir / "results.json")
     if "eval/fid_inception" in metrics:
-        log.info("fid_inception %s (FP32 %.3f)", metrics["eval/fid_inception"], metrics["eval/fid_inception_fp32"])
+        log.info("fid_inception %.3f (FP32 %.3f)", metrics["eval/fid_inception"] or float("nan"), metrics["eval/fid_inception_fp32"])
     return results
