@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from diffquant.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
-from diffquant.trajectory import PairedEps, trajectory_eps_mse
+from diffquant.trajectory import PairedEps, mean_over_steps, trajectory_eps_mse
 
 
 class Scaled(nn.Module):
@@ -59,3 +59,8 @@ def test_ddpm_visits_every_timestep(diffusion) -> None:
     ddpm_sample(paired, diffusion, torch.zeros(2, 1, 2, 2), generator=torch.Generator().manual_seed(0))
     per_t = paired.per_t()
     assert list(per_t) == list(range(100)) and per_t[0] == pytest.approx(0.04)
+
+
+def test_summary_leaves_out_t0_unless_it_is_the_only_step() -> None:
+    assert mean_over_steps({0: 100.0, 20: 1.0, 40: 3.0}) == 2.0
+    assert mean_over_steps({0: 5.0}) == 5.0

@@ -27,7 +27,7 @@ from diffquant.quant.inspect import activation_ranges, layer_inputs
 from diffquant.report import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
 from diffquant.tb import RunLogger
 from diffquant.tb_layout import log_run
-from diffquant.trajectory import trajectory_eps_mse
+from diffquant.trajectory import mean_over_steps, trajectory_eps_mse
 
 
 @dataclass
@@ -121,7 +121,7 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
     metrics = {
         **sample_metrics(spaces, refs, fp32_samples, q_samples, compare, ev.precision_recall_k),
         "eval/eps_rel_err": eps_rel,
-        "eval/traj_eps_mse": sum(traj.values()) / len(traj),
+        "eval/traj_eps_mse": mean_over_steps(traj),
         "eval/classifier_acc": inputs.classifier_acc,
         **model_metrics,
         "perf/sample_s": q_seconds,

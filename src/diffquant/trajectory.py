@@ -48,3 +48,13 @@ def trajectory_eps_mse(
     for start in range(0, noise.shape[0], batch_size):
         sample(paired, noise=noise[start : start + batch_size])
     return paired.per_t()
+
+
+def mean_over_steps(per_t: dict[int, float]) -> float:
+    """Mean of the per-step MSE over t > 0 (all steps if that leaves none).
+
+    t = 0 is left out of the summary as in `eval/eps_rel_err`: there x_t carries noise of std 0.01,
+    ε is barely identifiable, and the sampler weighs it by 0.01. The per-step series keeps it.
+    """
+    values = [v for t, v in per_t.items() if t > 0] or list(per_t.values())
+    return sum(values) / len(values)
