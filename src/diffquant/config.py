@@ -6,7 +6,7 @@ when `to_config` turns the composed DictConfig into these dataclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -189,6 +189,16 @@ class SamplerConfig:
 
 
 @dataclass
+class FIDConfig:
+    extractor: str = "classifier"  # classifier (offline CNN, default) | inception (needs the `fid` extra)
+    batch_size: int = 32           # Inception forward batch
+
+    def __post_init__(self) -> None:
+        check_choice("eval.fid.extractor", self.extractor, ("classifier", "inception"))
+        check_range("eval.fid.batch_size", self.batch_size, 1)
+
+
+@dataclass
 class EvalConfig:
     num_samples: int = 512
     batch_size: int = 256
@@ -197,10 +207,19 @@ class EvalConfig:
     eps_num_images: int = 128
     classifier_steps: int = 400
     grid_images: int = 64
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    precision_recall_k: int = 3
+    traj_num_samples: int = 64
+    act_probe_images: int = 4
 
     def __post_init__(self) -> None:
         check_range("eval.num_samples", self.num_samples, 2)
         check_range("eval.eps_timesteps", self.eps_timesteps, 1)
+        check_range("eval.precision_recall_k", self.precision_recall_k, 1)
+        if self.precision_recall_k >= self.num_samples:
+            raise DiffquantError(f"eval.precision_recall_k={self.precision_recall_k} must be below eval.num_samples={self.num_samples}")
+        check_range("eval.traj_num_samples", self.traj_num_samples, 1)
+        check_range("eval.act_probe_images", self.act_probe_images, 1)
 
 
 @dataclass

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.metrics.classifier import DigitClassifier, extract_features
-from diffquant.metrics.fid import fid_from_features
+from diffquant.features import FeatureSpace, Reference
+from diffquant.metrics.fid import feature_statistics, frechet_distance
+from diffquant.metrics.inception_score import inception_score
+from diffquant.metrics.precision_recall import precision_recall
 from diffquant.metrics.quality import mse, psnr
 
 
@@ -43,21 +45,34 @@ class EpsProbe:
 
     x: Tensor  # [T, N, C, H, W]
     t: list[int]
+    noise: Tensor  # [T, N, C, H, W], the ε that produced x
 
     @classmethod
     def build(cls, images: Tensor, diffusion: GaussianDiffusion, num_timesteps: int, seed: int) -> EpsProbe:
         generator = torch.Generator().manual_seed(seed)
         T = diffusion.num_timesteps
         ts = sorted({int((i + 0.5) * T / num_timesteps) for i in range(num_timesteps)})
-        xs = []
+        xs, noises = [], []
         for t in ts:
             noise = torch.randn(images.shape, generator=generator)
             xs.append(diffusion.q_sample(images, torch.full((images.shape[0],), t, dtype=torch.long), noise))
-        return cls(torch.stack(xs), ts)
+            noises.append(noise)
+        return cls(torch.stack(xs), ts, torch.stack(noises))
 
     @torch.no_grad()
     def predictions(self, model: nn.Module) -> Tensor:
         return torch.stack([model(x, torch.full((x.shape[0],), t, dtype=torch.long)) for x, t in zip(self.x, self.t)])
+
+    def loss_per_t(self, predictions: Tensor) -> dict[int, float]:
+        """The denoising loss MSE(ε_pred, ε) at each timestep (the training objective, per t)."""
+        err = (predictions.double() - self.noise.double()) ** 2
+        return {t: float(err[i].mean()) for i, t in enumerate(self.t)}
+
+    def mixed_batch(self, per_timestep: int) -> tuple[Tensor, Tensor]:
+        """(x, t) with `per_timestep` images from every timestep, for probing activations."""
+        x = self.x[:, :per_timestep].reshape(-1, *self.x.shape[2:])
+        t = torch.tensor(self.t, dtype=torch.long).repeat_interleave(min(per_timestep, self.x.shape[1]))
+        return x, t
 
 
 def eps_errors(ref: Tensor, approx: Tensor, timesteps: list[int]) -> tuple[float, dict[int, float]]:
@@ -72,19 +87,39 @@ def finite_or_none(value: float) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def sample_metrics(
-    classifier: DigitClassifier, real: Tensor, fp32_samples: Tensor, q_samples: Tensor, compare: bool
-) -> dict[str, float | None]:
-    """fid_cls for both sample sets against held-out real images; PSNR / MSE vs FP32 when `compare`."""
-    real_f = extract_features(classifier, real)
-    finite = bool(torch.isfinite(q_samples).all())
-    metrics: dict[str, float | None] = {
-        "eval/fid_cls": fid_from_features(extract_features(classifier, q_samples), real_f) if finite else None,
-        "eval/fid_cls_fp32": fid_from_features(extract_features(classifier, fp32_samples), real_f),
-        "eval/psnr_vs_fp32": None,
-        "eval/mse_vs_fp32": None,
+def space_metrics(space: FeatureSpace, ref: Reference, samples: Tensor, suffix: str, k: int) -> dict[str, float | None]:
+    """FID, precision / recall (and IS where the space has logits) of one sample set in `space`."""
+    s = space.short
+    keys = [f"eval/fid_{s}", f"eval/precision_{s}", f"eval/recall_{s}"] + ([f"eval/is_{s}"] if space.logits else [])
+    if not bool(torch.isfinite(samples).all()):
+        return {f"{key}{suffix}": None for key in keys}
+    feats = space.extract(samples)
+    precision, recall = precision_recall(ref.features, feats, k)
+    values: dict[str, float | None] = {
+        f"eval/fid_{s}{suffix}": frechet_distance(ref.mu.numpy(), ref.sigma.numpy(), *feature_statistics(feats)),
+        f"eval/precision_{s}{suffix}": precision,
+        f"eval/recall_{s}{suffix}": recall,
     }
-    if compare and finite:
+    if space.logits is not None:
+        values[f"eval/is_{s}{suffix}"] = inception_score(space.logits(samples))[0]
+    return values
+
+
+def sample_metrics(
+    spaces: list[FeatureSpace], refs: dict[str, Reference], fp32_samples: Tensor, q_samples: Tensor, compare: bool, k: int = 3
+) -> dict[str, float | None]:
+    """Per feature space: FID / precision / recall / IS of both sample sets; PSNR / MSE vs FP32 when `compare`."""
+    metrics: dict[str, float | None] = {}
+    same = q_samples.shape == fp32_samples.shape and torch.equal(q_samples, fp32_samples)  # e.g. quant=fp32
+    for space in spaces:
+        quantized = space_metrics(space, refs[space.name], q_samples, "", k)
+        metrics.update(quantized)
+        if same:  # identical samples: skip a second feature pass (minutes with Inception on a CPU)
+            metrics.update({f"{key}_fp32": value for key, value in quantized.items()})
+        else:
+            metrics.update(space_metrics(space, refs[space.name], fp32_samples, "_fp32", k))
+    metrics["eval/psnr_vs_fp32"], metrics["eval/mse_vs_fp32"] = None, None
+    if compare and bool(torch.isfinite(q_samples).all()):
         metrics["eval/psnr_vs_fp32"] = finite_or_none(psnr(q_samples, fp32_samples, data_range=2.0))
         metrics["eval/mse_vs_fp32"] = mse(q_samples, fp32_samples)
     return metrics

@@ -18,15 +18,16 @@ from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.evaluation import EpsProbe, eps_errors, finite_or_none, sample_batched, sample_metrics, time_first_batch
+from diffquant.eval_stage import EvalInputs, evaluate_and_report
+from diffquant.features import require_extractor
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
 from diffquant.quant.engine import resolve_reduce_range, set_engine
-from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.reconstruction import ReconSettings
+from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
-from diffquant.report import git_commit, save_comparison_grid, save_eps_plot, save_figure, sensitivity_figure, write_results
+from diffquant.report import git_commit, save_figure, sensitivity_figure
 from diffquant.sweep.lock import cache_lock
-from diffquant.tb import RunLogger, to_grid
+from diffquant.tb import RunLogger
 from diffquant.training import TrainSettings
 
 
@@ -39,6 +40,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     set_engine(cfg.backend.engine)  # inside every job: sweep workers are reused
     reduce_range = resolve_reduce_range(cfg.backend.engine, cfg.backend.reduce_range)
     strategy = build_strategy(cfg, reduce_range)
+    require_extractor(cfg.eval.fid.extractor)  # a missing optional extra fails before any training
     torch.manual_seed(cfg.seed)
 
     data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
@@ -69,43 +71,20 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         outcome = strategy.quantize(fp32.model, ctx)
         log.info("Execution: %s (%d layers wrapped, %.1f s)", outcome.execution, len(outcome.wrapped_layers), outcome.seconds)
 
-        ev = cfg.eval
-        noise = torch.randn((ev.num_samples, data.channels, data.image_size, data.image_size),
-                            generator=torch.Generator().manual_seed(ev.seed))
-        fp32_samples = reference_samples(cfg, fp32.entry_dir, lambda: sample_batched(sample, fp32.model, noise, ev.batch_size)[0])
-        fp32_seconds = time_first_batch(sample, fp32.model, noise, ev.batch_size)
-        q_samples, q_seconds = sample_batched(sample, outcome.model, noise, ev.batch_size)
-
-        probe = EpsProbe.build(data.test_images[: ev.eps_num_images], diffusion, ev.eps_timesteps, ev.seed)
-        eps_rel, eps_per_t = eps_errors(probe.predictions(fp32.model), probe.predictions(outcome.model), probe.t)
-        metrics = {
-            **sample_metrics(classifier, data.test_images, fp32_samples, q_samples, compare=q.method != "fp32"),
-            "eval/eps_rel_err": finite_or_none(eps_rel),  # non-finite outputs are reported as null
-            "eval/classifier_acc": cls_acc,
-            "model/size_bytes": state_dict_bytes(outcome.model),
-            "model/size_bytes_fp32": state_dict_bytes(fp32.model),
-            "perf/sample_s": q_seconds,
-            "perf/sample_s_fp32": fp32_seconds,
-            "perf/quantize_s": outcome.seconds,
-        }
-        log_run(logger, cfg, metrics, eps_per_t, data.test_images, fp32_samples, q_samples, fp32.model, outcome.model)
-        save_comparison_grid({"real (held-out)": data.test_images[: ev.grid_images], "FP32": fp32_samples[: ev.grid_images],
-                              f"{q.method} ({outcome.execution})": q_samples[: ev.grid_images]}, out_dir / "samples.png")
-        if outcome.sensitivity:
-            write_sensitivity(outcome.sensitivity, out_dir, logger)
-        save_eps_plot(eps_per_t, out_dir / "eps_rel_err.png", f"{q.method} W{q.weight_bits}A{q.act_bits} {cfg.backend.engine}")
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
         header = {"method": q.method, "weight_bits": bits[0], "act_bits": bits[1], "backend": cfg.backend.engine,
                   "execution": outcome.execution, "reduce_range": reduce_range}
-        extra = {"eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()}, "fp32_cache_key": fp32.key,
-                 "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
+        extra = {"fp32_cache_key": fp32.key, "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
                  "fused_groups": outcome.fused_groups, "quant": dataclasses.asdict(q),
                  "provenance": {"git_commit": git_commit(), "config_hash": config_hash(dataclasses.asdict(cfg)),
                                 "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint)}}
-        results = write_results(out_dir / "results.json", header, metrics, extra)
-        log.info("fid_cls %.3f (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"] or float("nan"),
-                 metrics["eval/fid_cls_fp32"], eps_rel, metrics["eval/psnr_vs_fp32"], out_dir / "results.json")
-        return results
+        if outcome.sensitivity:
+            write_sensitivity(outcome.sensitivity, out_dir, logger)
+        model_metrics = {"model/size_bytes": state_dict_bytes(outcome.model), "model/size_bytes_fp32": state_dict_bytes(fp32.model),
+                         "perf/quantize_s": outcome.seconds}
+        inputs = EvalInputs(data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution,
+                            classifier, cls_acc)
+        return evaluate_and_report(cfg, inputs, header, model_metrics, extra, logger)
     finally:
         logger.close()
 
@@ -185,43 +164,3 @@ def write_sensitivity(rows: list[dict[str, Any]], out_dir: Path, logger: RunLogg
     fig = sensitivity_figure(rows)
     logger.figure("quant/sensitivity", fig)
     save_figure(fig, out_dir / "sensitivity.png")
-
-
-def reference_samples(cfg: Config, entry_dir: Path, make: Any) -> torch.Tensor:
-    """FP32 samples from the evaluation noise, cached next to the FP32 checkpoint per sampler and eval setting."""
-    key = config_hash({"sampler": dataclasses.asdict(cfg.sampler), "diffusion": dataclasses.asdict(cfg.diffusion),
-                       "n": cfg.eval.num_samples, "seed": cfg.eval.seed})
-    path = entry_dir / f"samples_{key}.pt"
-    with cache_lock(path, "FP32 reference samples"):
-        if path.is_file():
-            try:
-                logging.getLogger("diffquant").info("Reusing cached FP32 reference samples %s", path)
-                return torch.load(path, map_location="cpu")
-            except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-                logging.getLogger("diffquant").warning("Cached FP32 samples %s are unreadable; rebuilding", path)
-        samples = make()
-        atomic_torch_save(samples, path)
-        return samples
-
-
-def log_run(logger: RunLogger, cfg: Config, metrics: dict[str, Any], eps_per_t: dict[int, float],
-            real: torch.Tensor, fp32_samples: torch.Tensor, q_samples: torch.Tensor, fp32_model: Any, q_model: Any) -> None:
-    """Everything TensorBoard shows for a run: metrics, per-t error, grids, histograms, HParams, config."""
-    from omegaconf import OmegaConf
-
-    logger.scalars(metrics)
-    for t, value in eps_per_t.items():
-        logger.scalar("eval/eps_rel_err_by_t", value, t)
-    n = cfg.eval.grid_images
-    for tag, images in (("real", real), ("fp32", fp32_samples), ("quantized", q_samples)):
-        logger.image(f"samples/{tag}", to_grid(images[:n]))
-    logger.image("samples/abs_diff_x4", to_grid((q_samples[:n] - fp32_samples[:n]).abs().mul(4).sub(1)))
-    if cfg.logger.histograms:
-        logger.histograms(fp32_model, "weights_fp32")
-        logger.histograms(q_model, "weights_quantized")
-    q = cfg.quant
-    logger.hparams({"method": q.method, "weight_bits": q.weight_bits, "act_bits": q.act_bits, "backend": cfg.backend.engine,
-                    "granularity": q.granularity, "symmetric": q.symmetric, "observer": q.observer,
-                    "calib_timesteps": q.calib.timesteps, "model": cfg.model.name, "dataset": cfg.dataset.name,
-                    "sampler": f"{cfg.sampler.name}{cfg.sampler.steps}"}, metrics)
-    logger.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "\n```")

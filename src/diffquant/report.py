@@ -1,4 +1,8 @@
-"""Run artefacts a person looks at: the comparison grid PNG and results.json."""
+"""Run artefacts a person looks at: sample grids, per-timestep and per-layer figures, results.json.
+
+Figures are plain functions of dicts, so any stage can save one next to the results: e.g. a
+per-layer sensitivity study calls `save_bar_plot({layer: value}, run_dir / "sensitivity.png", ...)`.
+"""
 from __future__ import annotations
 
 import platform
@@ -37,14 +41,50 @@ def save_comparison_grid(panels: dict[str, Tensor], path: Path, nrow: int = 8) -
     save_figure(fig, path)
 
 
+def save_curves(curves: dict[str, dict[int, float]], path: Path, xlabel: str, ylabel: str, logy: bool = False) -> None:
+    """One line per labelled {x: y} curve (e.g. an error against the timestep)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for label, values in curves.items():
+        ax.plot(list(values), list(values.values()), marker="o", markersize=3, label=label)
+    if logy and all(v > 0 for values in curves.values() for v in values.values()):
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
 def save_eps_plot(per_t: dict[int, float], path: Path, label: str) -> None:
     """Relative noise-prediction error against the timestep (where quantization hurts)."""
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(list(per_t), list(per_t.values()), marker="o", label=label)
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("‖ε_q − ε_fp32‖ / ‖ε_fp32‖")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    save_curves({label: per_t}, path, "timestep t", "‖ε_q − ε_fp32‖ / ‖ε_fp32‖")
+
+
+def save_bar_plot(values: dict[str, float], path: Path, xlabel: str, title: str = "") -> None:
+    """Horizontal bars, one per named item (layer), in the given order."""
+    fig, ax = plt.subplots(figsize=(6, 1.0 + 0.22 * max(len(values), 1)))
+    names = list(values)
+    ax.barh(range(len(names)), list(values.values()))
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    save_figure(fig, path)
+
+
+def save_range_plot(ranges: dict[str, tuple[float, float]], path: Path, title: str = "") -> None:
+    """Per-layer [low, high] intervals (e.g. the float range of each activation quantizer)."""
+    fig, ax = plt.subplots(figsize=(6, 1.0 + 0.22 * max(len(ranges), 1)))
+    names = list(ranges)
+    lows, highs = [r[0] for r in ranges.values()], [r[1] for r in ranges.values()]
+    ax.barh(range(len(names)), [h - lo for lo, h in zip(lows, highs)], left=lows)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("representable activation range")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
     save_figure(fig, path)
 
 

@@ -1,6 +1,7 @@
-"""TensorBoard logging for one run: scalars, image grids, histograms, HParams, text."""
+"""TensorBoard logging for one run: scalars, series, image grids, histograms, custom scalars, HParams, text."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ class RunLogger:
             if value is not None:
                 self.scalar(tag, value, step)
 
+    def series(self, tag: str, values: dict[int, float]) -> None:
+        """A curve over an integer x axis (e.g. the timestep) as the steps of one scalar tag."""
+        for x, value in values.items():
+            self.scalar(tag, value, x)
+
     def image(self, tag: str, grid: Tensor) -> None:
         if self.writer is not None:
             self.writer.add_image(tag, grid, 0)
@@ -50,6 +56,19 @@ class RunLogger:
                 continue
             tensor = value.dequantize() if value.is_quantized else value
             self.writer.add_histogram(f"{prefix}/{name}", tensor.float(), 0)
+
+    def histogram(self, tag: str, values: Tensor) -> None:
+        if self.writer is not None and values.numel() > 0:
+            self.writer.add_histogram(tag, values.detach().float(), 0)
+
+    def custom_scalars(self, layout: dict[str, dict[str, list[str]]]) -> None:
+        """Custom Scalars dashboard: {category: {chart: [exact tags]}}, each chart overlays its tags."""
+        if self.writer is None:
+            return
+        self.writer.add_custom_scalars({
+            category: {chart: ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]] for chart, tags in charts.items()}
+            for category, charts in layout.items()
+        })
 
     def hparams(self, params: dict[str, Any], metrics: dict[str, float | None]) -> None:
         """HParams entry for this run; the metric tags refer to scalars logged in this same run."""
