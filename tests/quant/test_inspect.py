@@ -11,7 +11,7 @@ from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.inspect import activation_ranges, layer_inputs, probed_layers
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantContext
+from diffquant.quant.strategies import PTQStrategy, QuantPlan, QuantContext
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def calibrated() -> dict[str, object]:
     x, t = torch.randn(16, 1, 8, 8, generator=gen) * 1.5 + 0.25, torch.randint(0, 1000, (16,), generator=gen)
     ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
                        diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
-    quantize = {bits: PTQStrategy(QuantSpec(weight_bits=bits, act_bits=bits, observer="minmax", reduce_range=False))
+    quantize = {bits: PTQStrategy(QuantPlan(QuantSpec(weight_bits=bits, act_bits=bits, observer="minmax", reduce_range=False)))
                 .quantize(model, ctx) for bits in (8, 6)}
     return {"model": model, "x": x, "t": t, "int8": quantize[8], "fake": quantize[6]}
 
