@@ -26,8 +26,9 @@ def run_one(benchmark: str, name: str, bits: str, overrides: list[str], extra: l
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     out = ROOT / "outputs" / "benchmarks" / benchmark / f"{slug}-{bits}"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        method = [] if any(o.startswith("quant=") for o in overrides) else ["quant=ptq"]
         cfg = compose(config_name="config", overrides=[
-            "quant=ptq", *overrides, f"quant.weight_bits={w}", f"quant.act_bits={a}", "progress=false",
+            *method, *overrides, f"quant.weight_bits={w}", f"quant.act_bits={a}", "progress=false",
             f"paths.output_dir={out}", *extra])
     return run_experiment(to_config(cfg))
 
