@@ -47,3 +47,12 @@ def table_row(bits: str, name: str, results: dict) -> str:
 
 HEADER = ("| bits | method | execution | fid_cls | / FP32 | PSNR vs FP32 (dB) | eps_rel_err | quantize (s) |\n"
           "|---|---|---|---|---|---|---|---|")
+
+
+def run_table(benchmark: str, methods: dict[str, list[str]]) -> None:
+    """Every method at every chosen width (`bits=` on the command line), a markdown row as each run ends."""
+    chosen, extra = parse_args(sys.argv[1:])
+    print(HEADER, flush=True)
+    for bits in chosen:
+        for name, overrides in methods.items():
+            print(table_row(bits, name, run_one(benchmark, name, bits, overrides, extra)), flush=True)

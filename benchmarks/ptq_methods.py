@@ -8,9 +8,7 @@ folder is kept under outputs/benchmarks/ptq_methods/<method>-<bits>/.
 """
 from __future__ import annotations
 
-import sys
-
-from common import HEADER, parse_args, run_one, table_row
+from common import run_table
 
 METHODS = {
     "naive: min-max, per-tensor, static": ["quant.observer=minmax", "quant.granularity=per_tensor", "quant.dynamic_input=false"],
@@ -23,11 +21,7 @@ METHODS = {
 
 
 def main() -> None:
-    chosen, extra = parse_args(sys.argv[1:])
-    print(HEADER, flush=True)
-    for bits in chosen:
-        for name, overrides in METHODS.items():
-            print(table_row(bits, name, run_one("ptq_methods", name, bits, overrides, extra)), flush=True)
+    run_table("ptq_methods", METHODS)
 
 
 if __name__ == "__main__":

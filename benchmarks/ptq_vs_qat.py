@@ -7,9 +7,7 @@ Each run's folder is kept under outputs/benchmarks/ptq_vs_qat/<method>-<bits>/.
 """
 from __future__ import annotations
 
-import sys
-
-from common import HEADER, parse_args, run_one, table_row
+from common import run_table
 
 METHODS = {
     "PTQ (histogram, dynamic inputs)": [],
@@ -20,11 +18,7 @@ METHODS = {
 
 
 def main() -> None:
-    chosen, extra = parse_args(sys.argv[1:])
-    print(HEADER, flush=True)
-    for bits in chosen:
-        for name, overrides in METHODS.items():
-            print(table_row(bits, name, run_one("ptq_vs_qat", name, bits, overrides, extra)), flush=True)
+    run_table("ptq_vs_qat", METHODS)
 
 
 if __name__ == "__main__":
