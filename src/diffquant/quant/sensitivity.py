@@ -6,14 +6,9 @@ import math
 import torch
 from torch import nn
 
+from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.capture import capture
-
-
-def sqnr(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    """20 log10(‖ref‖ / ‖ref − approx‖) in dB (inf when equal)."""
-    noise = (ref.double() - approx.double()).norm()
-    return math.inf if noise == 0 else float(20 * torch.log10(ref.double().norm() / noise))
 
 
 @torch.no_grad()
@@ -42,7 +37,7 @@ def layer_sensitivity(
             "layer": name,
             "type": type(inner).__name__,
             "weight_bits": int(math.log2(fq.quant_max - fq.quant_min + 1)) if fq is not None else None,
-            "sqnr_isolated_db": sqnr(ref, isolated),
-            "sqnr_accumulated_db": sqnr(ref, q_out[name]["out"][0]),
+            "sqnr_isolated_db": sqnr_db(ref, isolated),
+            "sqnr_accumulated_db": sqnr_db(ref, q_out[name]["out"][0]),
         })
     return rows
