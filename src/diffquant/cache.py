@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -46,6 +47,19 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 def atomic_write_json(obj: Any, path: str | Path) -> None:
     """Pretty-printed JSON, written atomically."""
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n", path)
+
+
+def load_if_readable(path: Path, what: str) -> Any | None:
+    """`torch.load` a cache file; None (with a warning) if it is missing or unreadable, so it gets rebuilt."""
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu")
+    except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
+        logging.getLogger("diffquant").warning("Cached %s %s are unreadable; rebuilding", what, path)
+        return None
+    logging.getLogger("diffquant").info("Reusing cached %s %s", what, path)
+    return obj
 
 
 def load_checkpoint(path: str | Path, setting: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffquant.cache import atomic_torch_save, config_hash
+from diffquant.cache import atomic_torch_save, config_hash, load_if_readable
 from diffquant.config import Config
 from diffquant.data.datasets import DataSplit
 from diffquant.diffusion.schedule import GaussianDiffusion
@@ -52,12 +52,9 @@ def reference_samples(cfg: Config, entry_dir: Path, make: Callable[[], Tensor]) 
                        "n": cfg.eval.num_samples, "seed": cfg.eval.seed})
     path = entry_dir / f"samples_{key}.pt"
     with cache_lock(path, "FP32 reference samples"):  # concurrent sweep jobs: one samples, the others wait
-        if path.is_file():
-            try:
-                logging.getLogger("diffquant").info("Reusing cached FP32 reference samples %s", path)
-                return torch.load(path, map_location="cpu")
-            except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-                logging.getLogger("diffquant").warning("Cached FP32 samples %s are unreadable; rebuilding", path)
+        cached = load_if_readable(path, "FP32 reference samples")
+        if cached is not None:
+            return cached
         samples = make()
         atomic_torch_save(samples, path)
         return samples

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from diffquant.artifacts import file_key, get_classifier, get_fp32_model
-from diffquant.cache import atomic_torch_save, atomic_write_text, config_hash
+from diffquant.cache import atomic_torch_save, atomic_write_text, config_hash, load_if_readable
 from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
@@ -129,15 +129,8 @@ class CachedCalibration:
         return self.data
 
     def _load(self) -> CalibrationData | None:
-        if not self.path.is_file():
-            return None
-        try:
-            blob = torch.load(self.path, map_location="cpu")
-            logging.getLogger("diffquant").info("Reusing cached calibration pairs %s", self.path)
-            return CalibrationData(blob["x"], blob["t"])
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-            logging.getLogger("diffquant").warning("Cached calibration pairs %s are unreadable; rebuilding", self.path)
-            return None
+        blob = load_if_readable(self.path, "calibration pairs")
+        return None if blob is None else CalibrationData(blob["x"], blob["t"])
 
     def _build(self) -> CalibrationData:
         cfg, c = self.cfg, self.cfg.quant.calib
