@@ -15,12 +15,15 @@ import torch
 from torch import nn
 
 from diffquant.cache import atomic_torch_save, config_hash, load_checkpoint
+from diffquant.checkpointing import Checkpointer
 from diffquant.config import Config
 from diffquant.data.datasets import DataSplit, iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
 from diffquant.models import build_model
+from diffquant.models import model_kwargs as arch_kwargs
+from diffquant.models.diffusers_unet import pretrained_key
 from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger
 from diffquant.training import TrainSettings, epsilon_loss, train_diffusion
@@ -38,20 +41,14 @@ class FP32Artifact:
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
-    """The architecture fields of the `model` group (name and checkpoint excluded)."""
-    fields = dataclasses.asdict(cfg.model)
-    for key in ("name", "arch", "checkpoint"):
-        fields.pop(key)
-    fields["channel_mults"] = tuple(fields["channel_mults"])
-    fields["attn_resolutions"] = tuple(fields["attn_resolutions"])
-    return fields
+    """The build kwargs of the configured architecture (the fields it reads, see `models.ARCH_FIELDS`)."""
+    return arch_kwargs(cfg.model.arch, dataclasses.asdict(cfg.model))
 
 
 def fp32_key(cfg: Config) -> str:
     """Hash of everything that determines the trained FP32 weights."""
-    parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "dataset", "diffusion", "train")}
-    parts["model"].pop("checkpoint")
-    parts["model"].pop("name")
+    parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("dataset", "diffusion", "train")}
+    parts["model"] = {"arch": cfg.model.arch, **model_kwargs(cfg)}  # only the fields the architecture reads
     parts["seed"] = cfg.seed
     return config_hash(parts)
 
@@ -71,6 +68,10 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
         log.info("Using the FP32 checkpoint model.checkpoint=%s", cfg.model.checkpoint)
         _load_state(model, ckpt, "model.checkpoint")
         return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, ckpt.get("losses", []))
+    if cfg.model.pretrained:  # build_model loaded the weights (diffusers from_pretrained): no training
+        key = pretrained_key(cfg.model.pretrained, model)
+        log.info("Using the pretrained FP32 model model.pretrained=%s", cfg.model.pretrained)
+        return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, [])
     key = fp32_key(cfg)
     entry = Path(cfg.paths.cache_dir) / "fp32" / key
     path = entry / "model.pt"
@@ -86,12 +87,16 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
         model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
         t = cfg.train
         settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                                 warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every)
+                                 warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every,
+                                 device=cfg.device, bf16=t.bf16)
         batches = iterate_batches(data.train_images, t.batch_size, generator)
+        checkpointer = Checkpointer(entry / "train_state.pt", key, t.checkpoint_every, {"data": generator})
         ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
-                                      log_scalar=logger.scalar, progress=cfg.progress)
+                                      log_scalar=logger.scalar, progress=cfg.progress, checkpointer=checkpointer)
+        ema = ema.cpu()
         atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
                            "losses": losses, "key": key}, path)
+        checkpointer.clear()
         return FP32Artifact(ema.eval(), key, entry, False, losses)
 
 

@@ -12,7 +12,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffquant.errors import DiffquantError, check_choice, check_range
+from diffquant.data.datasets import DATASET_NAMES
+from diffquant.errors import DiffquantError, check_choice, check_device, check_range
+from diffquant.models import ARCHS
 from diffquant.quant.qconfig import QuantSpec
 
 
@@ -26,13 +28,30 @@ class ModelConfig:
     attn_resolutions: list[int] = field(default_factory=list)
     dropout: float = 0.0
     groups: int = 8
+    # arch=dit (models/dit.py): tokens are patch_size x patch_size pixel patches
+    patch_size: int = 2
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
     checkpoint: Optional[str] = None
+    pretrained: Optional[str] = None  # arch=diffusers: a UNet2DModel folder (or hub id, online); skips FP32 training
 
     def __post_init__(self) -> None:
-        check_choice("model.arch", self.arch, ("unet",))
+        check_choice("model.arch", self.arch, ARCHS)
         check_range("model.base_channels", self.base_channels, 1)
         if self.base_channels % self.groups:
             raise DiffquantError(f"model.base_channels={self.base_channels} must be divisible by model.groups={self.groups}")
+        check_range("model.patch_size", self.patch_size, 1)
+        check_range("model.depth", self.depth, 1)
+        check_range("model.num_heads", self.num_heads, 1)
+        check_range("model.mlp_ratio", self.mlp_ratio, 0.01)
+        if self.hidden_size % 4 or self.hidden_size % self.num_heads:
+            raise DiffquantError(f"model.hidden_size={self.hidden_size} must be divisible by 4 and by model.num_heads={self.num_heads}")
+        if self.pretrained and self.arch != "diffusers":
+            raise DiffquantError(f"model.pretrained is only read by model.arch=diffusers (model=diffusers_unet), not arch={self.arch}")
+        if self.pretrained and self.checkpoint:
+            raise DiffquantError("model.pretrained and model.checkpoint are both set; give one of them")
 
 
 @dataclass
@@ -46,7 +65,7 @@ class DatasetConfig:
     max_train: Optional[int] = None
 
     def __post_init__(self) -> None:
-        check_choice("dataset.name", self.name, ("digits", "mnist", "cifar10"))
+        check_choice("dataset.name", self.name, DATASET_NAMES)
         check_range("dataset.image_size", self.image_size, 4, 256)
         check_choice("dataset.channels", self.channels, (1, 3))
         check_range("dataset.holdout_fraction", self.holdout_fraction, 0.01, 0.9)
@@ -74,9 +93,12 @@ class TrainConfig:
     warmup_steps: int = 50
     ema_decay: float = 0.995
     log_every: int = 25
+    checkpoint_every: int = 200  # steps between resumable checkpoints (0: none)
+    bf16: bool = False  # bf16 autocast of the forward pass (useful on GPUs, device=cuda)
 
     def __post_init__(self) -> None:
         check_range("train.steps", self.steps, 1)
+        check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.batch_size", self.batch_size, 1)
         check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
 
@@ -126,9 +148,14 @@ class QATConfig:
     ema_decay: Optional[float] = None  # EMA of the student's weights
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine
+    lsq: bool = False  # learned step sizes (LSQ+) initialised from the calibrated ranges
+    lsq_lr_factor: float = 0.1  # step sizes learn at this fraction of quant.qat.lr
+    checkpoint_every: int = 100  # steps between resumable checkpoints (the finished state is kept too)
 
     def __post_init__(self) -> None:
         check_range("quant.qat.steps", self.steps, 1)
+        check_range("quant.qat.lsq_lr_factor", self.lsq_lr_factor, 0.0)
+        check_range("quant.qat.checkpoint_every", self.checkpoint_every, 0)
         check_range("quant.qat.data_weight", self.data_weight, 0.0)
         check_range("quant.qat.distill_weight", self.distill_weight, 0.0)
         check_choice("quant.qat.schedule", self.schedule, ("constant", "cosine"))
@@ -259,6 +286,10 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
     progress: bool = True
+    device: str = "cpu"  # where FP32 training, QAT and fake-quant sampling run: cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
 
 
 def register_configs() -> None:

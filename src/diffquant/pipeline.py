@@ -61,11 +61,14 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         sample = partial(get_sampler(cfg.sampler.name), diffusion=diffusion, steps=cfg.sampler.steps,
                          eta=cfg.sampler.eta, generator=None)
         calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
+        batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
         ctx = QuantContext(
             calibration=calibration.get,
-            train_batches=lambda: iterate_batches(data.train_images, q.qat.batch_size, torch.Generator().manual_seed(cfg.seed + 2)),
+            train_batches=lambda: iterate_batches(data.train_images, q.qat.batch_size, batch_generator),
             diffusion=diffusion, generator=torch.Generator().manual_seed(cfg.seed + 3),
             calib_batch_size=q.calib.batch_size, log_scalar=logger.scalar, progress=cfg.progress,
+            batch_generator=batch_generator, state_path=fp32.entry_dir / f"qat_state_{qat_key(cfg, fp32.key)}.pt",
+            state_key=qat_key(cfg, fp32.key), checkpoint_every=q.qat.checkpoint_every,
         )
         log.info("Quantizing: method=%s W%dA%d engine=%s", q.method, q.weight_bits, q.act_bits, cfg.backend.engine)
         outcome = strategy.quantize(fp32.model, ctx)
@@ -89,6 +92,13 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         logger.close()
 
 
+def qat_key(cfg: Config, fp32_key: str) -> str:
+    """Hash of everything a QAT run's fine-tuned state depends on (its resumable checkpoint's key)."""
+    parts = {"fp32": fp32_key, "quant": dataclasses.asdict(cfg.quant), "backend": dataclasses.asdict(cfg.backend),
+             "sampler": dataclasses.asdict(cfg.sampler), "seed": cfg.seed}
+    return config_hash(parts)
+
+
 def file_sha256(cached: Path, given: str | None) -> str:
     """SHA-256 of the FP32 checkpoint the run used (a given `model.checkpoint`, else the cache entry)."""
     path = Path(given) if given else cached
@@ -102,12 +112,12 @@ def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrateg
                      q.dynamic_input)
     recon = None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
     qat_settings = TrainSettings(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
-                                 log_every=cfg.train.log_every, schedule=t.schedule)
+                                 log_every=cfg.train.log_every, schedule=t.schedule, device=cfg.device)
     builders = {
         "fp32": FP32Strategy,
         "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity),
         "qat": lambda: QATStrategy(plan, qat_settings, t.freeze_observer_step, t.data_weight, t.distill_weight,
-                                   t.data_free, t.init_from_ptq, t.batch_size),
+                                   t.data_free, t.init_from_ptq, t.batch_size, t.lsq, t.lsq_lr_factor),
     }
     return builders[q.method]()
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffquant.checkpointing import Checkpointer, TrainState
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 
@@ -27,6 +28,8 @@ class TrainSettings:
     ema_decay: float | None = None
     log_every: int = 25
     schedule: str = "constant"  # constant | cosine (after warmup)
+    device: str = "cpu"
+    bf16: bool = False  # bf16 autocast of the forward pass (FP32 training on GPUs)
 
 
 def lr_factor(step: int, warmup: int, settings: TrainSettings) -> float:
@@ -100,30 +103,44 @@ def train_diffusion(
     on_step: Callable[[int], None] | None = None,
     tag: str = "train",
     progress: bool = True,
+    checkpointer: Checkpointer | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
 ) -> tuple[nn.Module, list[float]]:
     """Minimise `loss_fn(model, batch)`; return (EMA model if enabled else the model, loss per step).
 
-    `on_step(step)` runs before each step (QAT uses it to freeze observers).
+    `on_step(step)` runs before each step (QAT uses it to freeze observers); it must be idempotent
+    for steps past its trigger, because a resumed run starts at the checkpoint's step.
+    `checkpointer` saves the state periodically and resumes from its last save.
+    `param_groups` replaces `model.parameters()` in the optimizer (e.g. a lower LR for step sizes).
+    The model and each batch are moved to `settings.device`; the model is returned there.
     """
-    model.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    device = torch.device(settings.device)
+    model.to(device).train().requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups or params, lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(settings.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, settings))
     ema = EMA(model, settings.ema_decay) if settings.ema_decay else None
-    losses: list[float] = []
-    bar = tqdm(range(settings.steps), desc=tag, disable=not progress)
+    state = TrainState()
+    if checkpointer is not None:
+        state = checkpointer.restore(model, ema.model if ema else None, optimizer, scheduler)
+    losses = state.losses
+    bar = tqdm(range(state.step, settings.steps), desc=tag, disable=not progress, initial=state.step, total=settings.steps)
     for step in bar:
         if on_step is not None:
             on_step(step)
-        loss = loss_fn(model, next(batches))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+            loss = loss_fn(model, _to(next(batches), device))
         if not torch.isfinite(loss):
-            raise DiffquantError(f"{tag}: the loss became {loss.item()} at step {step}; lower {tag}.lr or check the data")
+            raise NonFiniteError(tag, f"the loss became {loss.item()}", step, checkpointer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
         scheduler.step()
+        if not _all_finite(params):
+            raise NonFiniteError(tag, "a weight became NaN/Inf", step, checkpointer)
         if ema is not None:
             ema.update(model)
         losses.append(loss.item())
@@ -132,5 +149,30 @@ def train_diffusion(
             if log_scalar is not None:
                 log_scalar(f"{tag}/loss", losses[-1], step)
                 log_scalar(f"{tag}/lr", scheduler.get_last_lr()[0], step)
+        if checkpointer is not None and checkpointer.due(step + 1, settings.steps):
+            checkpointer.save(TrainState(step + 1, losses), model, ema.model if ema else None, optimizer, scheduler)
     model.eval()
     return (ema.model if ema is not None else model), losses
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    """Move a tensor or a tuple of tensors to `device` (a no-op where it already lives)."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    return tuple(_to(b, device) for b in batch)
+
+
+def _all_finite(params: list[Tensor]) -> bool:
+    """One reduction over every parameter: NaN or Inf anywhere makes the sum non-finite."""
+    return bool(torch.isfinite(torch.stack([p.detach().sum() for p in params]).sum()))
+
+
+class NonFiniteError(DiffquantError):
+    """Training stopped on a NaN/Inf loss or weight; the last good checkpoint (if any) is kept."""
+
+    def __init__(self, tag: str, what: str, step: int, checkpointer: Checkpointer | None) -> None:
+        kept = (f"; the last good checkpoint {checkpointer.path} is kept" if checkpointer is not None
+                and checkpointer.path.is_file() else "")
+        setting = "quant.qat.lr" if tag == "qat" else f"{tag}.lr"
+        super().__init__(f"{tag}: {what} at step {step}; lower {setting} or check the data{kept}")
+        self.step = step

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -14,10 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.ao import quantization as tq
 
+from diffquant.checkpointing import Checkpointer
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.calibration import CalibrationData, run_calibration
+from diffquant.quant.lsq import step_size_param_groups, use_learned_step_sizes
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.sensitivity import layer_sensitivity
@@ -37,6 +40,10 @@ class QuantContext:
     calib_batch_size: int = 64
     log_scalar: Callable[[str, float, int], None] | None = None
     progress: bool = True
+    batch_generator: torch.Generator | None = None  # the generator behind `train_batches` (saved in checkpoints)
+    state_path: Path | None = None  # QAT: where its resumable checkpoint lives (keyed by `state_key`)
+    state_key: str = ""
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -152,26 +159,39 @@ class QATStrategy:
     data_free: bool = False  # train on the teacher's trajectory pairs only (distillation, no images)
     init_from_ptq: bool = True  # start from ranges calibrated on the trajectory (else from the first batches)
     batch_size: int = 128
+    lsq: bool = False  # learned step sizes (LSQ+): implies calibrated initial ranges
+    lsq_lr_factor: float = 0.1  # step sizes train at this fraction of the weights' learning rate
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
         qmodel, wrapped, fused = prepare_fake_quant(model, self.plan, qat=True)
-        if self.init_from_ptq:
+        if self.init_from_ptq or self.lsq:
             calibrate(qmodel, ctx)
         qmodel.apply(tq.enable_observer)  # ranges keep adapting until freeze_observer_step
-        teacher = model.eval()
+        groups = None
+        if self.lsq:  # the step sizes are learned from here on; observers no longer move them
+            use_learned_step_sizes(qmodel)
+            groups = step_size_param_groups(qmodel, self.settings.lr, self.lsq_lr_factor)
+        teacher = copy.deepcopy(model).eval().to(self.settings.device)
+        data_gen = ctx.generator
         if self.data_free:
             loss_fn = trajectory_distillation_loss(teacher)
-            batches = ctx.calibration().random_batches(self.batch_size, ctx.generator)
+            batches = ctx.calibration().random_batches(self.batch_size, data_gen)
         else:
-            loss_fn = distillation_loss(teacher, ctx.diffusion, ctx.generator, self.data_weight, self.distill_weight)
+            loss_fn = distillation_loss(teacher, ctx.diffusion, data_gen, self.data_weight, self.distill_weight)
             batches = ctx.train_batches()
+        frozen = [False]
 
-        def freeze(step: int) -> None:
-            if step == self.freeze_observer_step:
+        def freeze(step: int) -> None:  # idempotent: a resumed run may start past the freeze step
+            if step >= self.freeze_observer_step and not frozen[0]:
                 qmodel.apply(tq.disable_observer)
+                frozen[0] = True
 
-        qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar,
-                                    on_step=freeze, tag="qat", progress=ctx.progress)
-        qmodel, execution = finalize(qmodel, self.plan, wrapped)
+        checkpointer = None
+        if ctx.state_path is not None:
+            gens = {"loss": data_gen, **({"batches": ctx.batch_generator} if ctx.batch_generator is not None else {})}
+            checkpointer = Checkpointer(ctx.state_path, ctx.state_key, ctx.checkpoint_every, gens, keep_final=True)
+        qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar, on_step=freeze,
+                                    tag="qat", progress=ctx.progress, checkpointer=checkpointer, param_groups=groups)
+        qmodel, execution = finalize(qmodel.cpu(), self.plan, wrapped)
         return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start)
