@@ -49,6 +49,7 @@ def fp32_key(cfg: Config) -> str:
     """Hash of everything that determines the trained FP32 weights."""
     parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("dataset", "diffusion", "train")}
     parts["model"] = {"arch": cfg.model.arch, **model_kwargs(cfg)}  # only the fields the architecture reads
+    parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
     parts["seed"] = cfg.seed
     return config_hash(parts)
 

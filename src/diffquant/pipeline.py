@@ -96,6 +96,7 @@ def qat_key(cfg: Config, fp32_key: str) -> str:
     """Hash of everything a QAT run's fine-tuned state depends on (its resumable checkpoint's key)."""
     parts = {"fp32": fp32_key, "quant": dataclasses.asdict(cfg.quant), "backend": dataclasses.asdict(cfg.backend),
              "sampler": dataclasses.asdict(cfg.sampler), "seed": cfg.seed}
+    parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
     return config_hash(parts)
 
 
