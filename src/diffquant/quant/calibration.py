@@ -69,7 +69,7 @@ def collect_trajectory(
     def capture(step: int, t: int, x: Tensor) -> None:
         if step in keep:
             xs.append(x.detach().clone())
-            ts.append(torch.full((x.shape[0],), t, dtype=torch.long))
+            ts.append(torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
 
     sample(noise=noise, callback=capture)
     return CalibrationData(torch.cat(xs), torch.cat(ts))
@@ -79,5 +79,6 @@ def collect_trajectory(
 def run_calibration(model: nn.Module, data: CalibrationData, batch_size: int, progress: bool = False) -> None:
     """Feed every calibration pair through the model so its observers record activation ranges."""
     model.eval()
+    device = next(model.parameters()).device
     for x, t in tqdm(data.batches(batch_size), desc="calibrate", disable=not progress, leave=False):
-        model(x, t)
+        model(x.to(device), t.to(device))
