@@ -13,14 +13,16 @@ from diffquant.data.datasets import DataSplit, iterate_batches, load_dataset
 from diffquant.errors import DiffquantError
 
 
-def write_fake_mnist(root: Path, n_train: int = 12, n_test: int = 6) -> None:
-    """Uncompressed idx files under root/MNIST/raw, the names torchvision's MNIST._check_exists wants.
+def write_fake_mnist(root: Path, n_train: int = 12, n_test: int = 6, folder: str = "MNIST") -> None:
+    """Uncompressed idx files under root/<folder>/raw, the names torchvision's MNIST._check_exists wants.
+
+    FashionMNIST subclasses MNIST: same file names and format, under root/FashionMNIST/raw.
 
     idx header: big-endian magic (0x00000803 = uint8, 3 dims for images; 0x00000801 for labels),
     then one big-endian uint32 per dimension, then the raw uint8 values.
     Image i holds a single pixel of 255 at (i % 28, 3) and zeros elsewhere; its label is i % 10.
     """
-    raw = root / "MNIST" / "raw"
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = np.zeros((n, 28, 28), dtype=np.uint8)
@@ -114,6 +116,17 @@ def test_mnist_resized_to_three_channels(tmp_path: Path) -> None:
     assert split.train_images.max() > -1.0  # the bright pixel survives resizing
 
 
+def test_fashion_mnist_reads_its_own_folder(tmp_path: Path) -> None:
+    write_fake_mnist(tmp_path, n_train=10, n_test=4, folder="FashionMNIST")
+    split = load_dataset("fashion_mnist", root=str(tmp_path), image_size=16, channels=1)
+    assert split.train_images.shape == (10, 1, 16, 16) and split.test_images.shape == (4, 1, 16, 16)
+    assert split.train_labels.tolist() == [i % 10 for i in range(10)] and split.test_labels.tolist() == [0, 1, 2, 3]
+    assert split.train_images.min() == -1.0 and -1.0 < split.train_images.max() <= 1.0
+    write_fake_mnist(tmp_path / "mnist_only")
+    with pytest.raises(DiffquantError, match="FashionMNIST files"):  # MNIST's folder is not Fashion-MNIST's
+        load_dataset("fashion_mnist", root=str(tmp_path / "mnist_only"), image_size=28, channels=1)
+
+
 def test_cifar10_rgb_layout(tmp_path: Path, skip_cifar_md5: None) -> None:
     write_fake_cifar10(tmp_path)
     split = load_dataset("cifar10", root=str(tmp_path), image_size=32, channels=3)
@@ -132,7 +145,7 @@ def test_cifar10_to_grayscale_uses_luminance(tmp_path: Path, skip_cifar_md5: Non
     assert small.train_images.shape == (10, 1, 16, 16)
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
 @pytest.mark.parametrize("root", [None, "", "missing"], ids=["none", "empty", "missing-folder"])
 def test_missing_root_explains_the_fix(tmp_path: Path, name: str, root: str | None) -> None:
     if root == "missing":
@@ -156,7 +169,7 @@ def test_cifar10_checksum_mismatch_is_wrapped(tmp_path: Path) -> None:
 
 
 def test_unknown_name_lists_choices() -> None:
-    with pytest.raises(DiffquantError, match="digits, mnist, cifar10"):
+    with pytest.raises(DiffquantError, match="digits, mnist, fashion_mnist, cifar10, image_folder"):
         load_dataset("imagenet", root=None, image_size=16, channels=1)
 
 

@@ -1,4 +1,5 @@
-"""Image datasets as in-memory tensors in [-1, 1]: bundled digits, torchvision MNIST / CIFAR-10."""
+"""Image datasets as in-memory tensors in [-1, 1]: bundled digits, torchvision MNIST / Fashion-MNIST / CIFAR-10,
+and any folder of images (`data/image_folder.py`)."""
 
 import os
 import pickle
@@ -12,9 +13,11 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torchvision import datasets as tv_datasets
 
+from diffquant.data.image_folder import load_image_folder
 from diffquant.errors import DiffquantError
 
-DATASET_NAMES = ("digits", "mnist", "cifar10")
+DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder")
+TORCHVISION_SETS = {"mnist": tv_datasets.MNIST, "fashion_mnist": tv_datasets.FashionMNIST, "cifar10": tv_datasets.CIFAR10}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is ambiguous
@@ -62,8 +65,8 @@ def load_dataset(
 ) -> DataSplit:
     """Load `name` resized to `image_size` with `channels` channels, scaled to [-1, 1].
 
-    `digits` is split at random (seeded) with `holdout_fraction` held out; `mnist` and `cifar10`
-    use their official train / test sets. `max_train` keeps the first images of each split.
+    `digits` and `image_folder` are split at random (seeded) with `holdout_fraction` held out;
+    `mnist`, `fashion_mnist` and `cifar10` use their official train / test sets. `max_train` keeps the first images of each split.
     """
     if image_size < 1:
         raise DiffquantError(f"dataset.image_size={image_size} must be a positive integer.")
@@ -73,8 +76,11 @@ def load_dataset(
         raise DiffquantError(f"dataset.max_train={max_train} must be positive or null (keep all).")
     if name == "digits":
         split = _load_digits(image_size, channels, holdout_fraction, seed)
-    elif name in ("mnist", "cifar10"):
+    elif name in TORCHVISION_SETS:
         split = _load_torchvision(name, root, image_size, channels, download)
+    elif name == "image_folder":
+        images, labels = load_image_folder(root, image_size, channels)
+        split = random_split(images, labels, holdout_fraction, seed)
     else:
         raise DiffquantError(f"dataset.name={name!r} is unknown; choose one of: {', '.join(DATASET_NAMES)}.")
     if max_train is None:
@@ -100,12 +106,16 @@ def iterate_batches(images: Tensor, batch_size: int, generator: torch.Generator)
 def _load_digits(image_size: int, channels: int, holdout_fraction: float, seed: int) -> DataSplit:
     if channels != 1:
         raise DiffquantError(f"dataset.channels={channels} but dataset=digits is grayscale; set dataset.channels=1.")
-    if not 0.0 < holdout_fraction < 1.0:
-        raise DiffquantError(f"dataset.holdout_fraction={holdout_fraction} must lie strictly between 0 and 1.")
     bunch = load_digits()
     images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0
     labels = torch.from_numpy(bunch.target).long()
-    images = _to_signed(_resize(images, image_size))
+    return random_split(_to_signed(_resize(images, image_size)), labels, holdout_fraction, seed)
+
+
+def random_split(images: Tensor, labels: Tensor, holdout_fraction: float, seed: int) -> DataSplit:
+    """A seeded random train / held-out split with `holdout_fraction` (at least one image each) held out."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise DiffquantError(f"dataset.holdout_fraction={holdout_fraction} must lie strictly between 0 and 1.")
     n = images.shape[0]
     n_test = max(1, min(n - 1, round(n * holdout_fraction)))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -114,7 +124,7 @@ def _load_digits(image_size: int, channels: int, holdout_fraction: float, seed: 
 
 
 def _load_torchvision(name: str, root: str | None, image_size: int, channels: int, download: bool) -> DataSplit:
-    dataset_cls = tv_datasets.MNIST if name == "mnist" else tv_datasets.CIFAR10
+    dataset_cls = TORCHVISION_SETS[name]
     guidance = (
         f"Point dataset.root at a folder holding the torchvision {dataset_cls.__name__} files, "
         "or set dataset.download=true to fetch them (needs internet)."

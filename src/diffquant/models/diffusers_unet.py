@@ -1,0 +1,120 @@
+"""A diffusers `UNet2DModel` as an ε-network `forward(x, t) -> Tensor` (the optional `diffusers` extra).
+
+`model.pretrained` names a local folder holding the model's `config.json` and weights (or a pipeline
+folder with a `unet/` sub-folder), or a hub id when online; the FP32 stage then uses those weights
+as they are. Without it, a UNet2DModel is built from the UNet fields of the `model` group and trained.
+diffusers is imported only here, when this architecture is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torch import Tensor, nn
+
+from diffquant.errors import DiffquantError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class DiffusersUNet(nn.Module):
+    """Wraps a UNet2DModel; its Conv2d / Linear layers are ordinary modules the quantizer can wrap."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.unet(x, t, return_dict=False)[0]
+
+
+def _diffusers(pretrained: str | None) -> ModuleType:
+    try:
+        return importlib.import_module("diffusers")
+    except ImportError:
+        raise DiffquantError(
+            f"model.arch=diffusers (model.pretrained={pretrained!r}) needs the optional extra: pip install -e '.[diffusers]'"
+        ) from None
+
+
+def model_folder(pretrained: str) -> Path | None:
+    """The local folder holding the UNet's config.json (`pretrained` itself or its `unet/`); None for a hub id."""
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        for folder in (path, path / "unet"):
+            if (folder / "config.json").is_file():
+                return folder
+        raise DiffquantError(f"model.pretrained={pretrained!r} holds no config.json (nor unet/config.json); "
+                             "give a folder written by UNet2DModel.save_pretrained")
+    if path.exists() or not HUB_ID.match(pretrained):
+        raise DiffquantError(f"model.pretrained={pretrained!r} is not a folder; give a folder written by "
+                             "UNet2DModel.save_pretrained (or a hub id such as google/ddpm-cifar10-32, online only)")
+    return None
+
+
+def pretrained_key(pretrained: str, model: nn.Module) -> str:
+    """Cache key of a pretrained model: SHA-256 over a local folder's files (names and bytes), else over the weights."""
+    digest, folder = hashlib.sha256(), model_folder(pretrained)
+    if folder is not None:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes())
+    else:
+        digest.update(pretrained.encode())
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return "pretrained-" + digest.hexdigest()[:16]
+
+
+def load_pretrained(pretrained: str, in_channels: int, image_size: int) -> DiffusersUNet:
+    """`UNet2DModel.from_pretrained`; a missing or malformed folder is a one-line DiffquantError."""
+    diffusers = _diffusers(pretrained)
+    folder = model_folder(pretrained)
+    try:
+        unet = diffusers.UNet2DModel.from_pretrained(str(folder) if folder is not None else pretrained,
+                                                     low_cpu_mem_usage=False)  # True needs `accelerate`
+    except Exception as exc:  # noqa: BLE001 - diffusers raises OSError, ValueError, JSON and safetensors errors
+        detail = " ".join(str(exc).split())[:300]
+        where = "the folder" if folder is not None else "no local folder; the hub"
+        raise DiffquantError(f"model.pretrained={pretrained!r} could not be loaded as a UNet2DModel from {where} "
+                             f"({type(exc).__name__}: {detail})") from None
+    cfg = unet.config
+    if cfg.in_channels != in_channels or cfg.out_channels != in_channels:
+        raise DiffquantError(f"model.pretrained={pretrained!r} has in_channels={cfg.in_channels}, out_channels="
+                             f"{cfg.out_channels}; set dataset.channels={cfg.in_channels} (it is {in_channels})")
+    if cfg.sample_size not in (None, image_size):
+        logging.getLogger("diffquant").warning("model.pretrained was trained at sample_size=%s; running it at "
+                                               "dataset.image_size=%d", cfg.sample_size, image_size)
+    return DiffusersUNet(unet)
+
+
+def build_diffusers_unet(
+    in_channels: int,
+    image_size: int,
+    base_channels: int = 32,
+    channel_mults: tuple[int, ...] = (1, 2, 2),
+    num_res_blocks: int = 1,
+    attn_resolutions: tuple[int, ...] = (),
+    dropout: float = 0.0,
+    groups: int = 8,
+    pretrained: str | None = None,
+) -> DiffusersUNet:
+    """Load `pretrained`, or build a fresh UNet2DModel with the layout of the UNet fields (attention where listed)."""
+    if pretrained:
+        return load_pretrained(pretrained, in_channels, image_size)
+    diffusers = _diffusers(pretrained)
+    resolutions = [image_size // 2**level for level in range(len(channel_mults))]
+    attn = [res in attn_resolutions for res in resolutions]
+    kwargs: dict[str, Any] = dict(
+        sample_size=image_size, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=tuple(base_channels * m for m in channel_mults), layers_per_block=num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        norm_num_groups=groups, dropout=dropout, attention_head_dim=None,
+    )
+    return DiffusersUNet(diffusers.UNet2DModel(**kwargs))
