@@ -68,8 +68,8 @@ def collect_trajectory(
 
     def capture(step: int, t: int, x: Tensor) -> None:
         if step in keep:
-            xs.append(x.detach().clone())
-            ts.append(torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+            xs.append(x.detach().cpu().clone())
+            ts.append(torch.full((x.shape[0],), t, dtype=torch.long))
 
     sample(noise=noise, callback=capture)
     return CalibrationData(torch.cat(xs), torch.cat(ts))
