@@ -104,8 +104,10 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
 def _load_state(model: nn.Module, ckpt: dict[str, Any], setting: str) -> None:
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[0]
+    except RuntimeError as exc:  # torch lists every mismatch after a header line: name the first, count the rest
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        first = problems[0] if len(problems[0]) <= 200 else problems[0][:200] + " ..."
+        detail = first + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
         raise DiffquantError(
             f"{setting}: the checkpoint does not fit the configured model ({detail}); check the model group"
         ) from None

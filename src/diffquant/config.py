@@ -5,7 +5,8 @@ when `to_config` turns the composed DictConfig into these dataclasses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -13,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffquant.data.datasets import DATASET_NAMES
-from diffquant.errors import DiffquantError, check_choice, check_device, check_range
+from diffquant.errors import DiffquantError, check_choice, check_device, check_range, check_writable_dir
 from diffquant.models import ARCHS
 from diffquant.quant.qconfig import QuantSpec
 
@@ -154,6 +155,7 @@ class QATConfig:
 
     def __post_init__(self) -> None:
         check_range("quant.qat.steps", self.steps, 1)
+        check_range("quant.qat.freeze_observer_step", self.freeze_observer_step, 0)
         check_range("quant.qat.lsq_lr_factor", self.lsq_lr_factor, 0.0)
         check_range("quant.qat.checkpoint_every", self.checkpoint_every, 0)
         check_range("quant.qat.data_weight", self.data_weight, 0.0)
@@ -260,6 +262,9 @@ class PathsConfig:
     cache_dir: str = "outputs/cache"
     output_dir: str = "outputs/runs/manual"
 
+    def __post_init__(self) -> None:
+        check_writable_dir("paths.cache_dir", self.cache_dir)
+
 
 @dataclass
 class SweepConfig:
@@ -290,6 +295,20 @@ class Config:
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        check_trajectory(self)
+
+
+def check_trajectory(cfg: Config) -> None:
+    """Cross-field rules of the sampling trajectory: DDIM steps exist, calibration keeps at most one set per step."""
+    T, sampler = cfg.diffusion.num_timesteps, cfg.sampler
+    if sampler.name == "ddim" and sampler.steps > T:
+        raise DiffquantError(f"sampler.steps={sampler.steps} is more than diffusion.num_timesteps={T} "
+                             f"(DDIM takes at most one step per timestep); allowed: 1..{T}")
+    steps, source = (T, f"diffusion.num_timesteps={T}, sampler=ddpm") if sampler.name == "ddpm" else (
+        sampler.steps, f"sampler.steps={sampler.steps}")
+    if cfg.quant.method != "fp32" and cfg.quant.calib.timesteps > steps:
+        raise DiffquantError(f"quant.calib.timesteps={cfg.quant.calib.timesteps} is more than the {steps} steps of the "
+                             f"sampling trajectory ({source}); allowed: 1..{steps}")
 
 
 def register_configs() -> None:
@@ -299,6 +318,7 @@ def register_configs() -> None:
 
 def to_config(cfg: DictConfig) -> Config:
     """Resolve and validate a composed config into typed dataclasses (range errors become DiffquantError)."""
+    check_known_keys(cfg)
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
@@ -310,3 +330,21 @@ def to_config(cfg: DictConfig) -> Config:
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
     assert isinstance(obj, Config)
     return obj
+
+
+def check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """Reject keys the schema lacks: `+quant.wieght_bits=4` composes (Hydra adds the key) but would be ignored."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    names = [f.name for f in fields(schema)]
+    for key, value in node.items_ex(resolve=False):
+        if key in names:
+            if isinstance(value, DictConfig):
+                check_known_keys(value, f"{prefix}{key}.")
+            continue
+        if not prefix and key == "hydra":  # composed with return_hydra_config=True
+            continue
+        guess = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean {prefix}{guess[0]}?" if guess else f"allowed keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
+        raise DiffquantError(f"{prefix}{key}={value!r} is not a setting; {hint}")

