@@ -20,9 +20,10 @@ from torch import nn
 from diffquant.diffusion.samplers import ddim_sample
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.quant.calibration import collect_trajectory
+from diffquant.quant.lsq import flags_on_cpu
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import QuantContext, QuantPlan, calibrate, prepare_fake_quant
-from diffquant.training import TrainSettings, epsilon_loss, train_diffusion
+from diffquant.training import TrainSettings, distillation_loss, epsilon_loss, train_diffusion
 
 MODELS = {"unet_tiny": dict(base_channels=32, channel_mults=(1, 2, 2)),
           "unet_small": dict(base_channels=64, channel_mults=(1, 2, 2), attn_resolutions=(8,), dropout=0.1)}
@@ -84,17 +85,32 @@ def main() -> None:
 
         rows.append((name, steps * batch / timed(ours, repeats=3), "images/s"))
 
-    noise = torch.randn(sample_batch, channels, size, size, device=dev)
     fp32 = make().to(dev).eval()
+    noise = torch.randn(sample_batch, channels, size, size, device=dev)
+    calib = collect_trajectory(lambda **kw: ddim_sample(fp32, diffusion, steps=50, **kw), 50, 10, noise[:64])
+    ctx = QuantContext(calibration=lambda: calib, train_batches=iter, diffusion=diffusion, generator=torch.Generator(),
+                       progress=False)
+
+    def qat() -> None:
+        qmodel, _, _ = prepare_fake_quant(fp32.cpu(), QuantPlan(QuantSpec(weight_bits=4)), qat=True)
+        calibrate(qmodel, ctx)
+        fp32.to(dev)
+        qmodel.to(dev)
+        flags_on_cpu(qmodel)
+        gen = torch.Generator().manual_seed(0)
+        batches = (gpu_images[torch.randint(0, len(images), (batch,), generator=gen)] for _ in iter(int, 1))
+        settings = TrainSettings(steps=steps, lr=1e-4, device="cuda", log_every=10**9)
+        train_diffusion(qmodel, distillation_loss(fp32, diffusion, gen, 1.0, 1.0), batches, settings, progress=False)
+
+    rows.append(("train: QAT W4A8 fake-quant + distillation, diffquant loop", steps * batch / timed(qat, repeats=1), "images/s"))
+
     sample = lambda m: ddim_sample(m, diffusion, noise, steps=50)  # noqa: E731
     rows.append(("sample: fp32, DDIM 50", sample_batch / timed(lambda: sample(fp32)), "images/s"))
-    calib = collect_trajectory(lambda **kw: ddim_sample(fp32, diffusion, steps=50, **kw), 50, 10, noise[:64])
     for bits in (8, 4):
         qmodel, _, _ = prepare_fake_quant(fp32, QuantPlan(QuantSpec(weight_bits=bits, act_bits=8)), qat=False)
-        ctx = QuantContext(calibration=lambda: calib, train_batches=iter, diffusion=diffusion,
-                           generator=torch.Generator(), progress=False)
         calibrate(qmodel.to(dev), ctx)
         qmodel.eval()
+        flags_on_cpu(qmodel)
         rows.append((f"sample: W{bits}A8 fake-quant, DDIM 50", sample_batch / timed(lambda: sample(qmodel)), "images/s"))
     print(f"\n| measurement (batch {batch} train / {sample_batch} sample) | throughput | unit |\n|---|---|---|")
     for name, value, unit in rows:

@@ -115,7 +115,9 @@ def train_diffusion(
     The model and each batch are moved to `settings.device`; the model is returned there.
     """
     device = torch.device(settings.device)
-    model.to(device).train().requires_grad_(True)
+    if next(model.parameters()).device.type != device.type:  # a model placed there already keeps its layout
+        model.to(device)
+    model.train().requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups or params, lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(settings.warmup_steps, 1)

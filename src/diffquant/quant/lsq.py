@@ -55,3 +55,18 @@ def step_size_param_groups(qmodel: nn.Module, lr: float, factor: float) -> list[
 def learned_scales(qmodel: nn.Module) -> dict[str, torch.Tensor]:
     """The current step sizes of every learnable quantizer, by module name (for tests and reports)."""
     return {name: m.scale.detach().clone() for name, m in qmodel.named_modules() if isinstance(m, _LearnableFakeQuantize)}
+
+
+def flags_on_cpu(qmodel: nn.Module) -> None:
+    """Keep each fake quantizer's on/off flags (and LSQ's eps) on the CPU once the model is on a GPU.
+
+    torch.ao reads them with Python `if flag[0] == 1` in every forward: on a GPU each read is a
+    device sync, hundreds per training step. On the CPU the read is free; the math stays on the GPU.
+    """
+    from torch.ao.quantization import FakeQuantizeBase
+
+    for module in qmodel.modules():
+        if isinstance(module, FakeQuantizeBase):
+            for name in ("fake_quant_enabled", "observer_enabled", "static_enabled", "learning_enabled", "eps"):
+                if module._buffers.get(name) is not None:
+                    module._buffers[name] = module._buffers[name].cpu()

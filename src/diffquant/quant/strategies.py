@@ -19,8 +19,9 @@ from diffquant.checkpointing import Checkpointer
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
+from diffquant.quant.fast_int8 import speed_up_int8
 from diffquant.quant.calibration import CalibrationData, run_calibration
-from diffquant.quant.lsq import step_size_param_groups, use_learned_step_sizes
+from diffquant.quant.lsq import flags_on_cpu, step_size_param_groups, use_learned_step_sizes
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.sensitivity import layer_sensitivity
@@ -110,6 +111,7 @@ def finalize(qmodel: nn.Module, plan: QuantPlan, wrapped: list[str]) -> tuple[nn
     tq.convert(qmodel, inplace=True)
     if plan.dynamic_input:
         use_dynamic_int8_inputs(qmodel, wrapped, reduce_range=plan.spec.act_range()[1] == 127)
+    speed_up_int8(qmodel)
     return qmodel, "int8"
 
 
@@ -191,6 +193,8 @@ class QATStrategy:
         if ctx.state_path is not None:
             gens = {"loss": data_gen, **({"batches": ctx.batch_generator} if ctx.batch_generator is not None else {})}
             checkpointer = Checkpointer(ctx.state_path, ctx.state_key, ctx.checkpoint_every, gens, keep_final=True)
+        qmodel.to(self.settings.device)
+        flags_on_cpu(qmodel)  # no device sync per quantizer and step on a GPU
         qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar, on_step=freeze,
                                     tag="qat", progress=ctx.progress, checkpointer=checkpointer, param_groups=groups)
         qmodel, execution = finalize(qmodel.cpu(), self.plan, wrapped)
