@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
+from diffquant.quant.fast_int8 import quantize_dynamic
+
 
 def dynamic_qparams(x: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
     """Affine scale / zero point covering [min(x, 0), max(x, 0)] on the grid [qmin, qmax]."""
@@ -43,14 +45,14 @@ class DynamicFakeQuantize(FakeQuantizeBase):
 
 
 class DynamicQuantize(nn.Module):
-    """int8 counterpart: quantize_per_tensor_dynamic on every call (replaces a converted Quantize)."""
+    """int8 counterpart: quantize_per_tensor_dynamic's scale on every call (replaces a converted Quantize)."""
 
     def __init__(self, reduce_range: bool) -> None:
         super().__init__()
         self.reduce_range = reduce_range
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.quantize_per_tensor_dynamic(x, torch.quint8, self.reduce_range)
+        return quantize_dynamic(x, self.reduce_range)
 
 
 def use_dynamic_inputs(qmodel: nn.Module, wrapped: list[str]) -> None:
