@@ -202,7 +202,7 @@ class BackendConfig:
     reduce_range: Optional[bool] = None  # null: 8-bit activations where the engine's int8 accumulation is exact
 
     def __post_init__(self) -> None:
-        check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86"))
+        check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor"))
 
 
 @dataclass

@@ -18,12 +18,14 @@ from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
+from diffquant.errors import DiffquantError
 from diffquant.eval_stage import EvalInputs, evaluate_and_report
 from diffquant.features import require_extractor
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
 from diffquant.quant.engine import resolve_reduce_range, set_engine
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.size import state_dict_bytes
+from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
 from diffquant.report import git_commit, save_figure, sensitivity_figure
 from diffquant.sweep.lock import cache_lock
@@ -85,6 +87,8 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             write_sensitivity(outcome.sensitivity, out_dir, logger)
         model_metrics = {"model/size_bytes": state_dict_bytes(outcome.model), "model/size_bytes_fp32": state_dict_bytes(fp32.model),
                          "perf/quantize_s": outcome.seconds}
+        if outcome.compile_seconds:  # compiled executions: compiling is not part of quantizing or sampling
+            model_metrics["perf/compile_s"] = outcome.compile_seconds
         inputs = EvalInputs(data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution,
                             classifier, cls_acc)
         return evaluate_and_report(cfg, inputs, header, model_metrics, extra, logger)
@@ -106,7 +110,7 @@ def file_sha256(cached: Path, given: str | None) -> str:
     return file_key(path, length=64) if path.is_file() else "unknown"
 
 
-def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrategy | QATStrategy:
+def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrategy | QATStrategy | InductorPTQStrategy:
     """Translate the `quant` group into a strategy object (the one place that maps a method name to code)."""
     q, r, t = cfg.quant, cfg.quant.recon, cfg.quant.qat
     plan = QuantPlan(q.spec(reduce_range=reduce_range), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut,
@@ -117,10 +121,16 @@ def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrateg
     builders = {
         "fp32": FP32Strategy,
         "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity),
+        "ptq_inductor": lambda: InductorPTQStrategy(plan, r.method, min(cfg.eval.batch_size, cfg.eval.num_samples)),
         "qat": lambda: QATStrategy(plan, qat_settings, t.freeze_observer_step, t.data_weight, t.distill_weight,
                                    t.data_free, t.init_from_ptq, t.batch_size, t.lsq, t.lsq_lr_factor),
     }
-    return builders[q.method]()
+    method = q.method
+    if cfg.backend.engine == "x86_inductor" and method != "fp32":  # PT2E: a PTQ flow of its own
+        if method != "ptq":
+            raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={method}")
+        method = "ptq_inductor"
+    return builders[method]()
 
 
 class CachedCalibration:

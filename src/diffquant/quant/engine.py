@@ -9,6 +9,8 @@ import torch
 from diffquant.errors import DiffquantError
 
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
+# Backends that are not torch.ao engines, and the engine their eager parts (the self-test, fp32 runs) use.
+EAGER_ENGINE = {"x86_inductor": "x86"}
 
 
 def supported_engines() -> list[str]:
@@ -18,6 +20,7 @@ def supported_engines() -> list[str]:
 
 def set_engine(engine: str) -> None:
     """Select the quantized engine for this process; a clear error if the machine lacks it."""
+    engine = EAGER_ENGINE.get(engine, engine)
     available = supported_engines()
     if engine not in available:
         raise DiffquantError(
@@ -42,7 +45,7 @@ def int8_accumulation_is_exact(engine: str) -> bool:
 
     previous = torch.backends.quantized.engine
     try:
-        torch.backends.quantized.engine = engine
+        torch.backends.quantized.engine = EAGER_ENGINE.get(engine, engine)
         conv = nnq.Conv2d(64, 4, 3, padding=1, bias=False)
         weight = torch.quantize_per_channel(torch.ones(4, 64, 3, 3), torch.full((4,), 1 / 127), torch.zeros(4, dtype=torch.long), 0, torch.qint8)
         conv.set_weight_bias(weight, None)

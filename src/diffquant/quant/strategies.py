@@ -58,6 +58,7 @@ class QuantOutcome:
     seconds: float = 0.0
     sensitivity: list[dict[str, object]] = field(default_factory=list)
     recon_loss: dict[str, float] = field(default_factory=dict)
+    compile_seconds: float = 0.0  # compiled executions (backend=x86_inductor): compile + first run per shape
 
 
 @dataclass(frozen=True)

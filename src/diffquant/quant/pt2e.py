@@ -1,0 +1,140 @@
+"""backend=x86_inductor: torchao's PT2E flow on our calibration pairs, compiled by Inductor with freezing.
+
+torch.export -> prepare_pt2e(X86InductorQuantizer) -> the FP32 trajectory's (x_t, t) pairs ->
+convert_pt2e -> torch.compile with `torch._inductor.config.freezing = True`, set globally (as a
+compile option alone Inductor cannot lower `onednn.qconv_prepack`). Inductor turns every
+quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses GroupNorm, SiLU and the input
+quantization into C++ loops around it: no eager dispatch between layers.
+
+Limits: W8A8 only, per-channel symmetric weights (what oneDNN runs), static activation scales
+(calibrated, not per call), static shapes (one compile per batch size; Inductor's dynamic-shape
+lowering of the int8 conv fails here). Needs the optional extra `inductor` (torchao).
+"""
+from __future__ import annotations
+
+import importlib.util
+import copy
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from diffquant.errors import DiffquantError
+from diffquant.quant.calibration import CalibrationData
+from diffquant.quant.qconfig import QuantSpec
+from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan
+from diffquant.quant.wrap import is_skipped, quantizable_types
+
+EXECUTION = "int8_inductor"
+OBSERVERS = ("minmax", "moving_average", "histogram")
+
+
+def require_torchao() -> None:
+    """One line naming the backend and the extra when torchao is missing."""
+    if importlib.util.find_spec("torchao") is None:
+        raise DiffquantError("backend=x86_inductor needs torchao: pip install -e '.[inductor]'")
+
+
+def make_quantizer(spec: QuantSpec, skip: list[str]) -> object:
+    """X86InductorQuantizer with the default int8 recipe, our activation observer and range; `skip` stays float."""
+    from torchao.quantization.pt2e import observer as obs
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=spec.reduce_range)
+    observer = {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
+                "histogram": obs.HistogramObserver}[spec.observer].with_args(eps=2**-12)
+    act = replace(config.input_activation, observer_or_fake_quant_ctr=observer)
+    quantizer = xiq.X86InductorQuantizer().set_global(replace(config, input_activation=act, output_activation=act))
+    for name in skip:
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+def drop_unused_attributes(graph: torch.fx.GraphModule) -> None:
+    """convert_pt2e keeps the float weights next to the int8 ones it uses: drop what no node reads."""
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name in [n for n, _ in [*graph.named_parameters(), *graph.named_buffers()] if n not in used]:
+        owner, _, attr = name.rpartition(".")
+        delattr(graph.get_submodule(owner) if owner else graph, attr)
+
+
+@torch.no_grad()
+def quantize_pt2e(model: nn.Module, data: CalibrationData, batch_size: int, spec: QuantSpec, skip: list[str]) -> torch.fx.GraphModule:
+    """Export with a dynamic batch, observe the calibration pairs, convert to a quantized graph (not compiled)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    batch = torch.export.Dim("batch")
+    example = (data.x[:2], data.t[:2])
+    exported = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=({0: batch}, {0: batch})).module()
+    prepared = prepare_pt2e(exported, make_quantizer(spec, skip))
+    for x, t in data.batches(batch_size):
+        prepared(x, t)
+    graph = convert_pt2e(prepared)
+    drop_unused_attributes(graph)
+    return graph
+
+
+class CompiledInt8(nn.Module):
+    """The quantized graph (its int8 weights are the state_dict) and its Inductor-compiled callable."""
+
+    def __init__(self, graph: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.graph = graph
+        torch._inductor.config.freezing = True  # global: see the module docstring
+        torch._dynamo.reset()  # no compiled graph of an earlier model can be picked up for this one
+        self._compiled = torch.compile(graph, dynamic=False)
+        self._shapes: set[tuple[int, ...]] = set()
+        self.compile_seconds = 0.0  # first calls per input shape: compile + one run
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if tuple(x.shape) in self._shapes:
+            return self._compiled(x, t)
+        start = time.perf_counter()
+        out = self._compiled(x, t)
+        self.compile_seconds += time.perf_counter() - start
+        self._shapes.add(tuple(x.shape))
+        return out
+
+
+@dataclass
+class InductorPTQStrategy:
+    """PTQ through PT2E + Inductor: calibrate, convert, compile at the sampling batch size and check the result."""
+
+    plan: QuantPlan
+    recon_method: str = "none"
+    warmup_batch: int = 64  # the evaluation's sampling batch: compiled here so sampling times exclude compiling
+
+    def __post_init__(self) -> None:
+        require_torchao()
+        spec = self.plan.spec
+        if not spec.is_int8:
+            raise DiffquantError(f"backend=x86_inductor runs 8-bit weights and activations only; got quant.weight_bits="
+                                 f"{spec.weight_bits} quant.act_bits={spec.act_bits} (use backend=fbgemm, x86 or qnnpack "
+                                 "for other widths)")
+        if spec.observer not in OBSERVERS:
+            raise DiffquantError(f"quant.observer={spec.observer!r} is not available with backend=x86_inductor; "
+                                 f"allowed: {', '.join(OBSERVERS)}")
+        unsupported = {"quant.layer_bits": dict(self.plan.layer_bits) or None, "quant.recon.method":
+                       None if self.recon_method == "none" else self.recon_method,
+                       "quant.split_shortcut": self.plan.split_shortcut or None}
+        given = [f"{key}={value}" for key, value in unsupported.items() if value is not None]
+        if given:
+            raise DiffquantError(f"backend=x86_inductor does not support {', '.join(given)}; use backend=fbgemm or x86")
+
+    def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
+        start = time.perf_counter()
+        data = ctx.calibration()
+        layers = [n for n, m in model.named_modules() if n and isinstance(m, quantizable_types())]
+        skipped = [n for n in layers if is_skipped(n, self.plan.skip)]
+        graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
+        quantize_seconds = time.perf_counter() - start
+        compiled = CompiledInt8(graph)
+        idx = torch.arange(self.warmup_batch) % len(data.t)
+        with torch.no_grad():
+            out, ref = compiled(data.x[idx], data.t[idx]), graph(data.x[idx], data.t[idx])
+        error = float((out - ref).norm() / ref.norm().clamp(min=1e-12))
+        if not error < 0.05:  # an unrelated cached graph, or a miscompile, would be far off
+            raise DiffquantError(f"backend=x86_inductor: the compiled model disagrees with its graph (relative error {error:.3g})")
+        return QuantOutcome(compiled, EXECUTION, [n for n in layers if n not in skipped], [], quantize_seconds,
+                            compile_seconds=compiled.compile_seconds)

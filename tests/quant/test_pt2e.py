@@ -1,0 +1,66 @@
+"""backend=x86_inductor: PT2E + Inductor numerics against FP32, artefact size, and its error paths."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from diffquant.config import to_config
+from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.errors import DiffquantError
+from diffquant.metrics.quality import sqnr_db
+from diffquant.models.unet import UNet
+from diffquant.pipeline import build_strategy
+from diffquant.quant import pt2e
+from diffquant.quant.calibration import CalibrationData
+from diffquant.quant.qconfig import QuantSpec
+from diffquant.quant.size import state_dict_bytes
+from diffquant.quant.strategies import QuantContext, QuantPlan
+
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="the optional extra `inductor`")
+
+
+@needs_torchao
+def test_tiny_unet_through_pt2e_and_inductor_is_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=16, channel_mults=(1, 2), image_size=8, groups=4).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, t = torch.randn(64, 1, 8, 8, generator=gen), torch.randint(0, 1000, (64,), generator=gen)
+    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
+                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    out = pt2e.InductorPTQStrategy(QuantPlan(QuantSpec(reduce_range=False)), warmup_batch=16).quantize(model, ctx)
+    assert out.execution == "int8_inductor" and out.compile_seconds > 0
+    assert len(out.wrapped_layers) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    with torch.no_grad():
+        sqnr = sqnr_db(model(x[:16], t[:16]), out.model(x[:16], t[:16]))
+    assert sqnr > 20.0
+    assert state_dict_bytes(out.model) < 0.45 * state_dict_bytes(model)  # int8 weights only, float copies dropped
+    assert all(p.dtype == torch.int8 for n, p in out.model.state_dict().items() if "frozen" in n)
+
+
+@pytest.mark.parametrize(("plan", "needle"), [
+    (QuantPlan(QuantSpec(weight_bits=4)), "quant.weight_bits=4 quant.act_bits=8"),
+    (QuantPlan(QuantSpec(act_bits=6)), "quant.weight_bits=8 quant.act_bits=6"),
+    (QuantPlan(QuantSpec(observer="percentile")), "quant.observer='percentile'"),
+    (QuantPlan(QuantSpec(), split_shortcut=True), "quant.split_shortcut=True"),
+], ids=["w4", "a6", "percentile", "split"])
+@needs_torchao
+def test_unsupported_settings_fail_with_one_line(plan: QuantPlan, needle: str) -> None:
+    with pytest.raises(DiffquantError, match="backend=x86_inductor") as err:
+        pt2e.InductorPTQStrategy(plan)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_torchao_names_the_backend_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pt2e.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DiffquantError, match=r"backend=x86_inductor needs torchao: pip install -e '\.\[inductor\]'"):
+        pt2e.InductorPTQStrategy(QuantPlan(QuantSpec()))
+
+
+@needs_torchao
+def test_backend_selects_the_inductor_strategy_for_ptq_only(compose_cfg) -> None:
+    cfg = to_config(compose_cfg("backend=x86_inductor"))
+    assert isinstance(build_strategy(cfg, reduce_range=False), pt2e.InductorPTQStrategy)
+    with pytest.raises(DiffquantError, match="backend=x86_inductor supports quant=ptq only; got quant=qat"):
+        build_strategy(to_config(compose_cfg("backend=x86_inductor", "quant=qat")), reduce_range=False)
