@@ -71,3 +71,16 @@ def test_converted_unet_uses_fast_modules_and_matches_plain_convert() -> None:
                 module.__class__ = nn.GroupNorm
         plain = out.model(x, t)
     assert (fast - plain).abs().max() < 1e-3 * plain.abs().max()
+
+
+@pytest.mark.parametrize(("symmetric", "warns"), [(False, True), (True, False)], ids=["affine", "symmetric"])
+def test_x86_engine_warns_when_affine_weights_miss_its_onednn_kernels(symmetric: bool, warns: bool, caplog) -> None:
+    set_engine("x86")
+    torch.manual_seed(0)
+    model = UNet(base_channels=8, channel_mults=(1,), image_size=8, groups=4).eval()
+    x, t = torch.randn(8, 1, 8, 8), torch.randint(0, 1000, (8,))
+    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
+                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=torch.Generator(), progress=False)
+    with caplog.at_level("WARNING", logger="diffquant"):
+        PTQStrategy(QuantPlan(QuantSpec(reduce_range=False, observer="minmax", symmetric=symmetric))).quantize(model, ctx)
+    assert ("quant.symmetric=true" in caplog.text) is warns
