@@ -5,6 +5,7 @@ determines it, so a sweep over quantization settings trains the FP32 model once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -17,6 +18,7 @@ from torch import nn
 from diffquant.cache import atomic_torch_save, config_hash, load_checkpoint
 from diffquant.checkpointing import Checkpointer
 from diffquant.config import Config
+from diffquant.distributed import DistInfo, check_replicas_equal
 from diffquant.data.datasets import DataSplit, iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
@@ -76,29 +78,45 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
     key = fp32_key(cfg)
     entry = Path(cfg.paths.cache_dir) / "fp32" / key
     path = entry / "model.pt"
-    with cache_lock(path, "FP32 model"):  # concurrent sweep jobs: one trains, the others wait and load
+    info = DistInfo.from_env()
+    # Concurrent sweep jobs: one trains, the others wait and load. Under torchrun the ranks train
+    # together, so only rank 0 holds the lock (the others would wait on it forever).
+    with cache_lock(path, "FP32 model") if info.is_main else contextlib.nullcontext():
         ckpt = load_cache_entry(path, key)
         if ckpt is not None:
             _load_state(model, ckpt, "paths.cache_dir")
             log.info("Reusing the cached FP32 model %s (no training)", path)
             return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
-        log.info("Training the FP32 model for %d steps (cache entry %s)", cfg.train.steps, entry)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
-        t = cfg.train
-        settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                                 warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every,
-                                 device=cfg.device, bf16=t.bf16)
-        batches = iterate_batches(data.train_images, t.batch_size, generator)
-        checkpointer = Checkpointer(entry / "train_state.pt", key, t.checkpoint_every, {"data": generator})
-        ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
-                                      log_scalar=logger.scalar, progress=cfg.progress, checkpointer=checkpointer)
-        ema = ema.cpu()
-        atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
-                           "losses": losses, "key": key}, path)
-        checkpointer.clear()
+        ema, losses = _train_fp32(cfg, data, diffusion, logger, key, entry, info)
+        if info.is_main:
+            atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
+                               "losses": losses, "key": key}, path)
+            (entry / "train_state.pt").unlink(missing_ok=True)  # the finished model replaces the resumable state
         return FP32Artifact(ema.eval(), key, entry, False, losses)
+
+
+def _train_fp32(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, entry: Path,
+                info: DistInfo) -> tuple[nn.Module, list[float]]:
+    """Train the FP32 model from `cfg.seed` (resumably in one process; data-parallel under torchrun)."""
+    log = logging.getLogger("diffquant")
+    log.info("Training the FP32 model for %d steps (cache entry %s%s)", cfg.train.steps, entry,
+             f", {info.world_size} processes x {cfg.train.batch_size} images" if info.enabled else "")
+    generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)  # each rank draws its own batches
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+    t = cfg.train
+    settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                             warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every,
+                             device=info.device(cfg.device), bf16=t.bf16)
+    batches = iterate_batches(data.train_images, t.batch_size, generator)
+    checkpointer = (Checkpointer(entry / "train_state.pt", key, t.checkpoint_every, {"data": generator})
+                    if not info.enabled else None)  # resume is per process; a torchrun job restarts from step 0
+    ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
+                                  log_scalar=logger.scalar, progress=cfg.progress and info.is_main, checkpointer=checkpointer)
+    ema = ema.cpu()
+    if info.enabled:
+        log.info("FP32 replicas identical on rank %d of %d (sha256 %s)", info.rank, info.world_size, check_replicas_equal(ema))
+    return ema, losses
 
 
 def _load_state(model: nn.Module, ckpt: dict[str, Any], setting: str) -> None:

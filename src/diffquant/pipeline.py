@@ -18,6 +18,7 @@ from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
+from diffquant.distributed import DistInfo
 from diffquant.errors import DiffquantError
 from diffquant.eval_stage import EvalInputs, evaluate_and_report
 from diffquant.features import require_extractor
@@ -52,9 +53,12 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
              len(data.test_images), data.image_size, data.image_size)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps,
                                               cfg.diffusion.beta_start, cfg.diffusion.beta_end)
-    logger = RunLogger(out_dir / "tensorboard", cfg.logger.tensorboard)
+    is_main = DistInfo.from_env().is_main
+    logger = RunLogger(out_dir / "tensorboard", cfg.logger.tensorboard and is_main)
     try:
         fp32 = get_fp32_model(cfg, data, diffusion, logger)
+        if not is_main:  # torchrun: the other ranks only helped train the FP32 model
+            return {}
         if fp32.cached:
             for step, loss in enumerate(fp32.losses):
                 if step % cfg.train.log_every == 0:

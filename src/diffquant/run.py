@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from diffquant.config import register_configs, to_config
+from diffquant.distributed import init_distributed, shutdown
 from diffquant.errors import DiffquantError
 
 
@@ -31,7 +32,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     job = JobInfo(dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), multirun=hc.mode == RunMode.MULTIRUN,
                   seed=cfg.seed, skip_done=cfg.sweep.skip_done, size_budget_bytes=cfg.sweep.size_budget_bytes)
+    info = init_distributed(cfg.device)  # torchrun: join the process group; else rank 0 of 1
     try:
+        if not info.is_main:  # the other ranks train with rank 0 and leave the run's files to it
+            validate_then_run(cfg)
+            return None
         return run_job(lambda: validate_then_run(cfg), job)
     except DiffquantError as exc:  # a single run only: run_job records a sweep job's failure and returns NaN
         logging.getLogger("diffquant").error("%s", exc)
@@ -39,6 +44,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             traceback.print_exc()
         print(f"diffquant: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        shutdown()
 
 
 def validate_then_run(cfg: DictConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from diffquant.checkpointing import Checkpointer, TrainState
 from diffquant.diffusion.schedule import GaussianDiffusion
+from diffquant.distributed import wrap_for_training
 from diffquant.errors import DiffquantError
 
 
@@ -123,6 +124,7 @@ def train_diffusion(
     warmup = max(settings.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, settings))
     ema = EMA(model, settings.ema_decay) if settings.ema_decay else None
+    net = wrap_for_training(model)  # DDP under torchrun: same model, gradients averaged over processes
     state = TrainState()
     if checkpointer is not None:
         state = checkpointer.restore(model, ema.model if ema else None, optimizer, scheduler)
@@ -132,7 +134,7 @@ def train_diffusion(
         if on_step is not None:
             on_step(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-            loss = loss_fn(model, _to(next(batches), device))
+            loss = loss_fn(net, _to(next(batches), device))
         if not torch.isfinite(loss):
             raise NonFiniteError(tag, f"the loss became {loss.item()}", step, checkpointer)
         optimizer.zero_grad(set_to_none=True)
