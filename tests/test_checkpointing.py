@@ -98,3 +98,17 @@ def test_nan_loss_names_the_step() -> None:
     with pytest.raises(DiffquantError, match=r"qat: the loss became nan at step 0; lower quant.qat.lr"):
         train_diffusion(model, lambda m, x: m(x).sum() * float("nan"), iter(lambda: torch.ones(1, 2), None),
                         TrainSettings(steps=3, lr=1e-3), tag="qat", progress=False)
+
+
+def test_cache_entry_with_altered_weights_fails_its_checksum(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from diffquant.artifacts import cache_blob, load_cache_entry
+
+    path = tmp_path / "model.pt"
+    torch.save(cache_blob(nn.Linear(3, 2).state_dict(), "k", accuracy=0.9), path)
+    assert load_cache_entry(path, "k")["accuracy"] == 0.9
+    blob = torch.load(path, weights_only=False)
+    blob["state_dict"]["weight"][0, 0] += 1.0  # readable, right key, wrong bytes
+    torch.save(blob, path)
+    with caplog.at_level("WARNING", logger="diffquant"):
+        assert load_cache_entry(path, "k") is None
+    assert "fails its checksum" in caplog.text

@@ -18,7 +18,7 @@ from torch import nn
 from diffquant.cache import atomic_torch_save, config_hash, load_checkpoint
 from diffquant.checkpointing import Checkpointer
 from diffquant.config import Config
-from diffquant.distributed import DistInfo, check_replicas_equal
+from diffquant.distributed import DistInfo, check_replicas_equal, state_digest
 from diffquant.data.datasets import DataSplit, iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
@@ -49,11 +49,16 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
 
 def fp32_key(cfg: Config) -> str:
     """Hash of everything that determines the trained FP32 weights."""
+    return config_hash(fp32_key_parts(cfg))
+
+
+def fp32_key_parts(cfg: Config) -> dict[str, Any]:
+    """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash)."""
     parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("dataset", "diffusion", "train")}
     parts["model"] = {"arch": cfg.model.arch, **model_kwargs(cfg)}  # only the fields the architecture reads
     parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
     parts["seed"] = cfg.seed
-    return config_hash(parts)
+    return parts
 
 
 def file_key(path: str | Path, length: int = 16) -> str:
@@ -89,8 +94,8 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
             return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
         ema, losses = _train_fp32(cfg, data, diffusion, logger, key, entry, info)
         if info.is_main:
-            atomic_torch_save({"state_dict": ema.state_dict(), "model_config": {"arch": cfg.model.arch, **model_kwargs(cfg)},
-                               "losses": losses, "key": key}, path)
+            atomic_torch_save(cache_blob(ema.state_dict(), key, model_config={"arch": cfg.model.arch, **model_kwargs(cfg)},
+                                         losses=losses, config=fp32_key_parts(cfg)), path)
             (entry / "train_state.pt").unlink(missing_ok=True)  # the finished model replaces the resumable state
         return FP32Artifact(ema.eval(), key, entry, False, losses)
 
@@ -143,7 +148,15 @@ def load_cache_entry(path: Path, key: str) -> dict[str, Any] | None:
     if not isinstance(ckpt, dict) or ckpt.get("key") != key or "state_dict" not in ckpt:
         logging.getLogger("diffquant").warning("Cache entry %s does not match its key %s; rebuilding it", path, key)
         return None
+    if "sha256" in ckpt and state_digest(ckpt["state_dict"]) != ckpt["sha256"]:
+        logging.getLogger("diffquant").warning("Cache entry %s fails its checksum; rebuilding it", path)
+        return None
     return ckpt
+
+
+def cache_blob(state_dict: dict[str, Any], key: str, **fields: Any) -> dict[str, Any]:
+    """A cache entry: the weights, the key of the config that made them, their checksum, and extra fields."""
+    return {"state_dict": state_dict, "key": key, "sha256": state_digest(state_dict), **fields}
 
 
 def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float, bool]:
@@ -162,5 +175,5 @@ def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float
         model = train_classifier(data.train_images, data.train_labels, num_classes=data.num_classes,
                                  steps=cfg.eval.classifier_steps, seed=cfg.seed, progress=cfg.progress)
         acc = accuracy(model, data.test_images, data.test_labels)
-        atomic_torch_save({"state_dict": model.state_dict(), "model_config": model.config, "accuracy": acc, "key": key}, path)
+        atomic_torch_save(cache_blob(model.state_dict(), key, model_config=model.config, accuracy=acc), path)
         return model, acc, False
