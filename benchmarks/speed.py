@@ -19,6 +19,7 @@ script re-executes itself with the settings below and prints what it ran with.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -134,6 +135,7 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
                        generator=torch.Generator().manual_seed(0), calib_batch_size=cfg.quant.calib.batch_size, progress=False)
     torch._dynamo.reset()  # nothing compiled for an earlier model may serve this one
     int8 = [int8_variant(overrides, e, model, ctx, batches[0]) for e in opts["engines"].split(",") if e]
+    logging.getLogger("diffquant").setLevel(logging.ERROR)  # set_engine's qnnpack warning, once per timed run
     torch._inductor.config.freezing = True  # set globally before compiling (the PT2E variant sets it too)
     fp32_bytes = state_dict_bytes(model)
     variants = [Variant("fp32", "fp32", model, bytes=fp32_bytes),
