@@ -64,3 +64,23 @@ def test_backend_selects_the_inductor_strategy_for_ptq_only(compose_cfg) -> None
     assert isinstance(build_strategy(cfg, reduce_range=False), pt2e.InductorPTQStrategy)
     with pytest.raises(DiffquantError, match="backend=x86_inductor supports quant=ptq only; got quant=qat"):
         build_strategy(to_config(compose_cfg("backend=x86_inductor", "quant=qat")), reduce_range=False)
+
+
+@needs_torchao
+def test_skipped_layers_stay_float_in_the_quantized_graph() -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
+    x, t = torch.randn(16, 1, 8, 8), torch.randint(0, 1000, (16,))
+    layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+    def quantize_nodes(skip: list[str]) -> tuple[int, torch.Tensor]:
+        graph = pt2e.quantize_pt2e(model, CalibrationData(x, t), 16, QuantSpec(reduce_range=False), skip)
+        with torch.no_grad():
+            return sum("quantize_per_tensor" in str(n.target) for n in graph.graph.nodes), graph(x, t)
+
+    every, _ = quantize_nodes([])
+    fewer, _ = quantize_nodes(["conv_in", "conv_out"])
+    none, out = quantize_nodes(layers)
+    assert every > fewer > none == 0
+    with torch.no_grad():
+        assert torch.allclose(out, model(x, t), atol=1e-5)
