@@ -1,0 +1,108 @@
+"""Typed schemas of the `quant` and `backend` groups (re-exported by `diffquant.config`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from diffquant.errors import check_choice, check_range
+from diffquant.quant.qconfig import QuantSpec
+
+@dataclass
+class CalibConfig:
+    num_samples: int = 64
+    timesteps: int = 25
+    batch_size: int = 128
+    t_sampling: str = "uniform"  # uniform: evenly over the trajectory; normal: PTQ4DM's skewed choice
+    t_mean: float = 0.4  # normal: mean of t as a fraction of diffusion.num_timesteps
+    t_std: float = 0.4  # normal: std of t as a fraction of diffusion.num_timesteps
+
+    def __post_init__(self) -> None:
+        check_range("quant.calib.num_samples", self.num_samples, 1)
+        check_range("quant.calib.timesteps", self.timesteps, 1)
+        check_choice("quant.calib.t_sampling", self.t_sampling, ("uniform", "normal"))
+        check_range("quant.calib.t_std", self.t_std, 1e-6)
+
+
+@dataclass
+class ReconConfig:
+    method: str = "none"  # none | adaround (layer by layer) | brecq (block by block)
+    iters: int = 300
+    lr: float = 1e-2
+    num_samples: int = 256  # calibration pairs used for reconstruction
+    batch_size: int = 32
+    reg_weight: float = 0.01  # AdaRound rounding regularizer weight
+    block_types: list[str] = field(default_factory=lambda: ["ResBlock", "AttnBlock"])
+
+    def __post_init__(self) -> None:
+        check_choice("quant.recon.method", self.method, ("none", "adaround", "brecq"))
+        check_range("quant.recon.iters", self.iters, 1)
+        check_range("quant.recon.num_samples", self.num_samples, 1)
+
+
+@dataclass
+class QATConfig:
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 128
+    freeze_observer_step: int = 100
+    data_weight: float = 1.0  # ‖ε − ε_student‖² on real images
+    distill_weight: float = 1.0  # ‖ε_teacher − ε_student‖² with the FP32 model as teacher
+    data_free: bool = False  # train on the teacher's trajectory pairs only (quant.calib.* sets how many)
+    init_from_ptq: bool = True  # start from the trajectory-calibrated ranges
+    ema_decay: Optional[float] = None  # EMA of the student's weights
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    lsq: bool = False  # learned step sizes (LSQ+) initialised from the calibrated ranges
+    lsq_lr_factor: float = 0.1  # step sizes learn at this fraction of quant.qat.lr
+    checkpoint_every: int = 100  # steps between resumable checkpoints (the finished state is kept too)
+
+    def __post_init__(self) -> None:
+        check_range("quant.qat.steps", self.steps, 1)
+        check_range("quant.qat.freeze_observer_step", self.freeze_observer_step, 0)
+        check_range("quant.qat.lsq_lr_factor", self.lsq_lr_factor, 0.0)
+        check_range("quant.qat.checkpoint_every", self.checkpoint_every, 0)
+        check_range("quant.qat.data_weight", self.data_weight, 0.0)
+        check_range("quant.qat.distill_weight", self.distill_weight, 0.0)
+        check_choice("quant.qat.schedule", self.schedule, ("constant", "cosine"))
+        if self.ema_decay is not None:
+            check_range("quant.qat.ema_decay", self.ema_decay, 0.0, 1.0)
+
+
+@dataclass
+class QuantConfig:
+    method: str = "fp32"
+    weight_bits: int = 8
+    act_bits: Optional[int] = 8  # null: activations stay float (weight-only quantization)
+    granularity: str = "per_channel"
+    symmetric: bool = False
+    observer: str = "histogram"
+    percentile: float = 99.99  # observer=percentile: clip activations at this percentile
+    skip: list[str] = field(default_factory=list)
+    layer_bits: dict[str, int] = field(default_factory=dict)  # layer-name pattern -> weight bits
+    split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
+    dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)
+    sensitivity: bool = True  # write the per-layer SQNR report
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
+        self.spec(reduce_range=True)  # QuantSpec validates bits, granularity and observer
+        for pattern, bits in self.layer_bits.items():
+            check_range(f"quant.layer_bits.{pattern}", bits, 2, 8)
+
+    def spec(self, reduce_range: bool) -> QuantSpec:
+        """The qconfig-level description of this group, with the backend's activation range."""
+        return QuantSpec(weight_bits=self.weight_bits, act_bits=self.act_bits, granularity=self.granularity,
+                         symmetric=self.symmetric, observer=self.observer, percentile=self.percentile,
+                         reduce_range=reduce_range)
+
+
+@dataclass
+class BackendConfig:
+    engine: str = "fbgemm"
+    reduce_range: Optional[bool] = None  # null: 8-bit activations where the engine's int8 accumulation is exact
+
+    def __post_init__(self) -> None:
+        check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor"))
