@@ -92,19 +92,20 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
             _load_state(model, ckpt, "paths.cache_dir")
             log.info("Reusing the cached FP32 model %s (no training)", path)
             return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
-        ema, losses = _train_fp32(cfg, data, diffusion, logger, key, entry, info)
+        state_path = entry / "train_state.pt"
+        ema, losses = _train_fp32(cfg, data, diffusion, logger, key, state_path, info)
         if info.is_main:
             atomic_torch_save(cache_blob(ema.state_dict(), key, model_config={"arch": cfg.model.arch, **model_kwargs(cfg)},
                                          losses=losses, config=fp32_key_parts(cfg)), path)
-            (entry / "train_state.pt").unlink(missing_ok=True)  # the finished model replaces the resumable state
+            state_path.unlink(missing_ok=True)  # the finished model replaces the resumable state
         return FP32Artifact(ema.eval(), key, entry, False, losses)
 
 
-def _train_fp32(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, entry: Path,
+def _train_fp32(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, state_path: Path,
                 info: DistInfo) -> tuple[nn.Module, list[float]]:
     """Train the FP32 model from `cfg.seed` (resumably in one process; data-parallel under torchrun)."""
     log = logging.getLogger("diffquant")
-    log.info("Training the FP32 model for %d steps (cache entry %s%s)", cfg.train.steps, entry,
+    log.info("Training the FP32 model for %d steps (cache entry %s%s)", cfg.train.steps, state_path.parent,
              f", {info.world_size} processes x {cfg.train.batch_size} images" if info.enabled else "")
     generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)  # each rank draws its own batches
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -114,7 +115,7 @@ def _train_fp32(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logg
                              warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every,
                              device=info.device(cfg.device), bf16=t.bf16)
     batches = iterate_batches(data.train_images, t.batch_size, generator)
-    checkpointer = (Checkpointer(entry / "train_state.pt", key, t.checkpoint_every, {"data": generator})
+    checkpointer = (Checkpointer(state_path, key, t.checkpoint_every, {"data": generator})
                     if not info.enabled else None)  # resume is per process; a torchrun job restarts from step 0
     ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
                                   log_scalar=logger.scalar, progress=cfg.progress and info.is_main, checkpointer=checkpointer)

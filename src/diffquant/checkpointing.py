@@ -80,7 +80,3 @@ class Checkpointer:
             g.set_state(blob["generators"][name])
         log.info("Resuming from %s at step %d", self.path, blob["step"])
         return TrainState(int(blob["step"]), list(blob["losses"]))
-
-    def clear(self) -> None:
-        """Remove the checkpoint once the finished artefact is safely written."""
-        self.path.unlink(missing_ok=True)

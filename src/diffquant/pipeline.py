@@ -68,13 +68,14 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                          eta=cfg.sampler.eta, generator=None)
         calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
         batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
+        state_key = qat_key(cfg, fp32.key)
         ctx = QuantContext(
             calibration=calibration.get,
             train_batches=lambda: iterate_batches(data.train_images, q.qat.batch_size, batch_generator),
             diffusion=diffusion, generator=torch.Generator().manual_seed(cfg.seed + 3),
             calib_batch_size=q.calib.batch_size, log_scalar=logger.scalar, progress=cfg.progress,
-            batch_generator=batch_generator, state_path=fp32.entry_dir / f"qat_state_{qat_key(cfg, fp32.key)}.pt",
-            state_key=qat_key(cfg, fp32.key), checkpoint_every=q.qat.checkpoint_every,
+            batch_generator=batch_generator, state_path=fp32.entry_dir / f"qat_state_{state_key}.pt",
+            state_key=state_key, checkpoint_every=q.qat.checkpoint_every,
         )
         log.info("Quantizing: method=%s W%dA%d engine=%s", q.method, q.weight_bits, q.act_bits, cfg.backend.engine)
         outcome = strategy.quantize(fp32.model, ctx)
