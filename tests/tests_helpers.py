@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from diffquant.quant.strategies import QuantContext
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SELECTABLE_GROUPS = ("model", "dataset", "quant", "backend", "diffusion", "train", "sampler", "eval", "logger", "paths")
@@ -10,3 +16,16 @@ SELECTABLE_GROUPS = ("model", "dataset", "quant", "backend", "diffusion", "train
 def group_options() -> list[tuple[str, str]]:
     """(group, option) for every YAML file of every selectable config group."""
     return [(g, p.stem) for g in SELECTABLE_GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> QuantContext:
+    """A QuantContext for PTQ tests: calibration pairs (x, t), no training data, a linear 1000-step schedule."""
+    import torch
+
+    from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+    from diffquant.quant.calibration import CalibrationData
+    from diffquant.quant.strategies import QuantContext
+
+    return QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
+                        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+                        generator=generator if generator is not None else torch.Generator(), progress=False)

@@ -15,16 +15,15 @@ from conftest import TINY_OVERRIDES
 from torch import nn
 from torch.ao.nn import quantized as nnq
 
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models import build_model
 from diffquant.models.diffusers_unet import pretrained_key
 from diffquant.models.unet import UNet
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan
+from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from tests_helpers import calibration_context
 
 diffusers = pytest.importorskip("diffusers")
 UNET_TINY = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=8)
@@ -103,8 +102,7 @@ def test_w8a8_ptq_quantizes_the_diffusers_layers(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
     set_engine("fbgemm")
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    ctx = calibration_context(x, t, gen)
     out = PTQStrategy(QuantPlan(QuantSpec(reduce_range=True))).quantize(model, ctx)
     assert out.execution == "int8"
     assert isinstance(out.model.unet.mid_block.attentions[0].to_q.module, nnq.Linear)

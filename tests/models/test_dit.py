@@ -8,15 +8,14 @@ from torch.ao.nn import quantized as nnq
 
 from diffquant.artifacts import fp32_key
 from diffquant.config import to_config
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models import build_model
 from diffquant.models.dit import DiT, sincos_pos_embed
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan
+from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from tests_helpers import calibration_context
 
 TINY = dict(patch_size=2, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
@@ -78,8 +77,7 @@ def test_w8a8_ptq_converts_every_projection_to_int8() -> None:
     model = trained_like(build_model("dit", 1, 8, **TINY))
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(32, 1, 8, 8, generator=gen), torch.randint(0, 1000, (32,), generator=gen)
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    ctx = calibration_context(x, t, gen)
     out = PTQStrategy(QuantPlan(QuantSpec(reduce_range=True))).quantize(model, ctx)
     assert out.execution == "int8"
     assert len(out.wrapped_layers) == 1 + 2 + 2 * 5 + 2  # patch embed, time MLP, 5 Linears per block, final 2

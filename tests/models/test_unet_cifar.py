@@ -7,13 +7,12 @@ from torch.ao.nn import quantized as nnq
 
 from diffquant.artifacts import model_kwargs
 from diffquant.config import to_config
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models import build_model
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan
+from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from tests_helpers import calibration_context
 
 DDPM_CIFAR10_PARAMS = 35_746_307  # Ho et al.'s CIFAR-10 model as counted in its PyTorch ports
 
@@ -43,8 +42,7 @@ def test_tiny_width_runs_and_quantizes_to_int8(compose_cfg) -> None:
         ref = model(x, t)
     assert ref.shape == x.shape and torch.isfinite(ref).all()
     set_engine("fbgemm")
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    ctx = calibration_context(x, t, gen)
     out = PTQStrategy(QuantPlan(QuantSpec(reduce_range=True))).quantize(model, ctx)
     assert out.execution == "int8"
     assert isinstance(out.model.conv_in.module, nnq.Conv2d) and isinstance(out.model.mid[1].qkv.module, nnq.Conv2d)

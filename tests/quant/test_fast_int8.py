@@ -6,13 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.models.unet import UNet
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_dynamic
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan
+from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from tests_helpers import calibration_context
 
 
 def inputs(seed: int) -> list[torch.Tensor]:
@@ -58,8 +57,7 @@ def test_converted_unet_uses_fast_modules_and_matches_plain_convert() -> None:
     model = UNet(base_channels=16, channel_mults=(1, 2), image_size=16, groups=4).eval()
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 16, 16, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    ctx = calibration_context(x, t, gen)
     out = PTQStrategy(QuantPlan(QuantSpec(reduce_range=False, observer="minmax"), dynamic_input=True)).quantize(model, ctx)
     assert type(out.model.conv_in) is Int8Wrapper and type(out.model.down[0][0].norm1) is ChannelsLastGroupNorm
     with torch.no_grad():
@@ -79,8 +77,7 @@ def test_x86_engine_warns_when_affine_weights_miss_its_onednn_kernels(symmetric:
     torch.manual_seed(0)
     model = UNet(base_channels=8, channel_mults=(1,), image_size=8, groups=4).eval()
     x, t = torch.randn(8, 1, 8, 8), torch.randint(0, 1000, (8,))
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=torch.Generator(), progress=False)
+    ctx = calibration_context(x, t)
     with caplog.at_level("WARNING", logger="diffquant"):
         PTQStrategy(QuantPlan(QuantSpec(reduce_range=False, observer="minmax", symmetric=symmetric))).quantize(model, ctx)
     assert ("quant.symmetric=true" in caplog.text) is warns

@@ -5,13 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.models.unet import UNet
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.inspect import activation_ranges, layer_inputs, probed_layers
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantPlan, QuantContext
+from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from tests_helpers import calibration_context
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,7 @@ def calibrated() -> dict[str, object]:
     model = UNet(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 8, 8, generator=gen) * 1.5 + 0.25, torch.randint(0, 1000, (16,), generator=gen)
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    ctx = calibration_context(x, t, gen)
     quantize = {bits: PTQStrategy(QuantPlan(QuantSpec(weight_bits=bits, act_bits=bits, observer="minmax", reduce_range=False)))
                 .quantize(model, ctx) for bits in (8, 6)}
     return {"model": model, "x": x, "t": t, "int8": quantize[8], "fake": quantize[6]}

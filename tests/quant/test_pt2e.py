@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from diffquant.config import to_config
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
@@ -16,7 +15,8 @@ from diffquant.quant import pt2e
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.size import state_dict_bytes
-from diffquant.quant.strategies import QuantContext, QuantPlan
+from diffquant.quant.strategies import QuantPlan
+from tests_helpers import calibration_context
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="the optional extra `inductor`")
 
@@ -27,8 +27,7 @@ def test_tiny_unet_through_pt2e_and_inductor_is_close_to_fp32() -> None:
     model = UNet(base_channels=16, channel_mults=(1, 2), image_size=8, groups=4).eval()
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(64, 1, 8, 8, generator=gen), torch.randint(0, 1000, (64,), generator=gen)
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    ctx = calibration_context(x, t, gen)
     out = pt2e.InductorPTQStrategy(QuantPlan(QuantSpec(reduce_range=False)), warmup_batch=16).quantize(model, ctx)
     assert out.execution == "int8_inductor" and out.compile_seconds > 0
     assert len(out.wrapped_layers) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
