@@ -19,7 +19,8 @@ from diffquant.cache import atomic_torch_save, config_hash, load_if_readable
 from diffquant.config import Config
 from diffquant.data.datasets import DataSplit
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.evaluation import EpsProbe, eps_errors, finite_or_none, sample_batched, sample_metrics, time_first_batch
+from diffquant.evaluation import (EpsProbe, eps_errors, eval_device, finite_or_none, on_device, sample_batched,
+                                  sample_metrics, time_first_batch)
 from diffquant.features import FeatureSpace, build_spaces, reference_statistics
 from diffquant.metrics.classifier import DigitClassifier
 from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
@@ -44,6 +45,7 @@ class EvalInputs:
     execution: str  # fp32 | int8 | fakequant
     classifier: DigitClassifier
     classifier_acc: float
+    device: str = "cpu"  # cfg.device: FP32 and fake-quantized models are sampled there (int8 stays on the CPU)
 
 
 def reference_samples(cfg: Config, entry_dir: Path, make: Callable[[], Tensor]) -> Tensor:
@@ -104,15 +106,17 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
     compare = inputs.execution != "fp32"
     noise = torch.randn((ev.num_samples, data.channels, data.image_size, data.image_size),
                         generator=torch.Generator().manual_seed(ev.seed))
+    device = eval_device(inputs.device, inputs.execution)
+    fp32_run, q_run = on_device(inputs.fp32_model, device), on_device(inputs.q_model, device)
     fp32_samples = reference_samples(cfg, inputs.fp32_entry_dir,
-                                     lambda: sample_batched(inputs.sample, inputs.fp32_model, noise, ev.batch_size)[0])
-    fp32_seconds = time_first_batch(inputs.sample, inputs.fp32_model, noise, ev.batch_size)
-    q_samples, q_seconds = sample_batched(inputs.sample, inputs.q_model, noise, ev.batch_size)
+                                     lambda: sample_batched(inputs.sample, fp32_run, noise, ev.batch_size)[0])
+    fp32_seconds = time_first_batch(inputs.sample, fp32_run, noise, ev.batch_size)
+    q_samples, q_seconds = sample_batched(inputs.sample, q_run, noise, ev.batch_size)
 
     probe = EpsProbe.build(data.test_images[: ev.eps_num_images], inputs.diffusion, ev.eps_timesteps, ev.seed)
-    eps_fp32, eps_q = probe.predictions(inputs.fp32_model), probe.predictions(inputs.q_model)
+    eps_fp32, eps_q = probe.predictions(fp32_run), probe.predictions(q_run)
     eps_rel, eps_per_t = eps_errors(eps_fp32, eps_q, probe.t)
-    traj = trajectory_eps_mse(inputs.sample, inputs.fp32_model, inputs.q_model, noise[: ev.traj_num_samples], ev.batch_size)
+    traj = trajectory_eps_mse(inputs.sample, fp32_run, q_run, noise[: ev.traj_num_samples], ev.batch_size)
 
     spaces = build_spaces(ev.fid.extractor, inputs.classifier, ev.fid.batch_size, cfg.progress)
     data_key = {"dataset": dataclasses.asdict(cfg.dataset), "seed": cfg.seed}
@@ -130,7 +134,7 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
     ranges = activation_ranges(inputs.q_model)
     probe_x, probe_t = probe.mixed_batch(ev.act_probe_images)
     with torch.no_grad():
-        activations = layer_inputs(inputs.q_model, lambda: inputs.q_model(probe_x, probe_t))
+        activations = layer_inputs(inputs.q_model, lambda: q_run(probe_x, probe_t))
     series = {"eval/eps_rel_err_by_t": eps_per_t, "eval/eps_loss_by_t": probe.loss_per_t(eps_q),
               "eval/eps_loss_by_t_fp32": probe.loss_per_t(eps_fp32), "eval/traj_eps_mse_by_t": traj}
 

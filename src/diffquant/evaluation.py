@@ -14,6 +14,31 @@ from diffquant.metrics.fid import feature_statistics, frechet_distance
 from diffquant.metrics.inception_score import inception_score
 from diffquant.metrics.precision_recall import precision_recall
 from diffquant.metrics.quality import mse, psnr
+from diffquant.quant.lsq import flags_on_cpu
+
+
+class OnDevice(nn.Module):
+    """A model on a GPU called with CPU tensors: inputs are copied over, outputs come back to the CPU as float."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.model(x.to(self.device), t.to(self.device)).float().cpu()
+
+
+def eval_device(requested: str, execution: str) -> torch.device:
+    """Where evaluation runs both models: `device` for FP32 and fake-quantized ones; int8 kernels are CPU-only."""
+    return torch.device(requested) if execution in ("fp32", "fakequant") else torch.device("cpu")
+
+
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` itself on the CPU; else moved to `device` (in place) behind an `OnDevice` that takes CPU tensors."""
+    if device.type == "cpu":
+        return model
+    flags_on_cpu(model.to(device))  # fake quantizers: no device sync per flag read
+    return OnDevice(model, device)
 
 
 def sample_batched(sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int) -> tuple[Tensor, float]:

@@ -95,7 +95,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         if outcome.compile_seconds:  # compiled executions: compiling is not part of quantizing or sampling
             model_metrics["perf/compile_s"] = outcome.compile_seconds
         inputs = EvalInputs(data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution,
-                            classifier, cls_acc)
+                            classifier, cls_acc, cfg.device)
         return evaluate_and_report(cfg, inputs, header, model_metrics, extra, logger)
     finally:
         logger.close()

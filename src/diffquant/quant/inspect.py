@@ -69,7 +69,7 @@ def layer_inputs(model: nn.Module, run: Callable[[], Any], max_values: int = 655
     def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def record(_: nn.Module, args: tuple[Any, ...]) -> None:
             if args and isinstance(args[0], Tensor) and args[0].is_floating_point():
-                seen.setdefault(name, []).append(args[0].detach().flatten().float())
+                seen.setdefault(name, []).append(args[0].detach().flatten().float().cpu())
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in probed_layers(model).items()]

@@ -1,10 +1,10 @@
 """backend=x86_inductor: torchao's PT2E flow on our calibration pairs, compiled by Inductor with freezing.
 
 torch.export -> prepare_pt2e(X86InductorQuantizer) -> the FP32 trajectory's (x_t, t) pairs ->
-convert_pt2e -> torch.compile with `torch._inductor.config.freezing = True`, set globally (as a
-compile option alone Inductor cannot lower `onednn.qconv_prepack`). Inductor turns every
-quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses GroupNorm, SiLU and the input
-quantization into C++ loops around it: no eager dispatch between layers.
+convert_pt2e -> GroupNorm rewritten to per-channel statistics -> `compiling.compile_frozen`
+(freezing set globally: as a compile option alone Inductor cannot lower `onednn.qconv_prepack`; C++
+wrapper). Inductor turns every quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses
+GroupNorm, SiLU and the input quantization into C++ loops around it: no eager dispatch between layers.
 
 Limits: W8A8 only, per-channel symmetric weights (what oneDNN runs), static activation scales
 (calibrated, not per call), static shapes (one compile per batch size; Inductor's dynamic-shape
@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from diffquant.compiling import compile_frozen, export_graph, rewrite_group_norms
 from diffquant.errors import DiffquantError
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.qconfig import QuantSpec
@@ -64,9 +65,7 @@ def quantize_pt2e(model: nn.Module, data: CalibrationData, batch_size: int, spec
     """Export with a dynamic batch, observe the calibration pairs, convert to a quantized graph (not compiled)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    batch = torch.export.Dim("batch")
-    example = (data.x[:2], data.t[:2])
-    exported = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=({0: batch}, {0: batch})).module()
+    exported = export_graph(copy.deepcopy(model).eval(), (data.x[:2], data.t[:2]))
     prepared = prepare_pt2e(exported, make_quantizer(spec, skip))
     for x, t in data.batches(batch_size):
         prepared(x, t)
@@ -81,9 +80,8 @@ class CompiledInt8(nn.Module):
     def __init__(self, graph: torch.fx.GraphModule) -> None:
         super().__init__()
         self.graph = graph
-        torch._inductor.config.freezing = True  # global: see the module docstring
-        torch._dynamo.reset()  # no compiled graph of an earlier model can be picked up for this one
-        self._compiled = torch.compile(graph, dynamic=False)
+        rewrite_group_norms(graph)  # after convert_pt2e: the quantizer never saw the arithmetic inside
+        self._compiled = compile_frozen(graph)
         self._shapes: set[tuple[int, ...]] = set()
         self.compile_seconds = 0.0  # first calls per input shape: compile + one run
 
