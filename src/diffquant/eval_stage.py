@@ -108,6 +108,8 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
                         generator=torch.Generator().manual_seed(ev.seed))
     device = eval_device(inputs.device, inputs.execution)
     fp32_run, q_run = on_device(inputs.fp32_model, device), on_device(inputs.q_model, device)
+    if device.type != "cpu":
+        log.info("Evaluating the FP32 and the %s model on %s", inputs.execution, device)
     fp32_samples = reference_samples(cfg, inputs.fp32_entry_dir,
                                      lambda: sample_batched(inputs.sample, fp32_run, noise, ev.batch_size)[0])
     fp32_seconds = time_first_batch(inputs.sample, fp32_run, noise, ev.batch_size)
@@ -154,8 +156,9 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
              "traj_eps_mse_per_t": {str(t): v for t, v in traj.items()},
              "activation_ranges": {k: list(v) for k, v in ranges.items()}, **extra}
     results = write_results(out_dir / "results.json", header, metrics, extra)
+    psnr = metrics["eval/psnr_vs_fp32"]
     log.info("fid_cls %.3f (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"] or float("nan"),
-             metrics["eval/fid_cls_fp32"], eps_rel, metrics["eval/psnr_vs_fp32"], out_dir / "results.json")
+             metrics["eval/fid_cls_fp32"], eps_rel, "n/a" if psnr is None else f"{psnr:.1f} dB", out_dir / "results.json")
     if "eval/fid_inception" in metrics:
         log.info("fid_inception %.3f (FP32 %.3f)", metrics["eval/fid_inception"] or float("nan"), metrics["eval/fid_inception_fp32"])
     return results
