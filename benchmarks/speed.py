@@ -7,10 +7,10 @@
 Variants: `fp32` (eager), `fp32 compiled` (torch.compile with `torch._inductor.config.freezing =
 True` set globally), `fp32 compiled+` (the same model compiled as `backend=x86_inductor` compiles
 int8: GroupNorm from per-channel statistics, C++ wrapper, no module guards; see
-`diffquant/compiling.py`); the faster of the two is the compiled FP32 baseline. Then one int8 model per engine, each quantized by the
-real PTQ strategy of the composed config (histogram observers, dynamic inputs; `x86` with
-`quant.symmetric=true`, which its oneDNN kernels need). Weights are random (speed does not depend on
-them), but calibration runs the real data flow: (x_t, t) pairs from the model's own DDIM
+`diffquant/compiling.py`); the faster of the two is the compiled FP32 baseline. Then one int8
+model per engine, each quantized by the real PTQ strategy of the composed config (histogram
+observers, dynamic inputs; `x86` with `quant.symmetric=true`, which its oneDNN kernels need).
+Weights are random (speed does not depend on them), but calibration runs the real data flow: (x_t, t) pairs from the model's own DDIM
 trajectory. Each round times one full sampling of every variant in turn; the table shows medians
 over `repeats` rounds after one warm-up round (compiling happens there and is reported apart).
 
