@@ -12,7 +12,8 @@ model per engine, each quantized by the real PTQ strategy of the composed config
 observers, dynamic inputs; `x86` with `quant.symmetric=true`, which its oneDNN kernels need).
 Weights are random (speed does not depend on them), but calibration runs the real data flow:
 (x_t, t) pairs from the model's own DDIM trajectory. Each round times one full sampling of every
-variant in turn; the table shows medians over `repeats` rounds after one warm-up round (compiling happens there and is reported apart).
+variant in turn; the table shows medians over `repeats` rounds after one warm-up round (compiling
+happens there and is reported apart).
 
 glibc malloc returns large blocks to the OS and page-faults them back on every step of a sampling
 loop (300-430k faults per batch-64 run, FP32 30-40 % slower); unless `allocator=default`, the
