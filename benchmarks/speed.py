@@ -144,7 +144,8 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
     fp32_bytes = state_dict_bytes(model)
     variants = [Variant("fp32", "fp32", model, bytes=fp32_bytes),
                 Variant("fp32 compiled", "fp32", torch.compile(model, dynamic=False), bytes=fp32_bytes),
-                Variant("fp32 compiled+", "fp32", compile_fp32(model, (calib.x[:2], calib.t[:2]), reset=False), bytes=fp32_bytes), *int8]
+                Variant("fp32 compiled+", "fp32", compile_fp32(model, (calib.x[:2], calib.t[:2]), reset=False),
+                        bytes=fp32_bytes), *int8]
     for batch in batches:
         noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(2))
         for v in variants[1:]:
