@@ -1,7 +1,7 @@
 """End-to-end DDIM sampling speed: FP32 eager and compiled vs int8 on every engine, side by side in one run.
 
     python benchmarks/speed.py [batch=1,64] [steps=50] [repeats=5] [models=unet_tiny,unet_small]
-                               [engines=fbgemm,x86,qnnpack,x86_inductor] [threads=<all cores>]
+                               [engines=fbgemm,x86,int8_fast,qnnpack,x86_inductor] [threads=<all cores>]
                                [calib_samples=16] [allocator=tuned|default] [hydra overrides ...]
 
 Variants: `fp32` (eager), `fp32 compiled` (torch.compile with `torch._inductor.config.freezing =
@@ -9,11 +9,12 @@ True` set globally), `fp32 compiled+` (the same model compiled as `backend=x86_i
 int8: GroupNorm from per-channel statistics, C++ wrapper, no module guards; see
 `diffquant/compiling.py`); the faster of the two is the compiled FP32 baseline. Then one int8
 model per engine, each quantized by the real PTQ strategy of the composed config (histogram
-observers, dynamic inputs; `x86` with `quant.symmetric=true`, which its oneDNN kernels need).
-Weights are random (speed does not depend on them), but calibration runs the real data flow:
-(x_t, t) pairs from the model's own DDIM trajectory. Each round times one full sampling of every
-variant in turn; the table shows medians over `repeats` rounds after one warm-up round (compiling
-happens there and is reported apart).
+observers, dynamic inputs; `x86` with `quant.symmetric=true`, which its oneDNN kernels need), and
+`int8_fast`: `experiment=int8_fast` (x86, symmetric weights, static input scales). Weights are
+random (speed does not depend on them), but calibration runs the real data flow: (x_t, t) pairs
+from the model's own DDIM trajectory. Each round times one full sampling of every variant in turn;
+the table shows medians over `repeats` rounds after one warm-up round (compiling happens there and
+is reported apart).
 
 glibc malloc returns large blocks to the OS and page-faults them back on every step of a sampling
 loop (300-430k faults per batch-64 run, FP32 30-40 % slower); unless `allocator=default`, the
@@ -34,8 +35,11 @@ from functools import partial
 TUNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296",
                 "MALLOC_TOP_PAD_": "268435456"}
 DEFAULTS = {"batch": "1,64", "steps": "50", "repeats": "5", "models": "unet_tiny,unet_small",
-            "engines": "fbgemm,x86,qnnpack,x86_inductor", "threads": str(os.cpu_count()), "calib_samples": "16",
+            "engines": "fbgemm,x86,int8_fast,qnnpack,x86_inductor", "threads": str(os.cpu_count()), "calib_samples": "16",
             "allocator": "tuned"}
+
+
+ENGINES = ("fbgemm", "x86", "qnnpack", "x86_inductor")  # other names in `engines=` are experiment presets
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -95,13 +99,17 @@ def compose_config(overrides: list[str]) -> Config:
             "progress=false", f"paths.output_dir={ROOT / 'outputs' / 'benchmarks' / 'speed'}", *overrides]))
 
 
-def int8_variant(overrides: list[str], engine: str, model: torch.nn.Module, ctx: QuantContext, first_batch: int) -> Variant:
-    """Quantize `model` with the config's PTQ strategy on `engine` (x86: symmetric weights, as oneDNN needs)."""
-    job = compose_config([*overrides, "quant=ptq", f"backend={engine}", *(["quant.symmetric=true"] if engine == "x86" else []),
-                          f"eval.batch_size={first_batch}", f"eval.num_samples={max(first_batch, 8)}"])
+def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: QuantContext, first_batch: int) -> Variant:
+    """Quantize `model` with the config's PTQ strategy: `name` is an engine (x86: symmetric weights, as
+    oneDNN needs) or a preset of conf/experiment (`int8_fast`) that brings its own backend."""
+    engine_args = [f"backend={name}", *(["quant.symmetric=true"] if name == "x86" else [])] if name in ENGINES \
+        else [f"experiment={name}"]
+    job = compose_config([*overrides, "quant=ptq", *engine_args, f"eval.batch_size={first_batch}",
+                          f"eval.num_samples={max(first_batch, 8)}"])
+    engine = job.backend.engine
     set_engine(engine)
     outcome = build_strategy(job, resolve_reduce_range(engine, job.backend.reduce_range)).quantize(model, ctx)
-    variant = Variant(engine, outcome.execution, outcome.model, engine, state_dict_bytes(outcome.model))
+    variant = Variant(name, outcome.execution, outcome.model, engine, state_dict_bytes(outcome.model))
     if outcome.compile_seconds:
         variant.compile_s[first_batch] = outcome.compile_seconds
     return variant
