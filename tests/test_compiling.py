@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffquant.compiling import (ChannelStatsGroupNorm, compile_fp32, export_graph, group_norm_channel_stats,
-                                 rewrite_group_norms, use_channel_stats_group_norm)
+from diffquant.compiling import compile_fp32, export_graph, group_norm_channel_stats, rewrite_group_norms
 from diffquant.models.unet import UNet
 
 
@@ -24,19 +23,6 @@ def test_group_norm_from_channel_stats_matches_a_float64_reference(channels_last
     ours = group_norm_channel_stats(x, 8, weight, bias)
     # mean 1000, spread 0.5: the one-pass E[x^2] - E[x]^2 would lose every digit; the shifted sums keep fp32 precision
     torch.testing.assert_close(ours.double(), ref, atol=2e-3 if offset else 2e-5, rtol=0)
-
-
-def test_module_swap_keeps_the_state_dict_and_the_output() -> None:
-    torch.manual_seed(0)
-    model = UNet(base_channels=16, channel_mults=(1, 2), image_size=8, groups=4).eval()
-    x, t = torch.randn(3, 1, 8, 8), torch.randint(0, 1000, (3,))
-    with torch.no_grad():
-        ref = model(x, t)
-        keys = list(model.state_dict())
-        swapped = use_channel_stats_group_norm(model)
-        assert swapped == sum(isinstance(m, ChannelStatsGroupNorm) for m in model.modules()) > 0
-        assert list(model.state_dict()) == keys
-        torch.testing.assert_close(model(x, t), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_rewrite_replaces_every_group_norm_node_of_an_exported_model() -> None:

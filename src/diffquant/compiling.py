@@ -49,23 +49,6 @@ def group_norm_channel_stats(x: Tensor, num_groups: int, weight: Tensor | None, 
     return x * scale[:, :, None, None] + offset[:, :, None, None]
 
 
-class ChannelStatsGroupNorm(nn.GroupNorm):
-    """nn.GroupNorm computed by `group_norm_channel_stats` (same parameters, same state_dict)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            return super().forward(x)
-        return group_norm_channel_stats(x, self.num_groups, self.weight, self.bias, self.eps)
-
-
-def use_channel_stats_group_norm(model: nn.Module) -> int:
-    """In place: every nn.GroupNorm computes through `group_norm_channel_stats`; returns how many."""
-    norms = [m for m in model.modules() if type(m) is nn.GroupNorm]
-    for norm in norms:
-        norm.__class__ = ChannelStatsGroupNorm
-    return len(norms)
-
-
 def _group_norm_node(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
                      eps: float = 1e-5, cudnn_enabled: bool = True) -> Tensor:
     """`aten.group_norm`'s signature, computed by `group_norm_channel_stats` for 4-D input."""
