@@ -65,6 +65,7 @@ from diffquant.compiling import compile_fp32  # noqa: E402
 from diffquant.config import Config, register_configs, to_config  # noqa: E402
 from diffquant.diffusion.samplers import ddim_sample  # noqa: E402
 from diffquant.diffusion.schedule import GaussianDiffusion  # noqa: E402
+from diffquant.metrics.quality import relative_error  # noqa: E402
 from diffquant.models import build_model, model_kwargs  # noqa: E402
 from diffquant.pipeline import build_strategy  # noqa: E402
 from diffquant.quant.calibration import collect_trajectory  # noqa: E402
@@ -124,7 +125,7 @@ def compile_at(variant: Variant, model: torch.nn.Module, x: torch.Tensor) -> Non
     variant.compile_s.setdefault(x.shape[0], time.perf_counter() - start)
     if variant.execution == "fp32":
         ref = model(x, t)
-        error = float((out - ref).norm() / ref.norm())
+        error = relative_error(out, ref)
         assert error < 1e-3, f"{variant.name} differs from its eager model ({error:.2g}): a stale compiled graph?"
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from diffquant.evaluation import OnDevice, eval_device, on_device
+from diffquant.metrics.quality import relative_error
 from diffquant.models.unet import UNet
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
@@ -53,10 +54,7 @@ def test_fake_quantized_model_samples_on_the_gpu_like_on_the_cpu() -> None:
         gpu = on_device(out.model, torch.device("cuda"))(x, t)
     assert next(out.model.parameters()).is_cuda and gpu.device.type == "cpu"
 
-    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float((a - b).norm() / b.norm())
-
     # GPU convolutions round differently (TF32, other kernels), so some values land in the neighbouring
     # bin of a 4-bit grid: the two differ by less than either differs from FP32, and are equally far from it
-    assert rel(gpu, cpu) < rel(cpu, ref)
-    assert abs(rel(gpu, ref) - rel(cpu, ref)) < 0.2 * rel(cpu, ref)
+    assert relative_error(gpu, cpu) < relative_error(cpu, ref)
+    assert abs(relative_error(gpu, ref) - relative_error(cpu, ref)) < 0.2 * relative_error(cpu, ref)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from diffquant.compiling import compile_frozen, export_graph, rewrite_group_norms
 from diffquant.errors import DiffquantError
+from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan
@@ -131,7 +132,7 @@ class InductorPTQStrategy:
         idx = torch.arange(self.warmup_batch) % len(data.t)
         with torch.no_grad():
             out, ref = compiled(data.x[idx], data.t[idx]), graph(data.x[idx], data.t[idx])
-        error = float((out - ref).norm() / ref.norm().clamp(min=1e-12))
+        error = relative_error(out, ref)
         if not error < 0.05:  # an unrelated cached graph, or a miscompile, would be far off
             raise DiffquantError(f"backend=x86_inductor: the compiled model disagrees with its graph (relative error {error:.3g})")
         return QuantOutcome(compiled, EXECUTION, [n for n in layers if n not in skipped], [], quantize_seconds,
