@@ -20,7 +20,7 @@ from torch import nn
 from diffquant.diffusion.samplers import ddim_sample
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.quant.calibration import collect_trajectory
-from diffquant.quant.lsq import flags_on_cpu
+from diffquant.quant.lsq import to_device
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import QuantContext, QuantPlan, calibrate, prepare_fake_quant
 from diffquant.training import TrainSettings, distillation_loss, epsilon_loss, train_diffusion
@@ -95,8 +95,7 @@ def main() -> None:
         qmodel, _, _ = prepare_fake_quant(fp32.cpu(), QuantPlan(QuantSpec(weight_bits=4)), qat=True)
         calibrate(qmodel, ctx)
         fp32.to(dev)
-        qmodel.to(dev)
-        flags_on_cpu(qmodel)
+        to_device(qmodel, dev)
         gen = torch.Generator().manual_seed(0)
         batches = (gpu_images[torch.randint(0, len(images), (batch,), generator=gen)] for _ in iter(int, 1))
         settings = TrainSettings(steps=steps, lr=1e-4, device="cuda", log_every=10**9)
@@ -109,8 +108,7 @@ def main() -> None:
     for bits in (8, 4):
         qmodel, _, _ = prepare_fake_quant(fp32, QuantPlan(QuantSpec(weight_bits=bits, act_bits=8)), qat=False)
         calibrate(qmodel.to(dev), ctx)
-        qmodel.eval()
-        flags_on_cpu(qmodel)
+        to_device(qmodel.eval(), dev)
         rows.append((f"sample: W{bits}A8 fake-quant, DDIM 50", sample_batch / timed(lambda: sample(qmodel)), "images/s"))
     print(f"\n| measurement (batch {batch} train / {sample_batch} sample) | throughput | unit |\n|---|---|---|")
     for name, value, unit in rows:

@@ -14,7 +14,7 @@ from diffquant.metrics.fid import feature_statistics, frechet_distance
 from diffquant.metrics.inception_score import inception_score
 from diffquant.metrics.precision_recall import precision_recall
 from diffquant.metrics.quality import mse, psnr
-from diffquant.quant.lsq import flags_on_cpu
+from diffquant.quant.lsq import to_device
 
 
 class OnDevice(nn.Module):
@@ -37,8 +37,7 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` itself on the CPU; else moved to `device` (in place) behind an `OnDevice` that takes CPU tensors."""
     if device.type == "cpu":
         return model
-    flags_on_cpu(model.to(device))  # fake quantizers: no device sync per flag read
-    return OnDevice(model, device)
+    return OnDevice(to_device(model, device), device)
 
 
 def sample_batched(sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int) -> tuple[Tensor, float]:

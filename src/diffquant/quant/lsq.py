@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.ao.quantization import FakeQuantize
+from torch.ao.quantization import FakeQuantize, FakeQuantizeBase
 from torch.ao.quantization import observer as obs
 from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
 
@@ -57,16 +57,16 @@ def learned_scales(qmodel: nn.Module) -> dict[str, torch.Tensor]:
     return {name: m.scale.detach().clone() for name, m in qmodel.named_modules() if isinstance(m, _LearnableFakeQuantize)}
 
 
-def flags_on_cpu(qmodel: nn.Module) -> None:
-    """Keep each fake quantizer's on/off flags (and LSQ's eps) on the CPU once the model is on a GPU.
+def to_device(qmodel: nn.Module, device: str | torch.device) -> nn.Module:
+    """`qmodel.to(device)` in place, keeping each fake quantizer's on/off flags (and LSQ's eps) on the CPU.
 
     torch.ao reads them with Python `if flag[0] == 1` in every forward: on a GPU each read is a
     device sync, hundreds per training step. On the CPU the read is free; the math stays on the GPU.
     """
-    from torch.ao.quantization import FakeQuantizeBase
-
+    qmodel.to(device)
     for module in qmodel.modules():
         if isinstance(module, FakeQuantizeBase):
             for name in ("fake_quant_enabled", "observer_enabled", "static_enabled", "learning_enabled", "eps"):
                 if module._buffers.get(name) is not None:
                     module._buffers[name] = module._buffers[name].cpu()
+    return qmodel

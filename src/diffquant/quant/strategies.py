@@ -21,7 +21,7 @@ from diffquant.errors import DiffquantError
 from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.fast_int8 import speed_up_int8
 from diffquant.quant.calibration import CalibrationData, run_calibration
-from diffquant.quant.lsq import flags_on_cpu, step_size_param_groups, use_learned_step_sizes
+from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.sensitivity import layer_sensitivity
@@ -194,8 +194,7 @@ class QATStrategy:
         if ctx.state_path is not None:
             gens = {"loss": data_gen, **({"batches": ctx.batch_generator} if ctx.batch_generator is not None else {})}
             checkpointer = Checkpointer(ctx.state_path, ctx.state_key, ctx.checkpoint_every, gens, keep_final=True)
-        qmodel.to(self.settings.device)
-        flags_on_cpu(qmodel)  # no device sync per quantizer and step on a GPU
+        to_device(qmodel, self.settings.device)  # flags stay on the CPU: no device sync per quantizer and step
         qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar, on_step=freeze,
                                     tag="qat", progress=ctx.progress, checkpointer=checkpointer, param_groups=groups)
         qmodel, execution = finalize(qmodel.cpu(), self.plan, wrapped)
