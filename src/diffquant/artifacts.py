@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffquant.cache import atomic_torch_save, config_hash, load_checkpoint
+from diffquant.cache import atomic_torch_save, config_hash, load_checkpoint, load_or_none
 from diffquant.checkpointing import Checkpointer
 from diffquant.config import Config
 from diffquant.distributed import DistInfo, check_replicas_equal, state_digest
@@ -139,12 +139,8 @@ def _load_state(model: nn.Module, ckpt: dict[str, Any], setting: str) -> None:
 
 def load_cache_entry(path: Path, key: str) -> dict[str, Any] | None:
     """A cache entry if it is readable and was made for `key`; a truncated or foreign file is rebuilt, never used."""
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt entry
-        logging.getLogger("diffquant").warning("Cache entry %s is unreadable (%s); rebuilding it", path, type(exc).__name__)
+    ckpt = load_or_none(path, "Cache entry", "rebuilding it", weights_only=False)
+    if ckpt is None:
         return None
     if not isinstance(ckpt, dict) or ckpt.get("key") != key or "state_dict" not in ckpt:
         logging.getLogger("diffquant").warning("Cache entry %s does not match its key %s; rebuilding it", path, key)

@@ -49,16 +49,23 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n", path)
 
 
-def load_if_readable(path: Path, what: str) -> Any | None:
-    """`torch.load` a cache file; None (with a warning) if it is missing or unreadable, so it gets rebuilt."""
+def load_or_none(path: Path, what: str, instead: str, weights_only: bool = True) -> Any | None:
+    """`torch.load` a file onto the CPU; None if it is missing, or (warning "<what> <path> is unreadable
+    (<error>); <instead>") if it does not unpickle: a damaged file is replaced, never trusted."""
     if not path.is_file():
         return None
     try:
-        obj = torch.load(path, map_location="cpu")
-    except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-        logging.getLogger("diffquant").warning("Cached %s %s are unreadable; rebuilding", what, path)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
+        logging.getLogger("diffquant").warning("%s %s is unreadable (%s); %s", what, path, type(exc).__name__, instead)
         return None
-    logging.getLogger("diffquant").info("Reusing cached %s %s", what, path)
+
+
+def load_if_readable(path: Path, what: str) -> Any | None:
+    """`torch.load` a cache file; None (with a warning) if it is missing or unreadable, so it gets rebuilt."""
+    obj = load_or_none(path, f"Cached {what} file", "rebuilding")
+    if obj is not None:
+        logging.getLogger("diffquant").info("Reusing cached %s %s", what, path)
     return obj
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffquant.cache import atomic_torch_save
+from diffquant.cache import atomic_torch_save, load_or_none
 
 
 @dataclass
@@ -58,12 +58,8 @@ class Checkpointer:
                 scheduler: torch.optim.lr_scheduler.LRScheduler) -> TrainState:
         """Load the last checkpoint into the given objects; a missing, unreadable or foreign file starts at step 0."""
         log = logging.getLogger("diffquant")
-        if not self.path.is_file():
-            return TrainState()
-        try:
-            blob = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-            log.warning("Training checkpoint %s is unreadable (%s); starting from step 0", self.path, type(exc).__name__)
+        blob = load_or_none(self.path, "Training checkpoint", "starting from step 0", weights_only=False)
+        if blob is None:
             return TrainState()
         if not isinstance(blob, dict) or blob.get("key") != self.key or set(blob.get("generators", {})) != set(self.generators):
             log.warning("Training checkpoint %s belongs to another run; starting from step 0", self.path)

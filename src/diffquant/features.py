@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffquant.cache import atomic_torch_save, config_hash
+from diffquant.cache import atomic_torch_save, config_hash, load_or_none
 from diffquant.errors import check_choice
 from diffquant.metrics.classifier import DigitClassifier, extract_features
 from diffquant.metrics.inception import InceptionFeatures, inception_weights_path
@@ -112,13 +112,12 @@ def reference_statistics(space: FeatureSpace, images: Tensor, cache_dir: Path, d
     """Reference features and statistics of the real images in `space`, from the cache or computed and cached."""
     log = logging.getLogger("diffquant")
     path = reference_path(cache_dir, space, data_key, images)
-    if path.is_file():
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
+    entry = load_or_none(path, "Cached reference statistics file", "rebuilding")
+    if entry is not None:
+        if isinstance(entry, dict) and {"features", "mu", "sigma"} <= entry.keys():
             log.info("Reusing cached %s reference statistics %s", space.name, path)
             return Reference(entry["features"], entry["mu"], entry["sigma"]), True
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-            log.warning("Cached reference statistics %s are unreadable; rebuilding", path)
+        log.warning("Cached reference statistics %s are incomplete; rebuilding", path)
     log.info("Computing %s reference statistics of %d real images", space.name, images.shape[0])
     ref = Reference.from_features(space.extract(images))
     atomic_torch_save({"features": ref.features, "mu": ref.mu, "sigma": ref.sigma, "extractor": space.name}, path)
