@@ -7,6 +7,7 @@ from typing import Optional
 from diffquant.errors import check_choice, check_range
 from diffquant.quant.qconfig import QuantSpec
 
+
 @dataclass
 class CalibConfig:
     num_samples: int = 64
