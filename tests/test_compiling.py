@@ -1,12 +1,15 @@
 """compiling.py: GroupNorm from per-channel statistics (numerics), the graph rewrite, and compiled models per instance."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffquant.compiling import compile_fp32, export_graph, group_norm_channel_stats, rewrite_group_norms
+from diffquant.compiling import (compile_fp32, export_graph, group_norm_channel_stats, rewrite_group_norms,
+                                 rewrite_quantized_silus, silu_rational)
 from diffquant.models.unet import UNet
 
 
@@ -35,6 +38,42 @@ def test_rewrite_replaces_every_group_norm_node_of_an_exported_model() -> None:
     assert not any(n.target is torch.ops.aten.group_norm.default for n in graph.graph.nodes)
     with torch.no_grad():
         torch.testing.assert_close(graph(x[:2], t[:2]), model(x[:2], t[:2]), atol=1e-5, rtol=1e-5)  # batch stays dynamic
+
+
+def test_rational_silu_is_within_its_stated_error_of_a_float64_silu() -> None:
+    x = torch.cat([torch.linspace(-60, 60, 200_001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 12.0, -12.0, 1e4, -1e4])])
+    ref = F.silu(x.double())
+    error = (silu_rational(x).double() - ref).abs()
+    bound = 6.5e-6 * x.double().abs().clamp(min=1.0)  # relative 6e-6 (the clamp at |x| = 12), float32 rounding on top
+    assert (error <= bound).all(), f"worst excess {(error - bound).max().item():.3g} at x={x[(error - bound).argmax()].item()}"
+    inner = x.abs() < 8  # the fit itself is good to 1.3e-7 on the sigmoid; float32 rounding adds ~6e-8 per unit of |x|
+    assert (error[inner] <= 3e-7 * x[inner].double().abs().clamp(min=1.0)).all()
+    assert silu_rational(torch.tensor([0.0])).item() == 0.0
+
+
+def test_only_silus_that_are_quantized_at_once_are_rewritten() -> None:
+    from diffquant.compiling import replace_calls
+
+    class Net(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            a, b = F.silu(x), F.silu(x + 1)
+            q = torch.ops.quantized_decomposed.quantize_per_tensor.default(a, 0.05, 0, 0, 255, torch.uint8)
+            return q, b * 2  # b's float value is used: it must stay exact
+
+    importlib.import_module("torch.ao.quantization.fx._decomposed")  # registers the quantized_decomposed ops PT2E emits
+    graph = export_graph(Net(), (torch.randn(4, 3),))
+    silus = [n for n in graph.graph.nodes if n.target is torch.ops.aten.silu.default]
+    assert len(silus) == 2
+    assert rewrite_quantized_silus(graph) == 1
+    left = [n for n in graph.graph.nodes if n.target is torch.ops.aten.silu.default]
+    assert len(left) == 1 and all(u.target is torch.ops.aten.mul.Tensor for u in left[0].users)
+    x = torch.linspace(-20, 20, 600).reshape(200, 3)
+    q, b = graph(x)
+    expected = torch.clamp(torch.round(F.silu(x) / 0.05), 0, 255).to(torch.uint8)
+    assert (q.int() - expected.int()).abs().max() <= 1  # a value on a rounding boundary may move one step
+    assert (q != expected).float().mean() < 0.01
+    torch.testing.assert_close(b, F.silu(x + 1) * 2)
+    assert replace_calls(graph, lambda n: False, silu_rational) == 0
 
 
 def test_each_compiled_model_runs_its_own_weights() -> None:

@@ -1,7 +1,8 @@
 """backend=x86_inductor: torchao's PT2E flow on our calibration pairs, compiled by Inductor with freezing.
 
 torch.export -> prepare_pt2e(X86InductorQuantizer) -> the FP32 trajectory's (x_t, t) pairs ->
-convert_pt2e -> GroupNorm rewritten to per-channel statistics -> `compiling.compile_frozen`
+convert_pt2e -> GroupNorm rewritten to per-channel statistics, SiLUs that feed a quantize without
+exp -> `compiling.compile_frozen`
 (freezing set globally: as a compile option alone Inductor cannot lower `onednn.qconv_prepack`; C++
 wrapper). Inductor turns every quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses
 GroupNorm, SiLU and the input quantization into C++ loops around it: no eager dispatch between layers.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from diffquant.compiling import compile_frozen, export_graph, rewrite_group_norms
+from diffquant.compiling import compile_frozen, export_graph, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
@@ -82,6 +83,7 @@ class CompiledInt8(nn.Module):
         super().__init__()
         self.graph = graph
         rewrite_group_norms(graph)  # after convert_pt2e: the quantizer never saw the arithmetic inside
+        rewrite_quantized_silus(graph)  # SiLUs rounded to 8 bits at once: no exp (see compiling.py)
         self._compiled = compile_frozen(graph)
         self._shapes: set[tuple[int, ...]] = set()
         self.compile_seconds = 0.0  # first calls per input shape: compile + one run
