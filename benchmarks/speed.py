@@ -7,7 +7,7 @@
 Variants: `fp32` (eager), `fp32 compiled` (torch.compile with `torch._inductor.config.freezing =
 True` set globally), `fp32 compiled+` (the same model compiled as `backend=x86_inductor` compiles
 int8: GroupNorm from per-channel statistics, C++ wrapper, no module guards; see
-`diffquant/compiling.py`); the faster of the two is the compiled FP32 baseline. Then one int8
+`diffquant/compiling.py`; SiLU stays exact, as no 8-bit rounding follows it); the faster of the two is the compiled FP32 baseline. Then one int8
 model per engine, each quantized by the real PTQ strategy of the composed config (histogram
 observers, dynamic inputs; `x86` with `quant.symmetric=true`, which its oneDNN kernels need), and
 `int8_fast`: `experiment=int8_fast` (x86, symmetric weights, static input scales). Weights are
