@@ -13,7 +13,7 @@ from diffquant.features import FeatureSpace, Reference
 from diffquant.metrics.fid import feature_statistics, frechet_distance
 from diffquant.metrics.inception_score import inception_score
 from diffquant.metrics.precision_recall import precision_recall
-from diffquant.metrics.quality import mse, psnr
+from diffquant.metrics.quality import mse, psnr, relative_error
 from diffquant.quant.lsq import to_device
 
 
@@ -100,10 +100,9 @@ class EpsProbe:
 
 
 def eps_errors(ref: Tensor, approx: Tensor, timesteps: list[int]) -> tuple[float, dict[int, float]]:
-    """Overall ‖ε_q − ε_fp32‖ / ‖ε_fp32‖ and its value at each timestep."""
-    diff, r = (approx - ref).double(), ref.double()
-    per_t = {t: float(diff[i].norm() / r[i].norm()) for i, t in enumerate(timesteps)}
-    return float(diff.norm() / r.norm()), per_t
+    """Overall ‖ε_q − ε_fp32‖ / ‖ε_fp32‖ and its value at each timestep (`metrics.quality.relative_error`)."""
+    per_t = {t: relative_error(approx[i], ref[i]) for i, t in enumerate(timesteps)}
+    return relative_error(approx, ref), per_t
 
 
 def finite_or_none(value: float) -> float | None:
