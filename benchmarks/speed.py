@@ -6,7 +6,7 @@
 
 Variants: `fp32` (eager), `fp32 compiled` (torch.compile with `torch._inductor.config.freezing =
 True` set globally), `fp32 compiled+` (the same model compiled as `backend=x86_inductor` compiles
-int8: GroupNorm from per-channel statistics, C++ wrapper, no module guards; see
+int8: GroupNorm from per-channel statistics, AOTInductor per input shape; see
 `diffquant/compiling.py`; SiLU stays exact, as no 8-bit rounding follows it); the faster of the two is the compiled FP32 baseline. Then one int8
 model per engine, each quantized by the real PTQ strategy of the composed config (histogram
 observers, dynamic inputs; `x86` with `quant.symmetric=true`, which its oneDNN kernels need), and
@@ -153,7 +153,7 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
     fp32_bytes = state_dict_bytes(model)
     variants = [Variant("fp32", "fp32", model, bytes=fp32_bytes),
                 Variant("fp32 compiled", "fp32", torch.compile(model, dynamic=False), bytes=fp32_bytes),
-                Variant("fp32 compiled+", "fp32", compile_fp32(model, (calib.x[:2], calib.t[:2]), reset=False),
+                Variant("fp32 compiled+", "fp32", compile_fp32(model, (calib.x[:2], calib.t[:2])),
                         bytes=fp32_bytes), *int8]
     for batch in batches:
         noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(2))

@@ -77,7 +77,7 @@ def test_only_silus_that_are_quantized_at_once_are_rewritten() -> None:
 
 
 def test_each_compiled_model_runs_its_own_weights() -> None:
-    """Module guards are skipped for speed: a second model of the same class must not reuse the first one's graph."""
+    """The weights are frozen into each compiled library: a second model of the same class must not reuse the first's."""
     x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 10)
     outputs = []
     for seed in (0, 1):
@@ -89,3 +89,19 @@ def test_each_compiled_model_runs_its_own_weights() -> None:
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
         outputs.append(out)
     assert not torch.allclose(outputs[0], outputs[1])
+
+
+def test_aot_compiled_compiles_once_per_shape_and_accepts_strided_inputs() -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 10)
+    compiled = compile_fp32(model, (x[:2], t[:2]))
+    strided = torch.randn(3, 1, 8, 16)[..., ::2]  # same shape as x, not contiguous
+    with torch.no_grad():
+        first = compiled(x, t)
+        seconds = compiled.compile_seconds
+        torch.testing.assert_close(compiled(strided, t), model(strided, t), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(compiled(x[:1], t[:1]), model(x[:1], t[:1]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(first, model(x, t), atol=1e-4, rtol=1e-4)
+    assert seconds > 0 and compiled.compile_seconds > seconds  # the batch-1 call compiled again, the strided one did not
+    assert sorted(compiled.runners) == [((1, 1, 8, 8), (1,)), ((3, 1, 8, 8), (3,))]

@@ -2,9 +2,8 @@
 
 torch.export -> prepare_pt2e(X86InductorQuantizer) -> the FP32 trajectory's (x_t, t) pairs ->
 convert_pt2e -> GroupNorm rewritten to per-channel statistics, SiLUs that feed a quantize without
-exp -> `compiling.compile_frozen`
-(freezing set globally: as a compile option alone Inductor cannot lower `onednn.qconv_prepack`; C++
-wrapper). Inductor turns every quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses
+exp -> `compiling.AotCompiled` (AOTInductor per input shape, freezing set globally: as a compile
+option alone Inductor cannot lower `onednn.qconv_prepack`). Inductor turns every quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses
 GroupNorm, SiLU and the input quantization into C++ loops around it: no eager dispatch between layers.
 
 Limits: W8A8 only, per-channel symmetric weights (what oneDNN runs), static activation scales
@@ -21,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from diffquant.compiling import compile_frozen, export_graph, rewrite_group_norms, rewrite_quantized_silus
+from diffquant.compiling import AotCompiled, export_graph, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
@@ -77,25 +76,22 @@ def quantize_pt2e(model: nn.Module, data: CalibrationData, batch_size: int, spec
 
 
 class CompiledInt8(nn.Module):
-    """The quantized graph (its int8 weights are the state_dict) and its Inductor-compiled callable."""
+    """The quantized graph (its int8 weights are the state_dict) and its AOTInductor-compiled libraries."""
 
     def __init__(self, graph: torch.fx.GraphModule) -> None:
         super().__init__()
         self.graph = graph
         rewrite_group_norms(graph)  # after convert_pt2e: the quantizer never saw the arithmetic inside
         rewrite_quantized_silus(graph)  # SiLUs rounded to 8 bits at once: no exp (see compiling.py)
-        self._compiled = compile_frozen(graph)
-        self._shapes: set[tuple[int, ...]] = set()
-        self.compile_seconds = 0.0  # first calls per input shape: compile + one run
+        self._compiled = AotCompiled(graph)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Compiling + the first run, summed over the input shapes seen so far."""
+        return self._compiled.compile_seconds
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        if tuple(x.shape) in self._shapes:
-            return self._compiled(x, t)
-        start = time.perf_counter()
-        out = self._compiled(x, t)
-        self.compile_seconds += time.perf_counter() - start
-        self._shapes.add(tuple(x.shape))
-        return out
+        return self._compiled(x, t)
 
 
 @dataclass
