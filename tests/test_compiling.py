@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffquant.compiling import (compile_fp32, export_graph, group_norm_channel_stats, rewrite_group_norms,
-                                 rewrite_quantized_silus, silu_rational)
+from diffquant.compiling import (compile_fp32, export_graph, group_norm_channel_stats, merge_sibling_linears,
+                                 rewrite_group_norms, rewrite_quantized_silus, silu_rational)
 from diffquant.models.unet import UNet
 
 
@@ -38,6 +38,20 @@ def test_rewrite_replaces_every_group_norm_node_of_an_exported_model() -> None:
     assert not any(n.target is torch.ops.aten.group_norm.default for n in graph.graph.nodes)
     with torch.no_grad():
         torch.testing.assert_close(graph(x[:2], t[:2]), model(x[:2], t[:2]), atol=1e-5, rtol=1e-5)  # batch stays dynamic
+
+
+def test_linears_of_one_input_merge_into_one_with_the_same_outputs() -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=16, channel_mults=(1, 2), image_size=8, groups=4).eval()
+    x, t = torch.randn(3, 1, 8, 8), torch.randint(0, 1000, (3,))
+    graph = export_graph(model, (x, t))
+    projections = sum(name.endswith("temb_proj") for name, _ in model.named_modules())
+    assert merge_sibling_linears(graph) == projections - 1  # every block's time projection reads SiLU(temb)
+    linears = [n for n in graph.graph.nodes if n.target is torch.ops.aten.linear.default]
+    assert len(linears) == 3  # the time MLP's two and the merged projection
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x, t), model(x, t), atol=0, rtol=0)
+    assert merge_sibling_linears(graph) == 0
 
 
 def test_rational_silu_is_within_its_stated_error_of_a_float64_silu() -> None:

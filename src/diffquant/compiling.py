@@ -87,6 +87,53 @@ def rewrite_group_norms(graph: torch.fx.GraphModule) -> int:
     return replace_calls(graph, lambda n: n.target is torch.ops.aten.group_norm.default, _group_norm_node)
 
 
+def merge_sibling_linears(graph: torch.fx.GraphModule) -> int:
+    """In place: `aten.linear` nodes that read the same tensor become one linear and slices of its output; returns
+    how many linears were merged away.
+
+    A UNet projects the same time embedding once per residual block (12 small GEMMs on unet_tiny, each
+    behind its own SiLU of that embedding): one GEMM is cheaper. Identical SiLU nodes are merged first.
+    The weights are concatenated along the output axis, so per-output-channel quantization is unchanged.
+    """
+    silus: dict[tuple[object, ...], torch.fx.Node] = {}
+    for node in [n for n in graph.graph.nodes if n.target is torch.ops.aten.silu.default]:
+        key = (node.args, tuple(node.kwargs.items()))
+        if key in silus:
+            node.replace_all_uses_with(silus[key])
+            graph.graph.erase_node(node)
+        else:
+            silus[key] = node
+    groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for node in graph.graph.nodes:
+        if node.target is torch.ops.aten.linear.default and all(isinstance(a, torch.fx.Node) and a.op == "get_attr"
+                                                                for a in node.args[1:3]) and len(node.args) == 3:
+            groups.setdefault(node.args[0], []).append(node)
+    merged = 0
+    for index, nodes in enumerate(g for g in groups.values() if len(g) > 1):
+        weights = [graph.get_parameter(n.args[1].target) for n in nodes]
+        biases = [graph.get_parameter(n.args[2].target) for n in nodes]
+        names = [f"merged_linear_{index}_weight", f"merged_linear_{index}_bias"]
+        for name, parts in zip(names, (weights, biases)):
+            graph.register_parameter(name, nn.Parameter(torch.cat([p.detach() for p in parts]), requires_grad=False))
+        with graph.graph.inserting_before(nodes[0]):
+            attrs = [graph.graph.get_attr(name) for name in names]
+            out = graph.graph.call_function(torch.ops.aten.linear.default, (nodes[0].args[0], *attrs))
+        # the quantizer finds linears by the module they came from: the merged one passes for the first
+        out.meta.update({k: v for k, v in nodes[0].meta.items() if k in ("nn_module_stack", "source_fn_stack", "stack_trace")})
+        start = 0
+        for node, weight in zip(nodes, weights):
+            with graph.graph.inserting_before(node):
+                part = graph.graph.call_function(torch.ops.aten.slice.Tensor, (out, -1, start, start + weight.shape[0]))
+            node.replace_all_uses_with(part)
+            graph.graph.erase_node(node)
+            start += weight.shape[0]
+        merged += len(nodes) - 1
+    graph.graph.eliminate_dead_code()
+    graph.graph.lint()
+    graph.recompile()
+    return merged
+
+
 # sigmoid(y) - 1/2 = y P(y^2) / Q(y^2) on |y| <= 12 (a minimax fit, max error 1.3e-7); clamped beyond
 SIGMOID_P = (0.24999967288904476, 0.007766621762124298, 3.736323709675544e-05, 1.7604373320212474e-08)
 SIGMOID_Q = (1.0, 0.11439857086621388, 0.001349683514609459, 2.4238476452023336e-06)
@@ -124,6 +171,8 @@ def export_graph(model: nn.Module, example: tuple[Tensor, ...]) -> torch.fx.Grap
 def compile_fp32(model: nn.Module, example: tuple[Tensor, ...]) -> AotCompiled:
     """An FP32 model compiled as `backend=x86_inductor` compiles int8: exported, GroupNorm rewritten, AOT-compiled."""
     graph = export_graph(model, example)
+    if merge_sibling_linears(graph):
+        graph = export_graph(graph, example)  # fresh node metadata for the merged graph
     rewrite_group_norms(graph)
     return AotCompiled(graph)
 

@@ -37,7 +37,7 @@ def test_tiny_unet_through_pt2e_and_inductor_is_close_to_fp32() -> None:
     assert state_dict_bytes(out.model) < 0.45 * state_dict_bytes(model)  # int8 weights only, float copies dropped
     int8 = [p for p in out.model.state_dict().values() if p.dtype == torch.int8]
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    assert sorted(p.numel() for p in int8) == sorted(m.weight.numel() for m in layers)  # one int8 weight per layer
+    assert sum(p.numel() for p in int8) == sum(m.weight.numel() for m in layers)  # every weight in int8, once
 
 
 @pytest.mark.parametrize(("plan", "needle"), [
