@@ -12,6 +12,8 @@ compiled the same way. Profiling unet_tiny at batch 64 (16x16, 4 channels per gr
   loop. Where its result is rounded to 8 bits at once, `silu_rational` computes it with one
   division and no exp (relative error 6e-6, far below half a quantization step): ~1.5 % per int8
   forward. FP32 keeps the exact SiLU.
+- Each residual block projected the same SiLU(time embedding) with its own small GEMM:
+  `merge_sibling_linears` makes them one (exact): 2.7 % per int8 forward.
 - `torch.compile`'s Python wrapper, Dynamo's guards and its entry cost 1-1.5 ms per call; its C++
   wrapper without module guards removed most of that, AOTInductor the rest: `AotCompiled` exports
   the graph at each input shape and compiles it ahead of time into a shared library with the

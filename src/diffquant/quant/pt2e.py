@@ -1,9 +1,10 @@
 """backend=x86_inductor: torchao's PT2E flow on our calibration pairs, compiled by Inductor with freezing.
 
-torch.export -> prepare_pt2e(X86InductorQuantizer) -> the FP32 trajectory's (x_t, t) pairs ->
-convert_pt2e -> GroupNorm rewritten to per-channel statistics, SiLUs that feed a quantize without
-exp -> `compiling.AotCompiled` (AOTInductor per input shape, freezing set globally: as a compile
-option alone Inductor cannot lower `onednn.qconv_prepack`). Inductor turns every quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses
+torch.export (linears that read one tensor merged) -> prepare_pt2e(X86InductorQuantizer) -> the
+FP32 trajectory's (x_t, t) pairs -> convert_pt2e -> GroupNorm rewritten to per-channel statistics,
+SiLUs that feed a quantize without exp -> `compiling.AotCompiled` (AOTInductor per input shape,
+freezing set globally: as a compile option alone Inductor cannot lower `onednn.qconv_prepack`).
+Inductor turns every quantize -> conv -> dequantize into one oneDNN int8 kernel and fuses
 GroupNorm, SiLU and the input quantization into C++ loops around it: no eager dispatch between layers.
 
 Limits: W8A8 only, per-channel symmetric weights (what oneDNN runs), static activation scales
