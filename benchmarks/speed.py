@@ -7,14 +7,14 @@
 Variants: `fp32` (eager), `fp32 compiled` (torch.compile with `torch._inductor.config.freezing =
 True` set globally), `fp32 compiled+` (the same model compiled as `backend=x86_inductor` compiles
 int8: GroupNorm from per-channel statistics, AOTInductor per input shape; see
-`diffquant/compiling.py`; SiLU stays exact, as no 8-bit rounding follows it); the faster of the two is the compiled FP32 baseline. Then one int8
-model per engine, each quantized by the real PTQ strategy of the composed config (histogram
-observers, dynamic inputs; `x86` with `quant.symmetric=true`, which its oneDNN kernels need), and
-`int8_fast`: `experiment=int8_fast` (x86, symmetric weights, static input scales). Weights are
-random (speed does not depend on them), but calibration runs the real data flow: (x_t, t) pairs
-from the model's own DDIM trajectory. Each round times one full sampling of every variant in turn;
-the table shows medians over `repeats` rounds after one warm-up round (compiling happens there and
-is reported apart).
+`diffquant/compiling.py`; SiLU stays exact, as no 8-bit rounding follows it); the faster of the two
+is the compiled FP32 baseline. Then one int8 model per engine, each quantized by the real PTQ
+strategy of the composed config (histogram observers, dynamic inputs; `x86` with
+`quant.symmetric=true`, which its oneDNN kernels need), and `int8_fast`: `experiment=int8_fast`
+(x86, symmetric weights, static input scales). Weights are random (speed does not depend on them),
+but calibration runs the real data flow: (x_t, t) pairs from the model's own DDIM trajectory. Each
+round times one full sampling of every variant in turn; the table shows medians over `repeats`
+rounds after one warm-up round (compiling happens there and is reported apart).
 
 glibc malloc returns large blocks to the OS and page-faults them back on every step of a sampling
 loop (300-430k faults per batch-64 run, FP32 30-40 % slower); unless `allocator=default`, the

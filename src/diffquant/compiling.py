@@ -93,7 +93,7 @@ def merge_sibling_linears(graph: torch.fx.GraphModule) -> int:
     """In place: `aten.linear` nodes that read the same tensor become one linear and slices of its output; returns
     how many linears were merged away.
 
-    A UNet projects the same time embedding once per residual block (12 small GEMMs on unet_tiny, each
+    A UNet projects the same time embedding once per residual block (11 small GEMMs on unet_tiny, each
     behind its own SiLU of that embedding): one GEMM is cheaper. Identical SiLU nodes are merged first.
     The weights are concatenated along the output axis, so per-output-channel quantization is unchanged.
     """
@@ -170,11 +170,16 @@ def export_graph(model: nn.Module, example: tuple[Tensor, ...]) -> torch.fx.Grap
     return torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example)).module()
 
 
+def export_merged(model: nn.Module, example: tuple[Tensor, ...]) -> torch.fx.GraphModule:
+    """`export_graph` with `merge_sibling_linears` applied; a merged graph is exported again, so every node has
+    the metadata (shapes, source module) that quantizers and Inductor read."""
+    graph = export_graph(model, example)
+    return export_graph(graph, example) if merge_sibling_linears(graph) else graph
+
+
 def compile_fp32(model: nn.Module, example: tuple[Tensor, ...]) -> AotCompiled:
     """An FP32 model compiled as `backend=x86_inductor` compiles int8: exported, GroupNorm rewritten, AOT-compiled."""
-    graph = export_graph(model, example)
-    if merge_sibling_linears(graph):
-        graph = export_graph(graph, example)  # fresh node metadata for the merged graph
+    graph = export_merged(model, example)
     rewrite_group_norms(graph)
     return AotCompiled(graph)
 

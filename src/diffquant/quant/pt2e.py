@@ -21,8 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from diffquant.compiling import (AotCompiled, export_graph, merge_sibling_linears, rewrite_group_norms,
-                                 rewrite_quantized_silus)
+from diffquant.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
@@ -68,9 +67,7 @@ def quantize_pt2e(model: nn.Module, data: CalibrationData, batch_size: int, spec
     """Export with a dynamic batch, observe the calibration pairs, convert to a quantized graph (not compiled)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    exported = export_graph(copy.deepcopy(model).eval(), (data.x[:2], data.t[:2]))
-    if merge_sibling_linears(exported):
-        exported = export_graph(exported, (data.x[:2], data.t[:2]))  # fresh node metadata for the quantizer
+    exported = export_merged(copy.deepcopy(model).eval(), (data.x[:2], data.t[:2]))
     prepared = prepare_pt2e(exported, make_quantizer(spec, skip))
     for x, t in data.batches(batch_size):
         prepared(x, t)
