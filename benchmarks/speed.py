@@ -11,7 +11,10 @@ int8: GroupNorm from per-channel statistics, AOTInductor per input shape; see
 is the compiled FP32 baseline. Then one int8 model per engine, each quantized by the real PTQ
 strategy of the composed config (histogram observers, dynamic inputs; `x86` with
 `quant.symmetric=true`, which its oneDNN kernels need), and `int8_fast`: `experiment=int8_fast`
-(x86, symmetric weights, static input scales). Weights are random (speed does not depend on them),
+(x86, symmetric weights, static input scales). These eager int8 models run as frozen TorchScript
+graphs, one per input shape, as the pipeline runs them (`backend.torchscript=true`: bit-identical,
+tracing reported as `compile s`); each engine but qnnpack also gets a `<engine> python` row: the
+same model run eagerly from Python (`backend.torchscript=false`). Weights are random (speed does not depend on them),
 but calibration runs the real data flow: (x_t, t) pairs from the model's own DDIM trajectory. Each
 round times one full sampling of every variant in turn; the table shows medians over `repeats`
 rounds after one warm-up round (compiling happens there and is reported apart).
@@ -70,6 +73,7 @@ from diffquant.models import build_model, model_kwargs  # noqa: E402
 from diffquant.pipeline import build_strategy  # noqa: E402
 from diffquant.quant.calibration import collect_trajectory  # noqa: E402
 from diffquant.quant.engine import resolve_reduce_range, set_engine  # noqa: E402
+from diffquant.quant.scripted import ScriptedInt8  # noqa: E402
 from diffquant.quant.size import state_dict_bytes  # noqa: E402
 from diffquant.quant.strategies import QuantContext  # noqa: E402
 
@@ -116,6 +120,12 @@ def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: Q
     return variant
 
 
+def python_variants(int8: list[Variant]) -> list[Variant]:
+    """`<name> python`: each scripted int8 model's eager module, run from Python (qnnpack's is too slow to repeat)."""
+    return [Variant(f"{v.name} python", v.execution, v.model.eager, v.engine, v.bytes)
+            for v in int8 if isinstance(v.model, ScriptedInt8) and v.engine != "qnnpack"]
+
+
 @torch.no_grad()
 def compile_at(variant: Variant, model: torch.nn.Module, x: torch.Tensor) -> None:
     """Compile a compiled variant for x's shape now (one forward, timed) and check it against the eager model."""
@@ -123,6 +133,8 @@ def compile_at(variant: Variant, model: torch.nn.Module, x: torch.Tensor) -> Non
     start = time.perf_counter()
     out = variant.model(x, t)
     variant.compile_s.setdefault(x.shape[0], time.perf_counter() - start)
+    if isinstance(variant.model, ScriptedInt8):
+        assert variant.model.graph_for(x, t) is not None, f"{variant.name}: the TorchScript trace failed (see the log)"
     if variant.execution == "fp32":
         ref = model(x, t)
         error = relative_error(out, ref)
@@ -148,6 +160,7 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
                        generator=torch.Generator().manual_seed(0), calib_batch_size=cfg.quant.calib.batch_size, progress=False)
     torch._dynamo.reset()  # nothing compiled for an earlier model may serve this one
     int8 = [int8_variant(overrides, e, model, ctx, batches[0]) for e in opts["engines"].split(",") if e]
+    int8 += python_variants(int8)
     logging.getLogger("diffquant").setLevel(logging.ERROR)  # set_engine's qnnpack warning, once per timed run
     torch._inductor.config.freezing = True  # set globally before compiling (the PT2E variant sets it too)
     fp32_bytes = state_dict_bytes(model)
@@ -158,7 +171,8 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
     for batch in batches:
         noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(2))
         for v in variants[1:]:
-            if v.name.startswith("fp32 compiled") or v.execution == "int8_inductor":
+            if v.name.startswith("fp32 compiled") or v.execution == "int8_inductor" or isinstance(v.model, ScriptedInt8):
+                set_engine(v.engine)
                 compile_at(v, model, noise)
         for round_ in range(repeats + 1):  # round 0 is the warm-up, not timed
             for v in variants:

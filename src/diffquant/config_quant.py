@@ -104,6 +104,7 @@ class QuantConfig:
 class BackendConfig:
     engine: str = "fbgemm"
     reduce_range: Optional[bool] = None  # null: 8-bit activations where the engine's int8 accumulation is exact
+    torchscript: bool = True  # run eager int8 models as frozen TorchScript graphs (bit-identical, faster)
 
     def __post_init__(self) -> None:
         check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor"))

@@ -25,6 +25,7 @@ from diffquant.features import FeatureSpace, build_spaces, reference_statistics
 from diffquant.metrics.classifier import DigitClassifier
 from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
 from diffquant.quant.inspect import activation_ranges, layer_inputs
+from diffquant.quant.scripted import ScriptedInt8
 from diffquant.report import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
 from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger
@@ -133,10 +134,11 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
         "perf/sample_s_fp32": fp32_seconds,
     }
     protocol = eval_protocol(cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc)
-    ranges = activation_ranges(inputs.q_model)
+    probed = inputs.q_model.eager if isinstance(inputs.q_model, ScriptedInt8) else inputs.q_model  # hooks need Python
+    ranges = activation_ranges(probed)
     probe_x, probe_t = probe.mixed_batch(ev.act_probe_images)
     with torch.no_grad():
-        activations = layer_inputs(inputs.q_model, lambda: q_run(probe_x, probe_t))
+        activations = layer_inputs(probed, lambda: on_device(probed, device)(probe_x, probe_t))
     series = {"eval/eps_rel_err_by_t": eps_per_t, "eval/eps_loss_by_t": probe.loss_per_t(eps_q),
               "eval/eps_loss_by_t_fp32": probe.loss_per_t(eps_fp32), "eval/traj_eps_mse_by_t": traj}
 

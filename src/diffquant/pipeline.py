@@ -119,16 +119,17 @@ def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrateg
     """Translate the `quant` group into a strategy object (the one place that maps a method name to code)."""
     q, r, t = cfg.quant, cfg.quant.recon, cfg.quant.qat
     plan = QuantPlan(q.spec(reduce_range=reduce_range), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut,
-                     q.dynamic_input)
+                     q.dynamic_input, script=cfg.backend.torchscript)
     recon = None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
     qat_settings = TrainSettings(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
                                  log_every=cfg.train.log_every, schedule=t.schedule, device=cfg.device)
+    warmup = min(cfg.eval.batch_size, cfg.eval.num_samples)  # compiled / scripted models get ready at this batch
     builders = {
         "fp32": FP32Strategy,
-        "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity),
-        "ptq_inductor": lambda: InductorPTQStrategy(plan, r.method, min(cfg.eval.batch_size, cfg.eval.num_samples)),
+        "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity, warmup),
+        "ptq_inductor": lambda: InductorPTQStrategy(plan, r.method, warmup),
         "qat": lambda: QATStrategy(plan, qat_settings, t.freeze_observer_step, t.data_weight, t.distill_weight,
-                                   t.data_free, t.init_from_ptq, t.batch_size, t.lsq, t.lsq_lr_factor),
+                                   t.data_free, t.init_from_ptq, t.batch_size, t.lsq, t.lsq_lr_factor, warmup),
     }
     method = q.method
     if cfg.backend.engine == "x86_inductor" and method != "fp32":  # PT2E: a PTQ flow of its own

@@ -1,6 +1,8 @@
 """Fast eager int8 execution: bit-identical dynamic quantization, GroupNorm on channels_last, fused wrappers."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,7 @@ from torch import nn
 
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
-from diffquant.quant.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_dynamic
+from diffquant.quant.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_dynamic, quantize_to_grid
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
 from tests_helpers import calibration_context
@@ -24,10 +26,16 @@ def inputs(seed: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack"])
 @pytest.mark.parametrize("reduce_range", [False, True], ids=["8bit", "7bit"])
-def test_dynamic_quantization_is_bit_identical_to_aten(engine: str, reduce_range: bool) -> None:
+@pytest.mark.parametrize("scripted", [False, True], ids=["python", "torchscript"])
+def test_dynamic_quantization_is_bit_identical_to_aten(engine: str, reduce_range: bool, scripted: bool) -> None:
+    """Python, and the TorchScript-compiled function that traced int8 models run (quantize_dynamic under tracing)."""
     set_engine(engine)
+    qmax = 127 if reduce_range and engine != "qnnpack" else 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        quantize = torch.jit.script(quantize_to_grid) if scripted else quantize_to_grid
     for x in inputs(0):
-        ours, aten = quantize_dynamic(x, reduce_range), torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range)
+        ours, aten = quantize(x, qmax, reduce_range), torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range)
         assert (ours.q_scale(), ours.q_zero_point()) == (aten.q_scale(), aten.q_zero_point())
         assert torch.equal(ours.int_repr(), aten.int_repr())
 

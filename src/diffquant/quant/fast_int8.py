@@ -15,6 +15,7 @@ time went besides the int8 convolutions, which emit channels_last tensors:
 from __future__ import annotations
 
 import logging
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,30 +27,42 @@ SMALL_SCALE = 6.1e-5  # ATen's SMALL_SCALE_THRESHOLD in ChooseQuantizationParams
 SMALL_INPUT = 16384  # below this many elements ATen's one-call op beats aminmax + Python arithmetic
 
 
-def choose_qparams(lo: float, hi: float, qmax: int) -> tuple[float, int] | None:
+def choose_qparams(lo: float, hi: float, qmax: int, small_scale: float = SMALL_SCALE) -> Optional[Tuple[float, int]]:
     """ATen's `ChooseQuantizationParams` for the grid [0, qmax] in double precision, as ATen computes it.
 
     None where ATen would clamp a scale below 6.1e-5 (a near-constant tensor): let ATen decide.
+    TorchScript compiles this function as it is (`quantize_to_grid`), hence `typing` and the default argument.
     """
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / qmax
-    if scale < SMALL_SCALE:
+    if scale < small_scale:
         return None
     from_min, from_max = -lo / scale, qmax - hi / scale
     zero_point = from_min if -abs(lo / scale) < qmax - abs(hi / scale) else from_max
     return scale, int(min(max(round(zero_point), 0), qmax))
 
 
-def quantize_dynamic(x: Tensor, reduce_range: bool) -> Tensor:
-    """`torch.quantize_per_tensor_dynamic(x, quint8, reduce_range)`, bit for bit, without its contiguous copy."""
-    if x.numel() >= SMALL_INPUT:
+def quantize_to_grid(x: Tensor, qmax: int, reduce_range: bool, small_input: int = SMALL_INPUT) -> Tensor:
+    """Quantize x to quint8 on [0, qmax] with the scale of its own range (see `quantize_dynamic`)."""
+    if x.numel() >= small_input:
         flat = x.permute(0, 2, 3, 1) if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else x
         lo, hi = torch.aminmax(flat)
-        qmax = 127 if reduce_range and torch.backends.quantized.engine != "qnnpack" else 255
         qparams = choose_qparams(float(lo), float(hi), qmax)
         if qparams is not None:
             return torch.quantize_per_tensor(x, qparams[0], qparams[1], torch.quint8)
     return torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range)
+
+
+def quantize_dynamic(x: Tensor, reduce_range: bool) -> Tensor:
+    """`torch.quantize_per_tensor_dynamic(x, quint8, reduce_range)`, bit for bit, without its contiguous copy.
+
+    Under `torch.jit.trace` the TorchScript-compiled `quantize_to_grid` runs instead: a trace would
+    record this call's scale as a constant, the compiled function reads the range at every call.
+    """
+    qmax = 127 if reduce_range and torch.backends.quantized.engine != "qnnpack" else 255
+    if torch.jit.is_tracing():
+        return torch.jit.script(quantize_to_grid)(x, qmax, reduce_range)
+    return quantize_to_grid(x, qmax, reduce_range)
 
 
 class ChannelsLastGroupNorm(nn.GroupNorm):

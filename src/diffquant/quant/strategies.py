@@ -24,6 +24,7 @@ from diffquant.quant.calibration import CalibrationData, run_calibration
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
+from diffquant.quant.scripted import ScriptedInt8
 from diffquant.quant.sensitivity import layer_sensitivity
 from diffquant.quant.split import apply_split_shortcut, concat_splits
 from diffquant.quant.wrap import fuse, wrap_layers
@@ -70,6 +71,7 @@ class QuantPlan:
     layer_bits: tuple[tuple[str, int], ...] = ()
     split_shortcut: bool = False
     dynamic_input: bool = False  # per-call (hence per-timestep) scales for every layer's input
+    script: bool = False  # run a converted int8 model as frozen TorchScript graphs (`scripted.ScriptedInt8`)
 
     @property
     def runs_int8(self) -> bool:
@@ -113,7 +115,16 @@ def finalize(qmodel: nn.Module, plan: QuantPlan, wrapped: list[str]) -> tuple[nn
     if plan.dynamic_input:
         use_dynamic_int8_inputs(qmodel, wrapped, reduce_range=plan.spec.act_range()[1] == 127)
     speed_up_int8(qmodel)
-    return qmodel, "int8"
+    return (ScriptedInt8(qmodel) if plan.script else qmodel), "int8"
+
+
+def trace_at(qmodel: nn.Module, data: CalibrationData, batch_size: int) -> float:
+    """Trace a scripted int8 model at the sampling batch size now (sampling times exclude it); seconds taken."""
+    if not isinstance(qmodel, ScriptedInt8):
+        return 0.0
+    idx = torch.arange(batch_size) % len(data.t)
+    qmodel.graph_for(data.x[idx], data.t[idx])
+    return qmodel.trace_seconds
 
 
 @dataclass
@@ -132,6 +143,7 @@ class PTQStrategy:
     recon: ReconSettings | None = None
     recon_samples: int = 256
     sensitivity: bool = False
+    warmup_batch: int = 64  # the evaluation's sampling batch: a scripted int8 model is traced at it here
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
@@ -146,8 +158,9 @@ class PTQStrategy:
             rows = layer_sensitivity(qmodel, model, wrapped, fused, ctx.calibration().subset(128, seed=1))
         report_seconds = time.perf_counter() - report_start
         qmodel, execution = finalize(qmodel, self.plan, wrapped)
-        return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start - report_seconds,
-                            sensitivity=rows, recon_loss=recon_loss)
+        seconds = time.perf_counter() - start - report_seconds
+        return QuantOutcome(qmodel, execution, wrapped, fused, seconds, sensitivity=rows, recon_loss=recon_loss,
+                            compile_seconds=trace_at(qmodel, ctx.calibration(), self.warmup_batch))
 
 
 @dataclass
@@ -164,6 +177,7 @@ class QATStrategy:
     batch_size: int = 128
     lsq: bool = False  # learned step sizes (LSQ+): implies calibrated initial ranges
     lsq_lr_factor: float = 0.1  # step sizes train at this fraction of the weights' learning rate
+    warmup_batch: int = 64  # as PTQStrategy's, where the calibration pairs exist (calibrated start)
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
@@ -198,4 +212,6 @@ class QATStrategy:
         qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar, on_step=freeze,
                                     tag="qat", progress=ctx.progress, checkpointer=checkpointer, param_groups=groups)
         qmodel, execution = finalize(qmodel.cpu(), self.plan, wrapped)
-        return QuantOutcome(qmodel, execution, wrapped, fused, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if self.init_from_ptq or self.lsq else 0.0
+        return QuantOutcome(qmodel, execution, wrapped, fused, seconds, compile_seconds=traced)
