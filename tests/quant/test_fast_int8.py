@@ -46,11 +46,13 @@ def test_dynamic_quantization_keeps_channels_last() -> None:
 
 
 @pytest.mark.parametrize("size", [4, 16], ids=["ATen-path", "own-path"])
-def test_channels_last_group_norm_matches_group_norm(size: int) -> None:
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_channels_last_group_norm_matches_group_norm(size: int, affine: bool) -> None:
     torch.manual_seed(0)
-    norm = ChannelsLastGroupNorm(8, 64)
-    nn.init.normal_(norm.weight)
-    nn.init.normal_(norm.bias)
+    norm = ChannelsLastGroupNorm(8, 64, affine=affine)
+    if affine:
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
     x = (torch.randn(4, 64, size, size) * 3 + 2).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out = norm(x)

@@ -75,14 +75,14 @@ class ChannelsLastGroupNorm(nn.GroupNorm):
                 or not x.is_contiguous(memory_format=torch.channels_last):
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         n, c, h, w = x.shape
+        g = self.num_groups
         pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view: channels are the contiguous axis
-        mean = pixels.mean(1).view(n, self.num_groups, -1).mean(2)
-        mean_sq = (pixels * pixels).mean(1).view(n, self.num_groups, -1).mean(2)
-        rstd = torch.rsqrt((mean_sq - mean * mean).clamp(min=0) + self.eps).repeat_interleave(c // self.num_groups, 1)
-        mean = mean.repeat_interleave(c // self.num_groups, 1)
-        scale = rstd if self.weight is None else rstd * self.weight
-        shift = -mean * scale if self.bias is None else self.bias - mean * scale
-        return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+        mean = pixels.mean(1).view(n, g, -1).mean(2, keepdim=True)  # [n, g, 1]: broadcasts over a group's channels
+        mean_sq = (pixels * pixels).mean(1).view(n, g, -1).mean(2, keepdim=True)
+        rstd = torch.rsqrt((mean_sq - mean * mean).clamp(min=0) + self.eps)
+        scale = rstd.expand(n, g, c // g) if self.weight is None else rstd * self.weight.view(1, g, -1)
+        shift = -mean * scale if self.bias is None else self.bias.view(1, g, -1) - mean * scale
+        return torch.addcmul(shift.reshape(n, c, 1, 1), x, scale.reshape(n, c, 1, 1))
 
 
 class Int8Wrapper(QuantWrapper):
