@@ -10,7 +10,7 @@ from torch import nn
 
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
-from diffquant.quant.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_dynamic, quantize_to_grid
+from diffquant.quant.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_by_range, quantize_dynamic
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
 from tests_helpers import calibration_context
@@ -33,9 +33,10 @@ def test_dynamic_quantization_is_bit_identical_to_aten(engine: str, reduce_range
     qmax = 127 if reduce_range and engine != "qnnpack" else 255
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-        quantize = torch.jit.script(quantize_to_grid) if scripted else quantize_to_grid
+        by_range = torch.jit.script(quantize_by_range)
     for x in inputs(0):
-        ours, aten = quantize(x, qmax, reduce_range), torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range)
+        ours = by_range(x, qmax, reduce_range) if scripted else quantize_dynamic(x, reduce_range)
+        aten = torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range)
         assert (ours.q_scale(), ours.q_zero_point()) == (aten.q_scale(), aten.q_zero_point())
         assert torch.equal(ours.int_repr(), aten.int_repr())
 

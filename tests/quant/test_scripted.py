@@ -1,6 +1,7 @@
 """Scripted int8 execution: frozen TorchScript graphs per input shape, bit-identical to the eager int8 model."""
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -54,6 +55,15 @@ def test_scripted_int8_follows_per_call_scales() -> None:
         small = scripted(x * 0.01, t)
         assert torch.equal(small, scripted.eager(x * 0.01, t))
         assert not torch.equal(small, scripted(x, t))
+
+
+def test_scripted_int8_copies_without_its_graphs_and_traces_again() -> None:
+    _, scripted, x, t = quantized("unet", "fbgemm", True, False, script=True)
+    copied = copy.deepcopy(scripted)
+    assert copied._graphs == {} and len(scripted._graphs) == 1
+    with torch.no_grad():
+        assert torch.equal(copied(x, t), scripted(x, t))
+    assert len(copied._graphs) == 1
 
 
 def test_plan_without_script_returns_the_eager_model() -> None:

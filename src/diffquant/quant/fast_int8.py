@@ -42,27 +42,27 @@ def choose_qparams(lo: float, hi: float, qmax: int, small_scale: float = SMALL_S
     return scale, int(min(max(round(zero_point), 0), qmax))
 
 
-def quantize_to_grid(x: Tensor, qmax: int, reduce_range: bool, small_input: int = SMALL_INPUT) -> Tensor:
-    """Quantize x to quint8 on [0, qmax] with the scale of its own range (see `quantize_dynamic`)."""
-    if x.numel() >= small_input:
-        flat = x.permute(0, 2, 3, 1) if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else x
-        lo, hi = torch.aminmax(flat)
-        qparams = choose_qparams(float(lo), float(hi), qmax)
-        if qparams is not None:
-            return torch.quantize_per_tensor(x, qparams[0], qparams[1], torch.quint8)
+def quantize_by_range(x: Tensor, qmax: int, reduce_range: bool) -> Tensor:
+    """Quantize x to quint8 on [0, qmax] with the scale of its own range, read by one `aminmax` (TorchScript-able)."""
+    flat = x.permute(0, 2, 3, 1) if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else x
+    lo, hi = torch.aminmax(flat)
+    qparams = choose_qparams(float(lo), float(hi), qmax)
+    if qparams is not None:
+        return torch.quantize_per_tensor(x, qparams[0], qparams[1], torch.quint8)
     return torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range)
 
 
 def quantize_dynamic(x: Tensor, reduce_range: bool) -> Tensor:
     """`torch.quantize_per_tensor_dynamic(x, quint8, reduce_range)`, bit for bit, without its contiguous copy.
 
-    Under `torch.jit.trace` the TorchScript-compiled `quantize_to_grid` runs instead: a trace would
+    Under `torch.jit.trace` the TorchScript-compiled `quantize_by_range` runs instead: a trace would
     record this call's scale as a constant, the compiled function reads the range at every call.
     """
+    if x.numel() < SMALL_INPUT:  # a shape: fixed within one trace
+        return torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range)
     qmax = 127 if reduce_range and torch.backends.quantized.engine != "qnnpack" else 255
-    if torch.jit.is_tracing():
-        return torch.jit.script(quantize_to_grid)(x, qmax, reduce_range)
-    return quantize_to_grid(x, qmax, reduce_range)
+    run = torch.jit.script(quantize_by_range) if torch.jit.is_tracing() else quantize_by_range
+    return run(x, qmax, reduce_range)
 
 
 class ChannelsLastGroupNorm(nn.GroupNorm):

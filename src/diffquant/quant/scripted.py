@@ -62,6 +62,10 @@ class ScriptedInt8(nn.Module):
             self._graphs[key] = graph
         return self._graphs[key]
 
+    def __getstate__(self) -> dict[str, object]:
+        """Copied and pickled without the graphs (TorchScript modules do not pickle): a copy traces its own."""
+        return {**self.__dict__, "_graphs": {}}
+
     def forward(self, *args: Tensor) -> Tensor:
         graph = self.graph_for(*args)
         return self.eager(*args) if graph is None else graph(*args)
