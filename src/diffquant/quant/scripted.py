@@ -1,9 +1,10 @@
 """Run a converted eager int8 model as frozen TorchScript graphs: the same int8 kernels, no Python between them.
 
 PyTorch's eager-mode quantization tutorials deploy a converted model the same way
-(`torch.jit.trace` / `torch.jit.script`, then `torch.jit.freeze`). On the default UNet the Python
-around ~2000 operator calls per forward (module calls, wrappers, range arithmetic) costs more than
-the float work between the int8 layers: batch 1 goes from 3.3 to 1.4 ms per forward.
+(`torch.jit.trace` / `torch.jit.script`, then `torch.jit.freeze`). The graph drops the Python around the operator
+calls (module calls, wrappers, range arithmetic), and freezing folds constants and merges repeated
+work (the 11 SiLUs of the time embedding become one). On the default UNet, x86 with static scales:
+3.3 -> 1.4 ms per forward at batch 1, 16.8 -> 12.2 ms at batch 64.
 
 `torch.jit.trace` records one execution: Python values derived from shapes become constants, so
 each input shape gets its own graph, and Python control flow that depends on tensor values would
