@@ -22,6 +22,7 @@ from diffquant.models.diffusers_unet import pretrained_key
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
+from diffquant.quant.scripted import ScriptedInt8
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
 from tests_helpers import calibration_context
 
@@ -110,6 +111,8 @@ def test_w8a8_ptq_quantizes_the_diffusers_layers(tmp_path: Path) -> None:
     assert not any(type(m) in (nn.Linear, nn.Conv2d) for m in out.model.modules())
     with torch.no_grad():
         assert sqnr_db(model(x, t), out.model(x, t)) > 18.0
+        scripted = ScriptedInt8(out.model)  # how the pipeline runs it (backend.torchscript=true)
+        assert scripted.graph_for(x, t) is not None and torch.equal(scripted(x, t), out.model(x, t))
 
 
 def test_cli_quantizes_a_saved_unet2dmodel_end_to_end(tmp_path: Path) -> None:
