@@ -14,10 +14,11 @@ strategy of the composed config (histogram observers, dynamic inputs; `x86` with
 (x86, symmetric weights, static input scales). These eager int8 models run as frozen TorchScript
 graphs, one per input shape, as the pipeline runs them (`backend.torchscript=true`: bit-identical,
 tracing reported as `compile s`); each engine but qnnpack also gets a `<engine> python` row: the
-same model run eagerly from Python (`backend.torchscript=false`). Weights are random (speed does not depend on them),
-but calibration runs the real data flow: (x_t, t) pairs from the model's own DDIM trajectory. Each
-round times one full sampling of every variant in turn; the table shows medians over `repeats`
-rounds after one warm-up round (compiling happens there and is reported apart).
+same model run eagerly from Python (`backend.torchscript=false`). Weights are random (speed does
+not depend on them), but calibration runs the real data flow: (x_t, t) pairs from the model's own
+DDIM trajectory. Each round times one full sampling of every variant in turn; the table shows
+medians over `repeats` rounds after one warm-up round (compiling happens there and is reported
+apart).
 
 glibc malloc returns large blocks to the OS and page-faults them back on every step of a sampling
 loop (300-430k faults per batch-64 run, FP32 30-40 % slower); unless `allocator=default`, the

@@ -31,7 +31,7 @@ def choose_qparams(lo: float, hi: float, qmax: int, small_scale: float = SMALL_S
     """ATen's `ChooseQuantizationParams` for the grid [0, qmax] in double precision, as ATen computes it.
 
     None where ATen would clamp a scale below 6.1e-5 (a near-constant tensor): let ATen decide.
-    TorchScript compiles this function as it is (`quantize_to_grid`), hence `typing` and the default argument.
+    TorchScript compiles this function as it is (in `quantize_by_range`), hence `typing` and the default argument.
     """
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / qmax

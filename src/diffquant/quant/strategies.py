@@ -177,7 +177,7 @@ class QATStrategy:
     batch_size: int = 128
     lsq: bool = False  # learned step sizes (LSQ+): implies calibrated initial ranges
     lsq_lr_factor: float = 0.1  # step sizes train at this fraction of the weights' learning rate
-    warmup_batch: int = 64  # as PTQStrategy's, where the calibration pairs exist (calibrated start)
+    warmup_batch: int = 64  # as PTQStrategy's, where the calibration pairs exist (else traced at first use)
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
@@ -213,5 +213,6 @@ class QATStrategy:
                                     tag="qat", progress=ctx.progress, checkpointer=checkpointer, param_groups=groups)
         qmodel, execution = finalize(qmodel.cpu(), self.plan, wrapped)
         seconds = time.perf_counter() - start
-        traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if self.init_from_ptq or self.lsq else 0.0
+        calibrated = self.init_from_ptq or self.lsq or self.data_free  # the calibration pairs exist already
+        traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0
         return QuantOutcome(qmodel, execution, wrapped, fused, seconds, compile_seconds=traced)
