@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from diffquant.models import build_model
 from diffquant.models.unet import UNet
+from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.scripted import ScriptedInt8
@@ -86,3 +87,10 @@ def test_untraceable_model_runs_eagerly_with_a_warning(caplog: pytest.LogCapture
         assert scripted(x * 2, t) == 14.0  # the same shape: no second attempt
     assert scripted.graph_for(x, t) is None
     assert sum("runs eagerly" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_calibration_cycled_batch_repeats_the_pairs_in_order() -> None:
+    """The warm-up batch that scripted and compiled int8 models are traced / compiled at."""
+    data = CalibrationData(torch.arange(3.0).view(3, 1, 1, 1), torch.tensor([10, 20, 30]))
+    x, t = data.cycled(7)
+    assert x.flatten().tolist() == [0, 1, 2, 0, 1, 2, 0] and t.tolist() == [10, 20, 30, 10, 20, 30, 10]

@@ -33,6 +33,11 @@ class CalibrationData:
             idx = torch.randint(0, len(self.t), (min(batch_size, len(self.t)),), generator=generator)
             yield self.x[idx], self.t[idx]
 
+    def cycled(self, n: int) -> tuple[Tensor, Tensor]:
+        """One batch of exactly n pairs: the set in order, repeated as often as needed."""
+        idx = torch.arange(n) % len(self.t)
+        return self.x[idx], self.t[idx]
+
     def batches(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """Consecutive (x, t) batches covering the whole set."""
         return [(self.x[i : i + batch_size], self.t[i : i + batch_size]) for i in range(0, len(self.t), batch_size)]

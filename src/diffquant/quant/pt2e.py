@@ -128,9 +128,9 @@ class InductorPTQStrategy:
         graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
         quantize_seconds = time.perf_counter() - start
         compiled = CompiledInt8(graph)
-        idx = torch.arange(self.warmup_batch) % len(data.t)
+        x, t = data.cycled(self.warmup_batch)
         with torch.no_grad():
-            out, ref = compiled(data.x[idx], data.t[idx]), graph(data.x[idx], data.t[idx])
+            out, ref = compiled(x, t), graph(x, t)
         error = relative_error(out, ref)
         if not error < 0.05:  # an unrelated cached graph, or a miscompile, would be far off
             raise DiffquantError(f"backend=x86_inductor: the compiled model disagrees with its graph (relative error {error:.3g})")

@@ -122,8 +122,7 @@ def trace_at(qmodel: nn.Module, data: CalibrationData, batch_size: int) -> float
     """Trace a scripted int8 model at the sampling batch size now (sampling times exclude it); seconds taken."""
     if not isinstance(qmodel, ScriptedInt8):
         return 0.0
-    idx = torch.arange(batch_size) % len(data.t)
-    qmodel.graph_for(data.x[idx], data.t[idx])
+    qmodel.graph_for(*data.cycled(batch_size))
     return qmodel.trace_seconds
 
 
