@@ -73,7 +73,7 @@ from diffquant.metrics.quality import relative_error  # noqa: E402
 from diffquant.models import build_model, model_kwargs  # noqa: E402
 from diffquant.pipeline import build_strategy  # noqa: E402
 from diffquant.quant.calibration import collect_trajectory  # noqa: E402
-from diffquant.quant.engine import resolve_reduce_range, set_engine  # noqa: E402
+from diffquant.quant.engine import resolve_int8_numerics, set_engine  # noqa: E402
 from diffquant.quant.scripted import ScriptedInt8  # noqa: E402
 from diffquant.quant.size import state_dict_bytes  # noqa: E402
 from diffquant.quant.strategies import QuantContext  # noqa: E402
@@ -114,7 +114,7 @@ def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: Q
                           f"eval.num_samples={max(first_batch, 8)}"])
     engine = job.backend.engine
     set_engine(engine)
-    outcome = build_strategy(job, resolve_reduce_range(engine, job.backend.reduce_range)).quantize(model, ctx)
+    outcome = build_strategy(job, resolve_int8_numerics(engine, job.backend.int8_scheme)).quantize(model, ctx)
     variant = Variant(name, outcome.execution, outcome.model, engine, state_dict_bytes(outcome.model))
     if outcome.compile_seconds:
         variant.compile_s[first_batch] = outcome.compile_seconds

@@ -29,7 +29,7 @@ def test_every_group_option_composes(compose_cfg, group: str, option: str) -> No
 def test_quant_backend_product_composes(compose_cfg, quant: str, backend: str) -> None:
     cfg = to_config(compose_cfg(f"quant={quant}", f"backend={backend}"))
     assert (cfg.quant.method, cfg.backend.engine) == (quant, backend)
-    assert cfg.backend.reduce_range == (False if backend == "qnnpack" else None)  # None: auto
+    assert cfg.backend.int8_scheme == "auto"  # the machine's self-test decides the 8-bit grids
 
 
 def test_defaults_are_the_documented_experiment(compose_cfg) -> None:

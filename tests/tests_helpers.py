@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from diffquant.quant.qconfig import QuantSpec
     from diffquant.quant.strategies import QuantContext
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -16,6 +17,15 @@ SELECTABLE_GROUPS = ("model", "dataset", "quant", "backend", "diffusion", "train
 def group_options() -> list[tuple[str, str]]:
     """(group, option) for every YAML file of every selectable config group."""
     return [(g, p.stem) for g in SELECTABLE_GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def machine_spec(engine: str = "fbgemm", **fields: object) -> QuantSpec:
+    """A QuantSpec on the 8-bit grids the machine's own self-test picks for `engine` (exact int8 kernels here)."""
+    from diffquant.quant.engine import resolve_int8_numerics
+    from diffquant.quant.qconfig import QuantSpec
+
+    scheme = resolve_int8_numerics(engine, "auto").scheme
+    return QuantSpec(reduce_range=scheme.reduce_range, reduce_weight_range=scheme.reduce_weight_range, **fields)
 
 
 def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> QuantContext:

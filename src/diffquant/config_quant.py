@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from diffquant.errors import check_choice, check_range
+from diffquant.quant.engine import SCHEME_CHOICES, SCHEMES, Int8Scheme
 from diffquant.quant.qconfig import QuantSpec
 
 
@@ -89,22 +90,23 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
-        self.spec(reduce_range=True)  # QuantSpec validates bits, granularity and observer
+        self.spec(SCHEMES["w8a8"])  # QuantSpec validates bits, granularity and observer
         for pattern, bits in self.layer_bits.items():
             check_range(f"quant.layer_bits.{pattern}", bits, 2, 8)
 
-    def spec(self, reduce_range: bool) -> QuantSpec:
-        """The qconfig-level description of this group, with the backend's activation range."""
+    def spec(self, scheme: Int8Scheme) -> QuantSpec:
+        """The qconfig-level description of this group, with the 8-bit grids of the backend's int8 scheme."""
         return QuantSpec(weight_bits=self.weight_bits, act_bits=self.act_bits, granularity=self.granularity,
                          symmetric=self.symmetric, observer=self.observer, percentile=self.percentile,
-                         reduce_range=reduce_range)
+                         reduce_range=scheme.reduce_range, reduce_weight_range=scheme.reduce_weight_range)
 
 
 @dataclass
 class BackendConfig:
     engine: str = "fbgemm"
-    reduce_range: Optional[bool] = None  # null: 8-bit activations where the engine's int8 accumulation is exact
+    int8_scheme: str = "auto"  # auto | w8a8 | w7a8 | w8a7: 8-bit grids; auto: the first exact on this CPU (engine.py)
     torchscript: bool = True  # run eager int8 models as frozen TorchScript graphs (bit-identical, faster)
 
     def __post_init__(self) -> None:
         check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor"))
+        check_choice("backend.int8_scheme", self.int8_scheme, SCHEME_CHOICES)

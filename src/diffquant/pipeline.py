@@ -20,10 +20,11 @@ from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.distributed import DistInfo
 from diffquant.errors import DiffquantError
+from diffquant.machine import cpu_info
 from diffquant.eval_stage import EvalInputs, evaluate_and_report
 from diffquant.features import require_extractor
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
-from diffquant.quant.engine import resolve_reduce_range, set_engine
+from diffquant.quant.engine import Int8Numerics, require_exact, resolve_int8_numerics, set_engine
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.pt2e import InductorPTQStrategy
@@ -41,8 +42,8 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     q = cfg.quant
     set_engine(cfg.backend.engine)  # inside every job: sweep workers are reused
-    reduce_range = resolve_reduce_range(cfg.backend.engine, cfg.backend.reduce_range)
-    strategy = build_strategy(cfg, reduce_range)
+    numerics = resolve_int8_numerics(cfg.backend.engine, cfg.backend.int8_scheme)
+    strategy = build_strategy(cfg, numerics)
     require_extractor(cfg.eval.fid.extractor)  # a missing optional extra fails before any training
     torch.manual_seed(cfg.seed)
 
@@ -83,10 +84,10 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
 
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
         header = {"method": q.method, "weight_bits": bits[0], "act_bits": bits[1], "backend": cfg.backend.engine,
-                  "execution": outcome.execution, "reduce_range": reduce_range}
+                  "execution": outcome.execution, **numerics.as_dict()}
         extra = {"fp32_cache_key": fp32.key, "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
                  "fused_groups": outcome.fused_groups, "quant": dataclasses.asdict(q),
-                 "provenance": {"git_commit": git_commit(), "config_hash": config_hash(dataclasses.asdict(cfg)),
+                 "provenance": {"git_commit": git_commit(), "machine": cpu_info().as_dict(), "config_hash": config_hash(dataclasses.asdict(cfg)),
                                 "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint)}}
         if outcome.sensitivity:
             write_sensitivity(outcome.sensitivity, out_dir, logger)
@@ -115,10 +116,13 @@ def file_sha256(cached: Path, given: str | None) -> str:
     return file_key(path, length=64) if path.is_file() else "unknown"
 
 
-def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrategy | QATStrategy | InductorPTQStrategy:
-    """Translate the `quant` group into a strategy object (the one place that maps a method name to code)."""
+def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStrategy | QATStrategy | InductorPTQStrategy:
+    """Translate the `quant` group into a strategy object (the one place that maps a method name to code).
+
+    A run that would execute int8 kernels whose accumulation saturates on this CPU is refused here.
+    """
     q, r, t = cfg.quant, cfg.quant.recon, cfg.quant.qat
-    plan = QuantPlan(q.spec(reduce_range=reduce_range), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut,
+    plan = QuantPlan(q.spec(numerics.scheme), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut,
                      q.dynamic_input, script=cfg.backend.torchscript)
     recon = None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
     qat_settings = TrainSettings(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
@@ -136,6 +140,8 @@ def build_strategy(cfg: Config, reduce_range: bool) -> FP32Strategy | PTQStrateg
         if method != "ptq":
             raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={method}")
         method = "ptq_inductor"
+    if method != "fp32" and (plan.runs_int8 or method == "ptq_inductor"):
+        require_exact(numerics, cfg.backend.int8_scheme)
     return builders[method]()
 
 

@@ -13,7 +13,7 @@ from diffquant.quant.engine import set_engine
 from diffquant.quant.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_by_range, quantize_dynamic
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from tests_helpers import calibration_context
+from tests_helpers import calibration_context, machine_spec
 
 
 def inputs(seed: int) -> list[torch.Tensor]:
@@ -69,7 +69,7 @@ def test_converted_unet_uses_fast_modules_and_matches_plain_convert() -> None:
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 16, 16, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
     ctx = calibration_context(x, t, gen)
-    out = PTQStrategy(QuantPlan(QuantSpec(reduce_range=False, observer="minmax"), dynamic_input=True)).quantize(model, ctx)
+    out = PTQStrategy(QuantPlan(machine_spec(observer="minmax"), dynamic_input=True)).quantize(model, ctx)
     assert type(out.model.conv_in) is Int8Wrapper and type(out.model.down[0][0].norm1) is ChannelsLastGroupNorm
     with torch.no_grad():
         fast = out.model(x, t)
@@ -90,5 +90,5 @@ def test_x86_engine_warns_when_affine_weights_miss_its_onednn_kernels(symmetric:
     x, t = torch.randn(8, 1, 8, 8), torch.randint(0, 1000, (8,))
     ctx = calibration_context(x, t)
     with caplog.at_level("WARNING", logger="diffquant"):
-        PTQStrategy(QuantPlan(QuantSpec(reduce_range=False, observer="minmax", symmetric=symmetric))).quantize(model, ctx)
+        PTQStrategy(QuantPlan(machine_spec("x86", observer="minmax", symmetric=symmetric))).quantize(model, ctx)
     assert ("quant.symmetric=true" in caplog.text) is warns

@@ -8,9 +8,8 @@ from torch import nn
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.inspect import activation_ranges, layer_inputs, probed_layers
-from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from tests_helpers import calibration_context
+from tests_helpers import calibration_context, machine_spec
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def calibrated() -> dict[str, object]:
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 8, 8, generator=gen) * 1.5 + 0.25, torch.randint(0, 1000, (16,), generator=gen)
     ctx = calibration_context(x, t, gen)
-    quantize = {bits: PTQStrategy(QuantPlan(QuantSpec(weight_bits=bits, act_bits=bits, observer="minmax", reduce_range=False)))
+    quantize = {bits: PTQStrategy(QuantPlan(machine_spec(weight_bits=bits, act_bits=bits, observer="minmax")))
                 .quantize(model, ctx) for bits in (8, 6)}
     return {"model": model, "x": x, "t": t, "int8": quantize[8], "fake": quantize[6]}
 

@@ -16,7 +16,8 @@ from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import QuantPlan
-from tests_helpers import calibration_context
+from diffquant.quant.engine import resolve_int8_numerics
+from tests_helpers import calibration_context, machine_spec
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="the optional extra `inductor`")
 
@@ -28,7 +29,7 @@ def test_tiny_unet_through_pt2e_and_inductor_is_close_to_fp32() -> None:
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(64, 1, 8, 8, generator=gen), torch.randint(0, 1000, (64,), generator=gen)
     ctx = calibration_context(x, t, gen)
-    out = pt2e.InductorPTQStrategy(QuantPlan(QuantSpec(reduce_range=False)), warmup_batch=16).quantize(model, ctx)
+    out = pt2e.InductorPTQStrategy(QuantPlan(machine_spec("x86_inductor")), warmup_batch=16).quantize(model, ctx)
     assert out.execution == "int8_inductor" and out.compile_seconds > 0
     assert len(out.wrapped_layers) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
     with torch.no_grad():
@@ -62,9 +63,9 @@ def test_missing_torchao_names_the_backend_and_the_extra(monkeypatch: pytest.Mon
 @needs_torchao
 def test_backend_selects_the_inductor_strategy_for_ptq_only(compose_cfg) -> None:
     cfg = to_config(compose_cfg("backend=x86_inductor"))
-    assert isinstance(build_strategy(cfg, reduce_range=False), pt2e.InductorPTQStrategy)
+    assert isinstance(build_strategy(cfg, resolve_int8_numerics("x86_inductor", "auto")), pt2e.InductorPTQStrategy)
     with pytest.raises(DiffquantError, match="backend=x86_inductor supports quant=ptq only; got quant=qat"):
-        build_strategy(to_config(compose_cfg("backend=x86_inductor", "quant=qat")), reduce_range=False)
+        build_strategy(to_config(compose_cfg("backend=x86_inductor", "quant=qat")), resolve_int8_numerics("x86", "auto"))
 
 
 @needs_torchao
@@ -75,7 +76,7 @@ def test_skipped_layers_stay_float_in_the_quantized_graph() -> None:
     layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
 
     def quantize_nodes(skip: list[str]) -> tuple[int, torch.Tensor]:
-        graph = pt2e.quantize_pt2e(model, CalibrationData(x, t), 16, QuantSpec(reduce_range=False), skip)
+        graph = pt2e.quantize_pt2e(model, CalibrationData(x, t), 16, machine_spec("x86_inductor"), skip)
         with torch.no_grad():
             return sum("quantize_per_tensor" in str(n.target) for n in graph.graph.nodes), graph(x, t)
 

@@ -12,11 +12,13 @@ from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices
-from diffquant.quant.engine import int8_accumulation_is_exact, resolve_reduce_range, set_engine, supported_engines
+from diffquant.quant import engine as engine_mod
+from diffquant.quant.engine import SCHEMES, require_exact, resolve_int8_numerics, set_engine, supported_engines
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
 from diffquant.quant.wrap import fusable_groups
+from tests_helpers import machine_spec
 
 
 def tiny_unet() -> UNet:
@@ -40,7 +42,8 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 def test_w8a8_converts_to_int8_modules_with_high_sqnr(engine, inputs) -> None:
     set_engine(engine)
     model, (x, t) = tiny_unet(), inputs
-    out = PTQStrategy(QuantPlan(QuantSpec(reduce_range=engine != "qnnpack"))).quantize(model, context(x, t))
+    spec = machine_spec(engine)
+    out = PTQStrategy(QuantPlan(spec)).quantize(model, context(x, t))
     assert out.execution == "int8"
     assert isinstance(out.model.conv_in.quant, nnq.Quantize)
     assert isinstance(out.model.conv_in.module, nnq.Conv2d)
@@ -50,7 +53,8 @@ def test_w8a8_converts_to_int8_modules_with_high_sqnr(engine, inputs) -> None:
     assert all(type(m) is not nn.Conv2d for m in out.model.modules())  # every conv quantized
     with torch.no_grad():
         sqnr = sqnr_db(model(x, t), out.model(x, t))
-    assert sqnr > (25.0 if engine == "qnnpack" else 20.0)  # 7-bit activations on fbgemm / x86
+    full_grids = not (spec.reduce_range or spec.reduce_weight_range)  # w8a8 where the self-test is exact
+    assert sqnr > (25.0 if full_grids else 20.0)
 
 
 def test_int8_artefact_of_the_default_unet_is_under_035_of_fp32() -> None:
@@ -67,9 +71,9 @@ def test_sqnr_falls_with_bit_width(inputs) -> None:
     model, (x, t) = tiny_unet(), inputs
     with torch.no_grad():
         ref = model(x, t)
-        sqnr = {b: sqnr_db(ref, PTQStrategy(QuantPlan(QuantSpec(weight_bits=b, act_bits=b, reduce_range=False)))
+        sqnr = {b: sqnr_db(ref, PTQStrategy(QuantPlan(machine_spec(weight_bits=b, act_bits=b)))
                            .quantize(model, context(x, t)).model(x, t)) for b in (8, 6, 4)}
-    assert sqnr[8] > sqnr[6] + 6 > sqnr[4] + 12  # ~6 dB per bit
+    assert sqnr[8] > sqnr[6] + 6 > sqnr[4] + 12  # ~6 dB per bit (at 8 bits: the machine's exact 8-bit grids)
     assert sqnr[4] > 3.0
 
 
@@ -81,7 +85,7 @@ def test_fake_quant_matches_int8_kernels(inputs) -> None:
     """
     set_engine("fbgemm")
     model, (x, t) = tiny_unet(), inputs
-    spec = QuantSpec(observer="minmax", reduce_range=False)
+    spec = machine_spec(observer="minmax")  # the grids this machine's int8 kernels compute exactly
     qmodel, _, _ = prepare_fake_quant(model, QuantPlan(spec), qat=False)
     calibrate(qmodel, context(x, t))
     with torch.no_grad():
@@ -102,8 +106,10 @@ def test_sub_8_bit_stays_fake_quantized(inputs) -> None:
 @pytest.mark.parametrize(
     ("spec", "act_range", "weight_range"),
     [(QuantSpec(), (0, 127), (-128, 127)), (QuantSpec(reduce_range=False), (0, 255), (-128, 127)),
+     (QuantSpec(reduce_range=False, reduce_weight_range=True), (0, 255), (-64, 63)),
+     (QuantSpec(weight_bits=6, reduce_range=False, reduce_weight_range=True), (0, 255), (-32, 31)),
      (QuantSpec(weight_bits=4, act_bits=6), (0, 63), (-8, 7)), (QuantSpec(weight_bits=2, act_bits=2), (0, 3), (-2, 1))],
-    ids=["w8a8-reduce", "w8a8", "w4a6", "w2a2"],
+    ids=["w8a8-reduce", "w8a8", "w7a8", "w6a8-guard-only-at-8-bits", "w4a6", "w2a2"],
 )
 def test_quant_ranges_by_bit_width(spec, act_range, weight_range) -> None:
     qc = make_qconfig(spec)
@@ -183,8 +189,39 @@ def test_calibration_pairs_follow_the_trajectory() -> None:
     assert data.x[3:].eq(3).all() and data.x[:3].eq(0).all()
 
 
-def test_supported_engines_and_reduce_range_resolution() -> None:
+def test_supported_engines() -> None:
     assert {"fbgemm", "qnnpack", "x86"} <= set(supported_engines())
-    assert resolve_reduce_range("fbgemm", True) is True
-    assert resolve_reduce_range("qnnpack", None) is False
-    assert resolve_reduce_range("fbgemm", None) is (not int8_accumulation_is_exact("fbgemm"))
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack"])
+def test_auto_scheme_is_the_first_exact_one_on_this_machine(engine) -> None:
+    """The self-test itself: every scheme it calls exact computes an int8 conv exactly, on this CPU."""
+    numerics = resolve_int8_numerics(engine, "auto")
+    assert numerics.exact and engine_mod.scheme_is_exact(engine, numerics.scheme)
+    earlier = list(SCHEMES)[: list(SCHEMES).index(numerics.scheme.name)]
+    assert not any(engine_mod.scheme_is_exact(engine, SCHEMES[name]) for name in earlier)
+    assert engine_mod.scheme_is_exact(engine, SCHEMES["w7a8"])  # 255 x 64 x 2 < 2**15: exact on every CPU
+
+
+@pytest.mark.parametrize(("exact", "expected"), [({"w8a8", "w7a8", "w8a7"}, "w8a8"), ({"w7a8", "w8a7"}, "w7a8"),
+                                                 ({"w8a7"}, "w8a7")], ids=["vnni", "avx2", "only-7-bit-activations"])
+def test_auto_scheme_follows_the_self_test(monkeypatch, exact, expected) -> None:
+    """Both outcomes of the self-test, whatever this machine is: int32 accumulation (VNNI) and saturating AVX2."""
+    monkeypatch.setattr(engine_mod, "scheme_is_exact", lambda engine, scheme: scheme.name in exact)
+    numerics = resolve_int8_numerics("fbgemm", "auto")
+    assert (numerics.scheme.name, numerics.exact) == (expected, True)
+    assert numerics.as_dict()["reduce_range"] is (expected == "w8a7")
+    assert numerics.as_dict()["reduce_weight_range"] is (expected == "w7a8")
+    named = resolve_int8_numerics("fbgemm", "w8a8")  # a named scheme is kept, and marked when it saturates
+    assert (named.scheme.name, named.exact) == ("w8a8", "w8a8" in exact)
+
+
+def test_a_saturating_scheme_is_refused_with_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(engine_mod, "scheme_is_exact", lambda engine, scheme: scheme.name != "w8a8")
+    numerics = resolve_int8_numerics("fbgemm", "w8a8")
+    with pytest.raises(DiffquantError, match=r"backend.int8_scheme=w8a8: fbgemm's int8 kernels saturate") as err:
+        require_exact(numerics, "w8a8")
+    assert "w7a8, w8a7" in str(err.value) and "\n" not in str(err.value)
+    require_exact(resolve_int8_numerics("fbgemm", "auto"), "auto")  # the exact scheme passes
+    with pytest.raises(DiffquantError, match="backend.int8_scheme"):
+        resolve_int8_numerics("fbgemm", "w9a9")

@@ -18,6 +18,7 @@ from diffquant.quant.reconstruction import ReconSettings, reconstruct, units_for
 from diffquant.quant.split import SplitFakeQuantize
 from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
+from tests_helpers import machine_spec
 
 
 def tiny_unet() -> UNet:
@@ -147,7 +148,7 @@ def test_dynamic_inputs_scale_per_call_in_fake_and_int8_paths() -> None:
 
     set_engine("fbgemm")
     model, ctx = tiny_unet(), context()
-    plan = QuantPlan(QuantSpec(reduce_range=False, observer="minmax"), dynamic_input=True)
+    plan = QuantPlan(machine_spec(observer="minmax"), dynamic_input=True)
     qmodel, wrapped, _ = prepare_fake_quant(model, plan, qat=False)
     calibrate(qmodel, ctx)
     assert isinstance(qmodel.conv_in.quant.activation_post_process, DynamicFakeQuantize)

@@ -40,7 +40,7 @@ def require_torchao() -> None:
 
 
 def make_quantizer(spec: QuantSpec, skip: list[str]) -> object:
-    """X86InductorQuantizer with the default int8 recipe, our activation observer and range; `skip` stays float."""
+    """X86InductorQuantizer with the default int8 recipe, our activation observer and the spec's 8-bit grids; `skip` float."""
     from torchao.quantization.pt2e import observer as obs
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
@@ -48,7 +48,10 @@ def make_quantizer(spec: QuantSpec, skip: list[str]) -> object:
     observer = {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
                 "histogram": obs.HistogramObserver}[spec.observer].with_args(eps=2**-12)
     act = replace(config.input_activation, observer_or_fake_quant_ctr=observer)
-    quantizer = xiq.X86InductorQuantizer().set_global(replace(config, input_activation=act, output_activation=act))
+    wmin, wmax = spec.weight_range()  # [-64, 63] where this CPU's int8 kernels would saturate 8-bit weights
+    weight = replace(config.weight, quant_min=wmin, quant_max=wmax)
+    quantizer = xiq.X86InductorQuantizer().set_global(replace(config, input_activation=act, output_activation=act,
+                                                              weight=weight))
     for name in skip:
         quantizer.set_module_name_qconfig(name, None)
     return quantizer

@@ -21,7 +21,8 @@ class QuantSpec:
     symmetric: bool = False
     observer: str = "histogram"  # minmax | moving_average | histogram | percentile
     percentile: float = 99.99
-    reduce_range: bool = True  # 7-bit activations at 8 bits (fbgemm / x86 without VNNI overflow guard)
+    reduce_range: bool = True  # 7-bit activations at 8 bits (one overflow guard of AVX2 int8 kernels, see engine.py)
+    reduce_weight_range: bool = False  # 7-bit weights at 8 bits (the other guard: [-64, 63])
 
     def __post_init__(self) -> None:
         check_range("quant.weight_bits", self.weight_bits, 2, 8)
@@ -45,6 +46,8 @@ class QuantSpec:
 
     def weight_range(self) -> tuple[int, int]:
         """(quant_min, quant_max) of the signed weight grid."""
+        if self.weight_bits == 8 and self.reduce_weight_range:
+            return -64, 63
         return -(2 ** (self.weight_bits - 1)), 2 ** (self.weight_bits - 1) - 1
 
 
