@@ -12,7 +12,7 @@ def feature_statistics(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+def sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     """Symmetric square root of a (numerically) positive semi-definite matrix."""
     eigvals, eigvecs = np.linalg.eigh((matrix + matrix.T) / 2.0)
     return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
@@ -28,7 +28,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shapes do not match: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
-    root1 = _sqrt_psd(sigma1)
+    root1 = sqrt_psd(sigma1)
     product = root1 @ sigma2 @ root1
     eigvals = np.linalg.eigvalsh((product + product.T) / 2.0)
     trace_sqrt = float(np.sqrt(np.clip(eigvals, 0.0, None)).sum())

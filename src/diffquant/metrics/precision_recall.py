@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 
-def _pairwise(a: Tensor, b: Tensor, chunk: int = 1024) -> Tensor:
+def pairwise_distances(a: Tensor, b: Tensor, chunk: int = 1024) -> Tensor:
     """Euclidean distances [N, M] in float64, computed in row chunks."""
     return torch.cat([torch.cdist(a[i : i + chunk], b) for i in range(0, a.shape[0], chunk)])
 
@@ -21,12 +21,12 @@ def knn_radii(features: Tensor, k: int) -> Tensor:
         raise ValueError(f"need more than k={k} samples for k-NN radii, got {features.shape[0]}")
     x = features.double()
     # Index 0 of each sorted row is the point itself (distance 0), so the k-th neighbour is index k.
-    return _pairwise(x, x).kthvalue(k + 1, dim=1).values
+    return pairwise_distances(x, x).kthvalue(k + 1, dim=1).values
 
 
 def coverage_fraction(queries: Tensor, centres: Tensor, radii: Tensor) -> float:
     """Fraction of queries inside at least one ball (centre, radius)."""
-    dist = _pairwise(queries.double(), centres.double())
+    dist = pairwise_distances(queries.double(), centres.double())
     return float((dist <= radii.unsqueeze(0)).any(dim=1).double().mean())
 
 

@@ -20,7 +20,11 @@ def mse(a: Tensor, b: Tensor) -> float:
 
 def psnr(a: Tensor, b: Tensor, data_range: float = 2.0) -> float:
     """Peak signal-to-noise ratio in dB: 10 log10(range^2 / mse); inf for identical tensors."""
-    err = mse(a, b)
+    return psnr_from_mse(mse(a, b), data_range)
+
+
+def psnr_from_mse(err: float, data_range: float = 2.0) -> float:
+    """PSNR in dB of a mean squared error: 10 log10(range^2 / mse); inf for zero error."""
     if err == 0.0:
         return math.inf
     return 10.0 * math.log10(data_range**2 / err)

@@ -1,0 +1,202 @@
+"""Paired bootstrap of FP32-vs-quantized sample metrics: both sets resampled with the same row indices.
+
+Row i of the FP32 and of the quantized set start from the same noise, so a replicate draws rows of
+BOTH sets with one index vector: the noise a replicate sees is shared, and within it FP32 and
+quantized differ only by the quantization. The real reference set stays fixed (it is the yardstick,
+not the uncertainty asked about). Replicates are exact, not approximations: what does not depend
+on the indices (the reference's matrix square root, Gram and distance matrices, class
+probabilities, per-row errors) is computed once, and the metric functions of this package are
+applied to it. A replicate then costs one eigenproblem of size min(D, distinct rows) per set.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffquant.metrics.fid import feature_statistics, sqrt_psd
+from diffquant.metrics.inception_score import inception_score_from_probs
+from diffquant.metrics.precision_recall import knn_radii, pairwise_distances, precision_recall
+from diffquant.metrics.quality import psnr, psnr_from_mse
+
+
+def bootstrap_indices(n: int, replicates: int, seed: int) -> np.ndarray:
+    """[replicates, n] row indices drawn with replacement; numpy's PCG64 from `seed`, so fixed by (n, B, seed)."""
+    return np.random.default_rng(seed).integers(0, n, size=(replicates, n))
+
+
+def indices_digest(indices: np.ndarray) -> str:
+    """Short hash of an index matrix: two runs pair replicate by replicate only if theirs are equal."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval [low, high] of bootstrap replicates."""
+    low, high = np.percentile(values, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
+    return float(low), float(high)
+
+
+class ResampledFrechet:
+    """FID(reference, X[idx]) of one feature set X [N, D] for many index vectors, exact.
+
+    With R = sqrt(Σ_ref) and Y = (X − mean) R, R Σ_b R = Y_bᵀ Y_b / (N − 1) for the centred resampled
+    rows Y_b; its non-zero eigenvalues are those of the count-weighted Gram matrix of the distinct
+    rows drawn (about 0.63 N). So Tr sqrt(Σ_ref Σ_b) needs an eigenproblem of size min(D, distinct).
+    """
+
+    def __init__(self, ref_mu: np.ndarray, ref_sigma: np.ndarray, features: Tensor, ref_root: np.ndarray | None = None) -> None:
+        x = features.detach().cpu().double().numpy()
+        self.n, self.d = x.shape
+        self.ref_mu, self.ref_trace = np.asarray(ref_mu, np.float64), float(np.trace(ref_sigma))
+        root = sqrt_psd(np.asarray(ref_sigma, np.float64)) if ref_root is None else ref_root
+        self.shift = x.mean(axis=0)  # centring first keeps the trace of Σ_b free of cancellation
+        self.xc = x - self.shift
+        self.sq = (self.xc**2).sum(axis=1)
+        self.y = self.xc @ root
+        self.gram = self.y @ self.y.T if self.d > self.n // 2 else None
+
+    def values(self, counts: np.ndarray) -> np.ndarray:
+        """FID for each row of `counts` [B, N] (how often each row of X is drawn)."""
+        n = self.n
+        mean_c = counts @ self.xc / n
+        mean_term = ((mean_c + self.shift - self.ref_mu) ** 2).sum(axis=1)
+        trace_b = (counts @ self.sq - n * (mean_c**2).sum(axis=1)) / (n - 1)
+        trace_sqrt = np.array([self._trace_sqrt(w) for w in counts])
+        return np.maximum(mean_term + self.ref_trace + trace_b - 2.0 * trace_sqrt, 0.0)
+
+    def _trace_sqrt(self, w: np.ndarray) -> float:
+        support = np.flatnonzero(w)
+        ws = w[support].astype(np.float64)
+        if self.gram is None or support.size >= self.d:
+            ys = self.y[support]
+            mean = ws @ ys / self.n
+            matrix = (ys * ws[:, None]).T @ ys - self.n * np.outer(mean, mean)
+        else:  # Z Zᵀ instead of Zᵀ Z for Z = sqrt(w) (Y_S − ȳ): the same non-zero eigenvalues
+            k = self.gram[np.ix_(support, support)]
+            u = k @ ws / self.n
+            root = np.sqrt(ws)
+            matrix = (k - u[:, None] - u[None, :] + ws @ u / self.n) * root[:, None] * root[None, :]
+        eigvals = np.linalg.eigvalsh((matrix + matrix.T) / (2.0 * (self.n - 1)))
+        return float(np.sqrt(np.clip(eigvals, 0.0, None)).sum())
+
+
+class ResampledPrecisionRecall:
+    """Improved precision / recall of fake[idx] against fixed real features, from distances computed once.
+
+    Precision counts resampled rows inside a real k-NN ball (fixed per row). Recall uses the k-NN radii
+    of the resampled set itself, duplicates included, exactly as `precision_recall(real, fake[idx])`:
+    a row's radius is the (k+1)-th smallest distance of its sorted row, each neighbour counted as often
+    as it was drawn (only the first few sorted neighbours are ever needed).
+    """
+
+    def __init__(self, real: Tensor, fake: Tensor, k: int, block: int = 2**25) -> None:
+        real, fake = real.double(), fake.double()
+        self.k, self.n, self.block = k, fake.shape[0], block
+        d_fr = pairwise_distances(fake, real)
+        self.inside = (d_fr <= knn_radii(real, k).unsqueeze(0)).any(dim=1).double()
+        self.sorted, self.order = pairwise_distances(fake, fake).sort(dim=1)
+        self.d_rf = d_fr.T.contiguous()  # [M, N]
+
+    def _radii(self, counts: Tensor) -> Tensor:
+        """k-NN radius [b, N] of every row within each resampled set `counts` [b, N]."""
+        for width in (min(self.n, 8 * (self.k + 1)), self.n):  # the full row only if the first ones are not enough
+            reached = counts[:, self.order[:, :width]].cumsum(dim=2) >= self.k + 1
+            if bool(reached[..., -1].all()):
+                break
+        first = reached.to(torch.uint8).argmax(dim=2)
+        return self.sorted[torch.arange(self.n).unsqueeze(0), first]
+
+    def values(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(precision, recall) [B] for each row of `counts` [B, N] (how often each fake row is drawn)."""
+        weights = torch.from_numpy(counts)
+        precision = (weights @ self.inside / self.n).numpy()
+        recall = []
+        chunk = max(1, self.block // self.d_rf.numel())
+        for start in range(0, weights.shape[0], chunk):
+            w = weights[start : start + chunk]
+            radii = self._radii(w)
+            covered = ((self.d_rf.unsqueeze(0) <= radii.unsqueeze(1)) & (w > 0).unsqueeze(1)).any(dim=2)
+            recall.append(covered.double().mean(dim=1))
+        return precision, torch.cat(recall).numpy()
+
+
+@dataclass(frozen=True)
+class PairedSets:
+    """Features of the fixed real reference and of two paired sample sets (row i of both: the same noise)."""
+
+    ref: Tensor  # [M, D]
+    fp32: Tensor  # [N, D]
+    quantized: Tensor  # [N, D]
+    fp32_logits: Tensor | None = None  # [N, C], for the Inception Score
+    q_logits: Tensor | None = None
+    fp32_samples: Tensor | None = None  # [N, ...] images, for PSNR of quantized vs FP32
+    q_samples: Tensor | None = None
+
+
+@dataclass
+class PairedBootstrap:
+    """Point estimates on the full sets, 95 % percentile intervals and the per-replicate values.
+
+    Names: `fid`, `precision`, `recall`, `is` are deltas (quantized − FP32); `psnr` is PSNR(q vs FP32).
+    `point` also holds `fid_fp32` and `fid_quantized`.
+    """
+
+    point: dict[str, float]
+    ci95: dict[str, tuple[float, float]]
+    replicates: dict[str, np.ndarray]
+    seed: int
+    indices_sha256: str
+
+
+def _counts(indices: np.ndarray, n: int) -> np.ndarray:
+    return np.stack([np.bincount(row, minlength=n) for row in indices]).astype(np.float64)
+
+
+def paired_bootstrap(sets: PairedSets, k: int = 3, replicates: int = 1000, seed: int = 0) -> PairedBootstrap:
+    """Resample rows of both sets jointly `replicates` times; deltas quantized − FP32 with 95 % intervals."""
+    n = sets.fp32.shape[0]
+    if sets.quantized.shape != sets.fp32.shape or n < 2:
+        raise ValueError(f"paired sets need equal shapes [N >= 2, D], got {tuple(sets.fp32.shape)} / {tuple(sets.quantized.shape)}")
+    indices = bootstrap_indices(n, replicates, seed)
+    counts = _counts(indices, n)
+    ref_mu, ref_sigma = feature_statistics(sets.ref)
+    root = sqrt_psd(ref_sigma)  # once for both sets (2048-d: the costliest single step)
+    point: dict[str, float] = {}
+    reps: dict[str, np.ndarray] = {}
+    fids = {}
+    for label, feats in (("fp32", sets.fp32), ("quantized", sets.quantized)):
+        frechet = ResampledFrechet(ref_mu, ref_sigma, feats, root)
+        point[f"fid_{label}"] = float(frechet.values(np.ones((1, n)))[0])  # = frechet_distance on the full set
+        fids[label] = frechet.values(counts)
+    point["fid"], reps["fid"] = point["fid_quantized"] - point["fid_fp32"], fids["quantized"] - fids["fp32"]
+
+    p_fp32, r_fp32 = precision_recall(sets.ref, sets.fp32, k)
+    p_q, r_q = precision_recall(sets.ref, sets.quantized, k)
+    pr_fp32 = ResampledPrecisionRecall(sets.ref, sets.fp32, k).values(counts)
+    pr_q = ResampledPrecisionRecall(sets.ref, sets.quantized, k).values(counts)
+    point["precision"], reps["precision"] = p_q - p_fp32, pr_q[0] - pr_fp32[0]
+    point["recall"], reps["recall"] = r_q - r_fp32, pr_q[1] - pr_fp32[1]
+
+    if sets.fp32_logits is not None and sets.q_logits is not None:
+        probs = {label: torch.softmax(logits.double(), dim=1) for label, logits in
+                 (("fp32", sets.fp32_logits), ("quantized", sets.q_logits))}
+        score = {label: np.array([inception_score_from_probs(p[torch.from_numpy(row)])[0] for row in indices])
+                 for label, p in probs.items()}
+        point["is"] = inception_score_from_probs(probs["quantized"])[0] - inception_score_from_probs(probs["fp32"])[0]
+        reps["is"] = score["quantized"] - score["fp32"]
+
+    if sets.fp32_samples is not None and sets.q_samples is not None:
+        diff = (sets.q_samples.detach().cpu().double() - sets.fp32_samples.detach().cpu().double()).reshape(n, -1)
+        row_mse = (diff**2).mean(dim=1).numpy()  # equal row sizes: the mean of row MSEs is the set's MSE
+        point["psnr"] = psnr(sets.q_samples, sets.fp32_samples, data_range=2.0)
+        errors = row_mse[indices].mean(axis=1)
+        reps["psnr"] = np.array([psnr_from_mse(float(e), 2.0) for e in errors])
+
+    ci95 = {name: percentile_interval(values) for name, values in reps.items() if name != "psnr"}
+    if "psnr" in reps:  # PSNR falls as the error grows; via the error, identical rows (inf dB) stay well-defined
+        low, high = percentile_interval(errors)
+        ci95["psnr"] = (psnr_from_mse(high, 2.0), psnr_from_mse(low, 2.0))
+    return PairedBootstrap(point, ci95, reps, seed, indices_digest(indices))
