@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from diffquant.errors import check_choice, check_range
+from diffquant.quant.coverage import ROLES
 from diffquant.quant.engine import SCHEME_CHOICES, SCHEMES, Int8Scheme
 from diffquant.quant.qconfig import QuantSpec
 
@@ -80,6 +81,7 @@ class QuantConfig:
     observer: str = "histogram"
     percentile: float = 99.99  # observer=percentile: clip activations at this percentile
     skip: list[str] = field(default_factory=list)
+    keep_float: list[str] = field(default_factory=lambda: ["output"])  # roles kept in float: input / output layer
     layer_bits: dict[str, int] = field(default_factory=dict)  # layer-name pattern -> weight bits
     split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
     dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)
@@ -91,6 +93,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
         self.spec(SCHEMES["w8a8"])  # QuantSpec validates bits, granularity and observer
+        for role in self.keep_float:
+            check_choice("quant.keep_float", role, ROLES)
         for pattern, bits in self.layer_bits.items():
             check_range(f"quant.layer_bits.{pattern}", bits, 2, 8)
 

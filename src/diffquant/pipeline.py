@@ -24,6 +24,7 @@ from diffquant.machine import cpu_info
 from diffquant.eval_stage import EvalInputs, evaluate_and_report
 from diffquant.features import require_extractor
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
+from diffquant.quant.coverage import mac_fraction
 from diffquant.quant.engine import Int8Numerics, require_exact, resolve_int8_numerics, set_engine
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.size import state_dict_bytes
@@ -93,6 +94,10 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             write_sensitivity(outcome.sensitivity, out_dir, logger)
         model_metrics = {"model/size_bytes": state_dict_bytes(outcome.model), "model/size_bytes_fp32": state_dict_bytes(fp32.model),
                          "perf/quantize_s": outcome.seconds}
+        example = (torch.zeros(1, data.channels, data.image_size, data.image_size), torch.zeros(1, dtype=torch.long))
+        share = mac_fraction(fp32.model, outcome.wrapped_layers, *example) if outcome.wrapped_layers else 0.0
+        model_metrics["model/quantized_mac_fraction"] = share  # of all multiply-accumulates of a forward
+        model_metrics["model/int8_mac_fraction"] = share if outcome.execution.startswith("int8") else 0.0
         if outcome.compile_seconds:  # compiled executions: compiling is not part of quantizing or sampling
             model_metrics["perf/compile_s"] = outcome.compile_seconds
         inputs = EvalInputs(data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution,
@@ -123,7 +128,7 @@ def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStr
     """
     q, r, t = cfg.quant, cfg.quant.recon, cfg.quant.qat
     plan = QuantPlan(q.spec(numerics.scheme), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut,
-                     q.dynamic_input, script=cfg.backend.torchscript)
+                     q.dynamic_input, script=cfg.backend.torchscript, keep_float=tuple(q.keep_float))
     recon = None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
     qat_settings = TrainSettings(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
                                  log_every=cfg.train.log_every, schedule=t.schedule, device=cfg.device)

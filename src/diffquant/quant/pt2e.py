@@ -26,7 +26,7 @@ from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan
+from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan, resolve_plan
 from diffquant.quant.wrap import is_skipped, quantizable_types
 
 EXECUTION = "int8_inductor"
@@ -127,7 +127,7 @@ class InductorPTQStrategy:
         start = time.perf_counter()
         data = ctx.calibration()
         layers = [n for n, m in model.named_modules() if n and isinstance(m, quantizable_types())]
-        skipped = [n for n in layers if is_skipped(n, self.plan.skip)]
+        skipped = [n for n in layers if is_skipped(n, resolve_plan(self.plan, model, ctx).skip)]
         graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
         quantize_seconds = time.perf_counter() - start
         compiled = CompiledInt8(graph)

@@ -21,6 +21,7 @@ from diffquant.errors import DiffquantError
 from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.fast_int8 import speed_up_int8
 from diffquant.quant.calibration import CalibrationData, run_calibration
+from diffquant.quant.coverage import edge_layers
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
@@ -72,11 +73,20 @@ class QuantPlan:
     split_shortcut: bool = False
     dynamic_input: bool = False  # per-call (hence per-timestep) scales for every layer's input
     script: bool = False  # run a converted int8 model as frozen TorchScript graphs (`scripted.ScriptedInt8`)
+    keep_float: tuple[str, ...] = ()  # roles kept in float (`coverage.ROLES`: input / output layer), found per model
 
     @property
     def runs_int8(self) -> bool:
         """Real int8 kernels need W8A8 everywhere and one activation scale per tensor (no split)."""
         return self.spec.is_int8 and all(b == 8 for _, b in self.layer_bits) and not self.split_shortcut
+
+
+def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantPlan:
+    """The plan with its `keep_float` roles turned into skip names of this model's layers (one probe forward)."""
+    if not plan.keep_float:
+        return plan
+    names = edge_layers(model, plan.keep_float, *ctx.calibration().cycled(2))
+    return replace(plan, skip=tuple(dict.fromkeys((*plan.skip, *names))), keep_float=())
 
 
 def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn.Module, list[str], list[list[str]]]:
@@ -146,7 +156,8 @@ class PTQStrategy:
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
-        qmodel, wrapped, fused = prepare_fake_quant(model, self.plan, qat=False)
+        plan = resolve_plan(self.plan, model, ctx)
+        qmodel, wrapped, fused = prepare_fake_quant(model, plan, qat=False)
         calibrate(qmodel, ctx)
         recon_loss: dict[str, float] = {}
         if self.recon is not None:
@@ -156,7 +167,7 @@ class PTQStrategy:
         if self.sensitivity:  # on the fake-quant model, before conversion (same numerics as int8, see tests)
             rows = layer_sensitivity(qmodel, model, wrapped, fused, ctx.calibration().subset(128, seed=1))
         report_seconds = time.perf_counter() - report_start
-        qmodel, execution = finalize(qmodel, self.plan, wrapped)
+        qmodel, execution = finalize(qmodel, plan, wrapped)
         seconds = time.perf_counter() - start - report_seconds
         return QuantOutcome(qmodel, execution, wrapped, fused, seconds, sensitivity=rows, recon_loss=recon_loss,
                             compile_seconds=trace_at(qmodel, ctx.calibration(), self.warmup_batch))
@@ -180,7 +191,8 @@ class QATStrategy:
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
-        qmodel, wrapped, fused = prepare_fake_quant(model, self.plan, qat=True)
+        plan = resolve_plan(self.plan, model, ctx)
+        qmodel, wrapped, fused = prepare_fake_quant(model, plan, qat=True)
         if self.init_from_ptq or self.lsq:
             calibrate(qmodel, ctx)
         qmodel.apply(tq.enable_observer)  # ranges keep adapting until freeze_observer_step
@@ -210,7 +222,7 @@ class QATStrategy:
         to_device(qmodel, self.settings.device)  # flags stay on the CPU: no device sync per quantizer and step
         qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar, on_step=freeze,
                                     tag="qat", progress=ctx.progress, checkpointer=checkpointer, param_groups=groups)
-        qmodel, execution = finalize(qmodel.cpu(), self.plan, wrapped)
+        qmodel, execution = finalize(qmodel.cpu(), plan, wrapped)
         seconds = time.perf_counter() - start
         calibrated = self.init_from_ptq or self.lsq or self.data_free  # the calibration pairs exist already
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0

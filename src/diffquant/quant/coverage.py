@@ -1,0 +1,71 @@
+"""Which layers a quantized model runs in int8, found from one forward of the float model.
+
+`edge_layers` resolves the roles of `quant.keep_float` to layer names: `input` the layers that read
+the model's input x_t itself (else the first quantizable layer called), `output` the last layer
+called (it writes ε). The output layer
+of a diffusion model matters most: its 8-bit output grid is the grid of ε itself, and every
+sampling step subtracts that error from x_t. `mac_fraction` weighs layers by their multiply-
+accumulates, counted by `torch.utils.flop_counter` over everything the forward does (attention
+matmuls included), so `model/int8_mac_fraction` says how much of the arithmetic the int8 kernels carry.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffquant.errors import check_choice
+from diffquant.quant.wrap import quantizable_types
+
+ROLES = ("input", "output")
+
+
+def call_order(model: nn.Module, x: Tensor, t: Tensor) -> tuple[list[str], list[str]]:
+    """Names of the quantizable layers in the order one forward calls them, and those called on x itself."""
+    order: list[str] = []
+    readers: list[str] = []
+
+    def record(name: str, inputs: tuple[object, ...]) -> None:
+        order.append(name)
+        if inputs and inputs[0] is x:
+            readers.append(name)
+
+    hooks = [module.register_forward_pre_hook(lambda _m, inputs, name=name: record(name, inputs))
+             for name, module in model.named_modules() if name and isinstance(module, quantizable_types())]
+    try:
+        with torch.no_grad():
+            model(x, t)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(order)), list(dict.fromkeys(readers))
+
+
+def edge_layers(model: nn.Module, roles: Iterable[str], x: Tensor, t: Tensor) -> list[str]:
+    """The layer names of `roles` (`input`: the readers of x, `output`: the last layer called) in `model`."""
+    roles = list(roles)
+    for role in roles:
+        check_choice("quant.keep_float", role, ROLES)
+    if not roles:
+        return []
+    order, readers = call_order(model, x, t)
+    picked = {"input": readers or order[:1], "output": order[-1:]}
+    return list(dict.fromkeys(name for role in roles for name in picked[role]))
+
+
+def layer_macs(model: nn.Module, x: Tensor, t: Tensor) -> tuple[dict[str, int], int]:
+    """Multiply-accumulates per named module and in total (FLOPs / 2) of one forward at (x, t)."""
+    with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
+        model(x, t)
+    counts = counter.get_flop_counts()
+    prefix = f"{type(model).__name__}."
+    per_module = {name[len(prefix):]: sum(ops.values()) // 2 for name, ops in counts.items() if name.startswith(prefix)}
+    return per_module, sum(counts.get("Global", {}).values()) // 2
+
+
+def mac_fraction(model: nn.Module, layers: Iterable[str], x: Tensor, t: Tensor) -> float:
+    """Fraction of all multiply-accumulates of a forward that the named layers compute."""
+    per_module, total = layer_macs(model, x, t)
+    return sum(per_module.get(name, 0) for name in layers) / total if total else 0.0
