@@ -5,6 +5,7 @@ per-layer sensitivity study calls `save_bar_plot({layer: value}, run_dir / "sens
 """
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -113,15 +114,57 @@ def versions() -> dict[str, str]:
             "quantized_engine": torch.backends.quantized.engine}
 
 
-def git_commit() -> str:
-    """The commit of the diffquant checkout that ran, or "unknown" (not a git checkout, no git)."""
+def _git(args: list[str], cwd: Path) -> str | None:
+    """stdout of `git <args>` in `cwd`, or None (no git, not a checkout, an error)."""
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def source_provenance(package_file: Path | None = None, dist_name: str = "diffquant") -> dict[str, Any]:
+    """The commit of diffquant's own source, whether its checkout has uncommitted changes, its version.
+
+    A git checkout counts only if it holds this package's source (`<top>/src/diffquant/__init__.py` is
+    `package_file`): installed into someone else's repository, `git rev-parse HEAD` would give their
+    commit. Else the commit pip recorded (direct_url.json of a `pip install git+...`), else "unknown";
+    `dirty` is None when there is no checkout to ask.
+    """
+    import importlib.metadata
+
+    import diffquant
+
+    package_file = Path(package_file or diffquant.__file__).resolve()
+    top = _git(["rev-parse", "--show-toplevel"], package_file.parent)
+    if top and _same_file(Path(top) / "src" / "diffquant" / "__init__.py", package_file):
+        commit = _git(["rev-parse", "HEAD"], Path(top))
+        status = _git(["status", "--porcelain", "--untracked-files=no"], Path(top))
+        if commit:
+            return {"git_commit": commit, "dirty": None if status is None else bool(status), "source": "git checkout",
+                    "diffquant_version": diffquant.__version__}
+    commit = "unknown"
+    try:
+        direct_url = json.loads(importlib.metadata.distribution(dist_name).read_text("direct_url.json") or "{}")
+        commit = direct_url.get("vcs_info", {}).get("commit_id") or "unknown"
+    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
+        pass
+    return {"git_commit": commit, "dirty": None, "source": "pip direct_url.json" if commit != "unknown" else "unknown",
+            "diffquant_version": diffquant.__version__}
+
+
+def git_commit() -> str:
+    """The commit of diffquant's own source (see `source_provenance`), or "unknown"."""
+    return source_provenance()["git_commit"]
 
 
 def write_results(path: Path, header: dict[str, Any], metrics: dict[str, float | None], extra: dict[str, Any]) -> dict[str, Any]:
