@@ -51,6 +51,12 @@ CASES = [
     Bad("batch-size-0", ("train.batch_size=0",), r"train\.batch_size=0 is out of range; allowed: >= 1"),
     Bad("sampler-steps-0", ("sampler.steps=0",), r"sampler\.steps=0 is out of range; allowed: >= 1"),
     Bad("eval-samples-1", ("eval.num_samples=1",), r"eval\.num_samples=1 is out of range; allowed: >= 2"),
+    Bad("eval-seeds-empty", ("eval.seeds=[]",), r"eval\.seeds=\[\] is empty; allowed: a list of one or more distinct seeds"),
+    Bad("eval-seeds-repeated", ("eval.seeds=[7,7]",), r"eval\.seeds=\[7, 7\] repeats a seed \(the same noise twice\); allowed: distinct seeds"),
+    Bad("eval-bootstrap-50", ("eval.bootstrap=50",), r"eval\.bootstrap=50 is out of range; allowed: >= 100"),
+    Bad("eval-too-few-paired-samples", ("eval.num_samples=14", "eval.seeds=[1,2]"),
+        r"eval\.num_samples=14 x 2 seed\(s\) = 28 paired samples is too few for the bootstrap intervals; "
+        r"allowed: eval\.num_samples \* len\(eval\.seeds\) >= 30"),
     Bad("layer-bits-9", ("+quant.layer_bits={conv_out:9}",), r"quant\.layer_bits\.conv_out=9 is out of range; allowed: 2\.\.8"),
     Bad("freeze-step-negative", ("quant=qat", "quant.qat.freeze_observer_step=-1"),
         r"quant\.qat\.freeze_observer_step=-1 is out of range; allowed: >= 0"),
@@ -60,6 +66,7 @@ CASES = [
     Bad("dataset-option", ("dataset=imagenet",), r"Could not find 'dataset/imagenet'", 1),
     Bad("steps-type", ("train.steps=abc",), r"Error merging override train\.steps=abc", 1),
     Bad("unknown-key", ("foo=1",), r"Could not override 'foo'", 1),
+    Bad("eval-seed-renamed", ("eval.seed=5",), r"Could not override 'eval\.seed'", 1),  # now eval.seeds=[5]
     # keys appended with `+` compose, so the schema rejects them
     Bad("unknown-key-appended", ("+foo=1",), r"foo=1 is not a setting; allowed keys: model, dataset, quant"),
     Bad("misspelled-key-appended", ("+quant.wieght_bits=4",), r"quant\.wieght_bits=4 is not a setting; did you mean quant\.weight_bits\?"),

@@ -18,6 +18,7 @@ def test_hparams_hold_every_quantization_and_backend_knob() -> None:
     assert expected <= set(params)
     assert {"quant.weight_bits", "quant.act_bits", "quant.observer", "quant.calib.timesteps", "quant.skip"} <= set(params)
     assert params["run.execution"] == "int8" and params["eval.fid.extractor"] == "classifier"
+    assert (params["eval.seeds"], params["eval.bootstrap"]) == ("[1234]", 1000)
     assert all(isinstance(v, (int, float, str, bool)) for v in params.values())
 
 
@@ -31,3 +32,17 @@ def test_overlay_pairs_each_metric_with_its_fp32_twin() -> None:
         "perf/sample_s": ["perf/sample_s", "perf/sample_s_fp32"],
     }
     assert layout["Where the error comes from"] == {"eval/traj_eps_mse_by_t": ["eval/traj_eps_mse_by_t"]}
+
+
+def test_intervals_become_low_and_high_scalars_charted_with_their_delta() -> None:
+    from diffquant.uncertainty import interval_scalars
+
+    metrics = {"eval/fid_cls_delta": 0.2, "eval/fid_cls_delta_ci95": [0.1, 0.3], "eval/psnr_vs_fp32": 30.0,
+               "eval/psnr_vs_fp32_ci95": [29.5, 30.5], "eval/is_cls_delta_ci95": None}
+    flat = interval_scalars(metrics)
+    assert flat == {"eval/fid_cls_delta": 0.2, "eval/fid_cls_delta_ci95_low": 0.1, "eval/fid_cls_delta_ci95_high": 0.3,
+                    "eval/psnr_vs_fp32": 30.0, "eval/psnr_vs_fp32_ci95_low": 29.5, "eval/psnr_vs_fp32_ci95_high": 30.5,
+                    "eval/is_cls_delta_ci95": None}
+    assert overlay_layout(list(flat))["Paired delta vs FP32 (95% interval)"] == {
+        "eval/fid_cls_delta": ["eval/fid_cls_delta", "eval/fid_cls_delta_ci95_low", "eval/fid_cls_delta_ci95_high"],
+        "eval/psnr_vs_fp32": ["eval/psnr_vs_fp32", "eval/psnr_vs_fp32_ci95_low", "eval/psnr_vs_fp32_ci95_high"]}

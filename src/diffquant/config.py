@@ -128,11 +128,18 @@ class FIDConfig:
         check_range("eval.fid.batch_size", self.batch_size, 1)
 
 
+# The fewest paired samples (eval.num_samples x len(eval.seeds)) the bootstrap intervals accept: below
+# ~30 rows a percentile interval under-covers (resampling a small set cannot show its tails) and
+# FID / k-NN precision-recall of so few samples are not worth an interval. tests/conftest.py runs at 32.
+MIN_PAIRED_SAMPLES = 30
+
+
 @dataclass
 class EvalConfig:
-    num_samples: int = 512
+    num_samples: int = 512  # per seed
     batch_size: int = 256
-    seed: int = 1234
+    seeds: list[int] = field(default_factory=lambda: [1234])  # one noise draw of num_samples per seed, pooled
+    bootstrap: int = 1000  # paired bootstrap replicates of every FP32-vs-quantized delta
     eps_timesteps: int = 20
     eps_num_images: int = 128
     classifier_steps: int = 400
@@ -142,8 +149,22 @@ class EvalConfig:
     traj_num_samples: int = 64
     act_probe_images: int = 4
 
+    @property
+    def total_samples(self) -> int:
+        """The paired samples evaluated: num_samples per seed, over every seed."""
+        return self.num_samples * len(self.seeds)
+
     def __post_init__(self) -> None:
         check_range("eval.num_samples", self.num_samples, 2)
+        if not self.seeds:
+            raise DiffquantError("eval.seeds=[] is empty; allowed: a list of one or more distinct seeds, e.g. eval.seeds=[1234]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise DiffquantError(f"eval.seeds={list(self.seeds)} repeats a seed (the same noise twice); allowed: distinct seeds")
+        check_range("eval.bootstrap", self.bootstrap, 100)
+        if self.total_samples < MIN_PAIRED_SAMPLES:
+            raise DiffquantError(
+                f"eval.num_samples={self.num_samples} x {len(self.seeds)} seed(s) = {self.total_samples} paired samples is too "
+                f"few for the bootstrap intervals; allowed: eval.num_samples * len(eval.seeds) >= {MIN_PAIRED_SAMPLES}")
         check_range("eval.eps_timesteps", self.eps_timesteps, 1)
         check_range("eval.precision_recall_k", self.precision_recall_k, 1)
         if self.precision_recall_k >= self.num_samples:

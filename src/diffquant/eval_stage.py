@@ -20,17 +20,19 @@ from diffquant.config import Config
 from diffquant.data.datasets import DataSplit
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.evaluation import (EpsProbe, eps_errors, eval_device, finite_or_none, on_device, sample_batched,
-                                  sample_metrics, time_first_batch)
-from diffquant.features import FeatureSpace, build_spaces, reference_statistics
+                                  sample_features, sample_metrics, time_first_batch)
+from diffquant.features import FeatureSpace, build_spaces, images_fingerprint, reference_statistics
 from diffquant.metrics.classifier import DigitClassifier
 from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
 from diffquant.quant.inspect import activation_ranges, layer_inputs
 from diffquant.quant.scripted import ScriptedInt8
-from diffquant.report import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
+from diffquant.report import (save_comparison_grid, save_curves, save_eps_plot, save_range_plot, source_provenance,
+                              write_results)
 from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger
 from diffquant.tb_layout import log_run
 from diffquant.trajectory import mean_over_steps, trajectory_eps_mse
+from diffquant.uncertainty import BOOTSTRAP_FILE, bootstrap_seed, floor_images, floor_metrics, paired_metrics, write_bootstrap
 
 
 @dataclass
@@ -49,10 +51,10 @@ class EvalInputs:
     device: str = "cpu"  # cfg.device: FP32 and fake-quantized models are sampled there (int8 stays on the CPU)
 
 
-def reference_samples(cfg: Config, entry_dir: Path, make: Callable[[], Tensor]) -> Tensor:
-    """FP32 samples from the evaluation noise, cached next to the FP32 checkpoint per sampler and eval setting."""
+def reference_samples(cfg: Config, entry_dir: Path, seed: int, make: Callable[[], Tensor]) -> Tensor:
+    """FP32 samples from one seed's evaluation noise, cached next to the FP32 checkpoint per sampler, N and seed."""
     key = config_hash({"sampler": dataclasses.asdict(cfg.sampler), "diffusion": dataclasses.asdict(cfg.diffusion),
-                       "n": cfg.eval.num_samples, "seed": cfg.eval.seed})
+                       "n": cfg.eval.num_samples, "seed": seed})
     path = entry_dir / f"samples_{key}.pt"
     with cache_lock(path, "FP32 reference samples"):  # concurrent sweep jobs: one samples, the others wait
         cached = load_if_readable(path, "FP32 reference samples")
@@ -63,12 +65,18 @@ def reference_samples(cfg: Config, entry_dir: Path, make: Callable[[], Tensor]) 
         return samples
 
 
+def eval_noise(seeds: list[int], num_samples: int, shape: tuple[int, ...]) -> list[Tensor]:
+    """The evaluation noise: `num_samples` draws of `shape` per seed, each from its own generator."""
+    return [torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+
+
 def sampler_steps(cfg: Config) -> int:
     """Model evaluations per sample (DDPM visits every timestep)."""
     return cfg.diffusion.num_timesteps if cfg.sampler.name == "ddpm" else cfg.sampler.steps
 
 
-def eval_protocol(cfg: Config, spaces: list[FeatureSpace], num_reference: int, classifier_acc: float) -> dict[str, Any]:
+def eval_protocol(cfg: Config, spaces: list[FeatureSpace], num_reference: int, classifier_acc: float,
+                  num_floor: int) -> dict[str, Any]:
     """Everything a metric value depends on; values are comparable only under an identical protocol."""
     ev = cfg.eval
     extractors: dict[str, Any] = {"classifier": {
@@ -83,7 +91,7 @@ def eval_protocol(cfg: Config, spaces: list[FeatureSpace], num_reference: int, c
         "extractor": ev.fid.extractor,
         "feature_spaces": {s.name: s.fingerprint for s in spaces},
         "extractors": extractors,
-        "num_generated": ev.num_samples,
+        "num_generated": ev.total_samples,
         "num_reference": num_reference,
         "reference_set": f"{cfg.dataset.name} held-out split, {num_reference} images of {cfg.dataset.image_size}x"
                          f"{cfg.dataset.image_size} (holdout_fraction {cfg.dataset.holdout_fraction}, split seed {cfg.seed})",
@@ -91,12 +99,45 @@ def eval_protocol(cfg: Config, spaces: list[FeatureSpace], num_reference: int, c
         "sampler_steps": sampler_steps(cfg),
         "eta": cfg.sampler.eta,
         "diffusion": f"{cfg.diffusion.schedule}, T={cfg.diffusion.num_timesteps}",
-        "seed": ev.seed,
+        "seed": ev.seeds[0],  # the first seed (EpsProbe, bootstrap, floor); kept for older readers
+        "seeds": list(ev.seeds),
+        "num_samples_per_seed": ev.num_samples,
+        "bootstrap": {"replicates": ev.bootstrap, "seed": bootstrap_seed(ev.seeds), "interval": "95% percentile",
+                      "resampled": "rows of the FP32 and quantized sets jointly (same indices); the real reference is fixed"},
+        "floor": {"images": num_floor, "source": f"{cfg.dataset.name} train split, drawn without replacement "
+                                                 f"(seed {ev.seeds[0]}), against the same held-out reference"},
         "precision_recall_k": ev.precision_recall_k,
         "inception_score": "classifier logits, 1 split (the Inception TorchScript has no logits)",
         "eps_probe": {"timesteps": ev.eps_timesteps, "images": ev.eps_num_images},
-        "traj_num_samples": min(ev.traj_num_samples, ev.num_samples),
+        "traj_num_samples": min(ev.traj_num_samples, ev.total_samples),
     }
+
+
+@dataclass
+class Sampled:
+    """Both sample sets from the pooled evaluation noise, the first-batch timings and where they ran."""
+
+    noise: Tensor
+    fp32: Tensor
+    quantized: Tensor
+    seconds: dict[str, float]
+    context: dict[str, Any]
+
+
+def sample_both(cfg: Config, inputs: EvalInputs, fp32_run: nn.Module, q_run: nn.Module, device: torch.device) -> Sampled:
+    """FP32 (cached per seed) and quantized samples from the same noise; both timed on the same first batch after a warm-up."""
+    ev, data = cfg.eval, inputs.data
+    noises = eval_noise(list(ev.seeds), ev.num_samples, (data.channels, data.image_size, data.image_size))
+    fp32 = torch.cat([reference_samples(cfg, inputs.fp32_entry_dir, seed,
+                                        lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size)[0])
+                      for seed, n in zip(ev.seeds, noises)])
+    fp32_seconds = time_first_batch(inputs.sample, fp32_run, noises[0], ev.batch_size)
+    noise = torch.cat(noises)
+    quantized, q_seconds = sample_batched(inputs.sample, q_run, noise, ev.batch_size, chunk=ev.num_samples)
+    context = {"device_fp32": str(device), "device_quantized": str(device), "device_requested": inputs.device,
+               "torch_num_threads": torch.get_num_threads(), "timed_batch": min(ev.batch_size, ev.num_samples),
+               "warm_up": "one untimed denoiser forward per model at the timed batch shape; CUDA synchronized"}
+    return Sampled(noise, fp32, quantized, {"perf/sample_s": q_seconds, "perf/sample_s_fp32": fp32_seconds}, context)
 
 
 def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any], model_metrics: dict[str, float],
@@ -105,35 +146,46 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
     log = logging.getLogger("diffquant")
     ev, data, out_dir = cfg.eval, inputs.data, Path(cfg.paths.output_dir)
     compare = inputs.execution != "fp32"
-    noise = torch.randn((ev.num_samples, data.channels, data.image_size, data.image_size),
-                        generator=torch.Generator().manual_seed(ev.seed))
     device = eval_device(inputs.device, inputs.execution)
     fp32_run, q_run = on_device(inputs.fp32_model, device), on_device(inputs.q_model, device)
     if device.type != "cpu":
         log.info("Evaluating the FP32 and the %s model on %s", inputs.execution, device)
-    fp32_samples = reference_samples(cfg, inputs.fp32_entry_dir,
-                                     lambda: sample_batched(inputs.sample, fp32_run, noise, ev.batch_size)[0])
-    fp32_seconds = time_first_batch(inputs.sample, fp32_run, noise, ev.batch_size)
-    q_samples, q_seconds = sample_batched(inputs.sample, q_run, noise, ev.batch_size)
+    elif inputs.device != "cpu":
+        log.info("device=%s, but %s execution runs CPU-only int8 kernels: the %s model is sampled on the CPU and the FP32 "
+                 "model on cpu too (perf/sample_s vs perf/sample_s_fp32 compare like with like)", inputs.device,
+                 inputs.execution, inputs.execution)
+    sampled = sample_both(cfg, inputs, fp32_run, q_run, device)
+    fp32_samples, q_samples, noise = sampled.fp32, sampled.quantized, sampled.noise
 
-    probe = EpsProbe.build(data.test_images[: ev.eps_num_images], inputs.diffusion, ev.eps_timesteps, ev.seed)
+    probe = EpsProbe.build(data.test_images[: ev.eps_num_images], inputs.diffusion, ev.eps_timesteps, ev.seeds[0])
     eps_fp32, eps_q = probe.predictions(fp32_run), probe.predictions(q_run)
     eps_rel, eps_per_t = eps_errors(eps_fp32, eps_q, probe.t)
     traj = trajectory_eps_mse(inputs.sample, fp32_run, q_run, noise[: ev.traj_num_samples], ev.batch_size)
 
     spaces = build_spaces(ev.fid.extractor, inputs.classifier, ev.fid.batch_size, cfg.progress)
-    data_key = {"dataset": dataclasses.asdict(cfg.dataset), "seed": cfg.seed}
-    refs = {s.name: reference_statistics(s, data.test_images, Path(cfg.paths.cache_dir), data_key)[0] for s in spaces}
+    cache_dir, data_key = Path(cfg.paths.cache_dir), {"dataset": dataclasses.asdict(cfg.dataset), "seed": cfg.seed}
+    refs = {s.name: reference_statistics(s, data.test_images, cache_dir, data_key)[0] for s in spaces}
+    features = sample_features(spaces, fp32_samples, q_samples)
+    seed = bootstrap_seed(list(ev.seeds))
+    paired, deltas, digest = paired_metrics(spaces, refs, features, fp32_samples, q_samples, compare,
+                                            ev.precision_recall_k, ev.bootstrap, seed)
+    real = floor_images(data.train_images, ev.total_samples, ev.seeds[0])
     metrics = {
-        **sample_metrics(spaces, refs, fp32_samples, q_samples, compare, ev.precision_recall_k),
+        **sample_metrics(spaces, refs, fp32_samples, q_samples, compare, ev.precision_recall_k, features),
+        **paired,
+        **floor_metrics(spaces, refs, real, cache_dir, data_key),
         "eval/eps_rel_err": finite_or_none(eps_rel),  # non-finite outputs are reported as null
         "eval/traj_eps_mse": mean_over_steps(traj),
         "eval/classifier_acc": inputs.classifier_acc,
         **model_metrics,
-        "perf/sample_s": q_seconds,
-        "perf/sample_s_fp32": fp32_seconds,
+        **sampled.seconds,
     }
-    protocol = eval_protocol(cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc)
+    pairing = {"num_samples": ev.total_samples, "replicates": ev.bootstrap, "seed": seed, "eval_seeds": list(ev.seeds),
+               "indices_sha256": digest, "fp32_samples_sha256": images_fingerprint(fp32_samples)}
+    extra = {**extra, "bootstrap": write_bootstrap(out_dir / BOOTSTRAP_FILE, deltas, pairing),
+             "perf_context": sampled.context,
+             "provenance": {**extra.get("provenance", {}), **source_provenance()}}  # own commit, dirty, version
+    protocol = eval_protocol(cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc, int(real.shape[0]))
     probed = inputs.q_model.eager if isinstance(inputs.q_model, ScriptedInt8) else inputs.q_model  # hooks need Python
     ranges = activation_ranges(probed)
     probe_x, probe_t = probe.mixed_batch(ev.act_probe_images)
@@ -158,9 +210,21 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
              "traj_eps_mse_per_t": {str(t): v for t, v in traj.items()},
              "activation_ranges": {k: list(v) for k, v in ranges.items()}, **extra}
     results = write_results(out_dir / "results.json", header, metrics, extra)
+    for space in spaces:
+        log.info("%s", fid_line(metrics, space.short))
     psnr = metrics["eval/psnr_vs_fp32"]
-    log.info("fid_cls %.3f (FP32 %.3f), eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", metrics["eval/fid_cls"] or float("nan"),
-             metrics["eval/fid_cls_fp32"], eps_rel, "n/a" if psnr is None else f"{psnr:.1f} dB", out_dir / "results.json")
-    if "eval/fid_inception" in metrics:
-        log.info("fid_inception %.3f (FP32 %.3f)", metrics["eval/fid_inception"] or float("nan"), metrics["eval/fid_inception_fp32"])
+    log.info("eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", eps_rel, "n/a" if psnr is None else f"{psnr:.1f} dB",
+             out_dir / "results.json")
     return results
+
+
+def fid_line(metrics: dict[str, Any], short: str) -> str:
+    """`fid_cls 3.2 (FP32 3.0; delta +0.2 [0.1, 0.3]; floor 1.1)` for the log."""
+    def num(key: str, fmt: str = ".3f") -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else format(value, fmt)
+
+    ci = metrics.get(f"eval/fid_{short}_delta_ci95")
+    interval = "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return (f"fid_{short} {num(f'eval/fid_{short}')} (FP32 {num(f'eval/fid_{short}_fp32')}; delta "
+            f"{num(f'eval/fid_{short}_delta', '+.3f')}{interval}; real-vs-real floor {num(f'eval/fid_{short}_floor')})")

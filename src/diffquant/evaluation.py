@@ -40,21 +40,46 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
     return OnDevice(to_device(model, device), device)
 
 
-def sample_batched(sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int) -> tuple[Tensor, float]:
-    """Sample every row of `noise` in batches; return the samples and the wall time of the first batch."""
+def synchronize(model: nn.Module) -> None:
+    """Wait for a GPU model's queued kernels (CUDA runs asynchronously), so a clock read after it is honest."""
+    if isinstance(model, OnDevice) and model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+@torch.no_grad()
+def warm_up(model: nn.Module, x: Tensor) -> None:
+    """One untimed denoiser forward at the timed batch's shape: first-call costs (kernel selection, lazy
+    init, a graph traced or compiled per shape, CUDA context and caches) stay out of the timing."""
+    model(x, torch.zeros(x.shape[0], dtype=torch.long))
+    synchronize(model)
+
+
+def sample_batched(sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int,
+                   chunk: int | None = None) -> tuple[Tensor, float]:
+    """Sample every row of `noise` in batches that never cross a `chunk` boundary (one seed's draw);
+    return the samples and the wall time of the first batch, taken after a warm-up at its shape."""
+    chunk = chunk or noise.shape[0]
     outputs, first_seconds = [], 0.0
-    for i in range(0, noise.shape[0], batch_size):
-        start = time.perf_counter()
-        outputs.append(sample(model, noise=noise[i : i + batch_size]))
+    starts = [i for c in range(0, noise.shape[0], chunk) for i in range(c, min(c + chunk, noise.shape[0]), batch_size)]
+    for i in starts:
+        batch = noise[i : min(i + batch_size, (i // chunk + 1) * chunk)]
         if i == 0:
+            warm_up(model, batch)
+            start = time.perf_counter()
+        outputs.append(sample(model, noise=batch))
+        if i == 0:
+            synchronize(model)
             first_seconds = time.perf_counter() - start
     return torch.cat(outputs), first_seconds
 
 
 def time_first_batch(sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int) -> float:
-    """Wall time to sample one evaluation batch (the same batch every model is timed on)."""
+    """Wall time to sample one evaluation batch (the same batch every model is timed on), after a warm-up."""
+    batch = noise[:batch_size]
+    warm_up(model, batch)
     start = time.perf_counter()
-    sample(model, noise=noise[:batch_size])
+    sample(model, noise=batch)
+    synchronize(model)
     return time.perf_counter() - start
 
 
@@ -110,37 +135,67 @@ def finite_or_none(value: float) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def space_metrics(space: FeatureSpace, ref: Reference, samples: Tensor, suffix: str, k: int) -> dict[str, float | None]:
+@dataclass(frozen=True)
+class SetFeatures:
+    """One sample set in one feature space: features [N, D] and, where the space classifies, logits [N, C]."""
+
+    features: Tensor
+    logits: Tensor | None = None
+
+
+def set_features(space: FeatureSpace, samples: Tensor) -> SetFeatures | None:
+    """The features (and logits) of `samples` in `space`; None if any sample is not finite."""
+    if not bool(torch.isfinite(samples).all()):
+        return None
+    return SetFeatures(space.extract(samples), space.logits(samples) if space.logits is not None else None)
+
+
+def sample_features(spaces: list[FeatureSpace], fp32_samples: Tensor, q_samples: Tensor
+                    ) -> dict[str, tuple[SetFeatures | None, SetFeatures | None]]:
+    """(FP32, quantized) features per space; identical sets are extracted once (minutes with Inception on a CPU)."""
+    same = q_samples.shape == fp32_samples.shape and torch.equal(q_samples, fp32_samples)  # e.g. quant=fp32
+    out = {}
+    for space in spaces:
+        quantized = set_features(space, q_samples)
+        out[space.name] = (quantized if same else set_features(space, fp32_samples), quantized)
+    return out
+
+
+def space_metrics(space: FeatureSpace, ref: Reference, feats: SetFeatures | None, suffix: str, k: int) -> dict[str, float | None]:
     """FID, precision / recall (and IS where the space has logits) of one sample set in `space`."""
     s = space.short
     keys = [f"eval/fid_{s}", f"eval/precision_{s}", f"eval/recall_{s}"] + ([f"eval/is_{s}"] if space.logits else [])
-    if not bool(torch.isfinite(samples).all()):
+    if feats is None:
         return {f"{key}{suffix}": None for key in keys}
-    feats = space.extract(samples)
-    precision, recall = precision_recall(ref.features, feats, k)
+    precision, recall = precision_recall(ref.features, feats.features, k)
     values: dict[str, float | None] = {
-        f"eval/fid_{s}{suffix}": frechet_distance(ref.mu.numpy(), ref.sigma.numpy(), *feature_statistics(feats)),
+        f"eval/fid_{s}{suffix}": frechet_distance(ref.mu.numpy(), ref.sigma.numpy(), *feature_statistics(feats.features)),
         f"eval/precision_{s}{suffix}": precision,
         f"eval/recall_{s}{suffix}": recall,
     }
-    if space.logits is not None:
-        values[f"eval/is_{s}{suffix}"] = inception_score(space.logits(samples))[0]
+    if feats.logits is not None:
+        values[f"eval/is_{s}{suffix}"] = inception_score(feats.logits)[0]
     return values
 
 
 def sample_metrics(
-    spaces: list[FeatureSpace], refs: dict[str, Reference], fp32_samples: Tensor, q_samples: Tensor, compare: bool, k: int = 3
+    spaces: list[FeatureSpace], refs: dict[str, Reference], fp32_samples: Tensor, q_samples: Tensor, compare: bool, k: int = 3,
+    features: dict[str, tuple[SetFeatures | None, SetFeatures | None]] | None = None,
 ) -> dict[str, float | None]:
-    """Per feature space: FID / precision / recall / IS of both sample sets; PSNR / MSE vs FP32 when `compare`."""
+    """Per feature space: FID / precision / recall / IS of both sample sets; PSNR / MSE vs FP32 when `compare`.
+
+    `features` (from `sample_features`) saves a second extraction when the caller needs them too.
+    """
+    features = features if features is not None else sample_features(spaces, fp32_samples, q_samples)
     metrics: dict[str, float | None] = {}
-    same = q_samples.shape == fp32_samples.shape and torch.equal(q_samples, fp32_samples)  # e.g. quant=fp32
     for space in spaces:
-        quantized = space_metrics(space, refs[space.name], q_samples, "", k)
+        fp32_feats, q_feats = features[space.name]
+        quantized = space_metrics(space, refs[space.name], q_feats, "", k)
         metrics.update(quantized)
-        if same:  # identical samples: skip a second feature pass (minutes with Inception on a CPU)
+        if fp32_feats is q_feats:  # identical sample sets: the same values, without a second 2048-d FID
             metrics.update({f"{key}_fp32": value for key, value in quantized.items()})
         else:
-            metrics.update(space_metrics(space, refs[space.name], fp32_samples, "_fp32", k))
+            metrics.update(space_metrics(space, refs[space.name], fp32_feats, "_fp32", k))
     metrics["eval/psnr_vs_fp32"], metrics["eval/mse_vs_fp32"] = None, None
     if compare and bool(torch.isfinite(q_samples).all()):
         metrics["eval/psnr_vs_fp32"] = finite_or_none(psnr(q_samples, fp32_samples, data_range=2.0))

@@ -108,17 +108,18 @@ def reference_path(cache_dir: Path, space: FeatureSpace, data_key: dict[str, Any
     return cache_dir / "refstats" / f"{space.name}-{key}.pt"
 
 
-def reference_statistics(space: FeatureSpace, images: Tensor, cache_dir: Path, data_key: dict[str, Any]) -> tuple[Reference, bool]:
-    """Reference features and statistics of the real images in `space`, from the cache or computed and cached."""
+def reference_statistics(space: FeatureSpace, images: Tensor, cache_dir: Path, data_key: dict[str, Any],
+                         what: str = "reference") -> tuple[Reference, bool]:
+    """Features and statistics of real images in `space` (`what` names the set in the log), cached."""
     log = logging.getLogger("diffquant")
     path = reference_path(cache_dir, space, data_key, images)
-    entry = load_or_none(path, "Cached reference statistics file", "rebuilding")
+    entry = load_or_none(path, f"Cached {what} statistics file", "rebuilding")
     if entry is not None:
         if isinstance(entry, dict) and {"features", "mu", "sigma"} <= entry.keys():
-            log.info("Reusing cached %s reference statistics %s", space.name, path)
+            log.info("Reusing cached %s %s statistics %s", space.name, what, path)
             return Reference(entry["features"], entry["mu"], entry["sigma"]), True
-        log.warning("Cached reference statistics %s are incomplete; rebuilding", path)
-    log.info("Computing %s reference statistics of %d real images", space.name, images.shape[0])
+        log.warning("Cached %s statistics %s are incomplete; rebuilding", what, path)
+    log.info("Computing %s %s statistics of %d real images", space.name, what, images.shape[0])
     ref = Reference.from_features(space.extract(images))
     atomic_torch_save({"features": ref.features, "mu": ref.mu, "sigma": ref.sigma, "extractor": space.name}, path)
     return ref, False

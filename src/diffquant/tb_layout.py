@@ -19,6 +19,7 @@ from torchvision.io import ImageReadMode, decode_png, read_file
 
 from diffquant.config import Config
 from diffquant.tb import RunLogger, to_grid
+from diffquant.uncertainty import interval_scalars
 
 FIGURES = ("samples.png", "eps_rel_err.png", "traj_eps_mse.png", "act_ranges.png")
 
@@ -42,16 +43,20 @@ def hparams_of(cfg: Config, header: dict[str, Any]) -> dict[str, Any]:
     params.update({f"run.{k}": v for k, v in flatten("", header).items()})
     params.update({"model": cfg.model.name, "dataset": cfg.dataset.name, "sampler": cfg.sampler.name,
                    "sampler.steps": cfg.sampler.steps, "eval.fid.extractor": cfg.eval.fid.extractor,
-                   "eval.num_samples": cfg.eval.num_samples})
+                   "eval.num_samples": cfg.eval.num_samples, "eval.seeds": str(list(cfg.eval.seeds)),
+                   "eval.bootstrap": cfg.eval.bootstrap})
     return params
 
 
 def overlay_layout(scalar_tags: list[str]) -> dict[str, dict[str, list[str]]]:
-    """Custom Scalars: each tag with an `_fp32` twin is charted with it; the error sources; training losses."""
+    """Custom Scalars: each tag with an `_fp32` twin is charted with it; each paired delta (and PSNR) with its
+    95 % interval's `_ci95_low` / `_ci95_high`; the error sources; training losses."""
     tags = set(scalar_tags)
     pairs = {t: [t, f"{t}_fp32"] for t in sorted(tags) if f"{t}_fp32" in tags}
+    intervals = {t: [t, f"{t}_ci95_low", f"{t}_ci95_high"] for t in sorted(tags) if f"{t}_ci95_low" in tags}
     sources = [t for t in ("eval/traj_eps_mse_by_t", "eval/eps_rel_err_by_t") if t in tags]
-    return {"FP32 vs quantized": pairs, "Where the error comes from": {t: [t] for t in sources},
+    return {"FP32 vs quantized": pairs, "Paired delta vs FP32 (95% interval)": intervals,
+            "Where the error comes from": {t: [t] for t in sources},
             "Training": {"loss (FP32 training, QAT fine-tuning)": ["train/loss", "qat/loss"]}}
 
 
@@ -63,7 +68,12 @@ def png_tensor(path: Path) -> Tensor:
 def log_run(logger: RunLogger, cfg: Config, header: dict[str, Any], metrics: dict[str, float | None],
             series: dict[str, dict[int, float]], protocol: dict[str, Any], images: dict[str, Tensor],
             models: dict[str, nn.Module], activations: dict[str, Tensor], out_dir: Path) -> None:
-    """Everything TensorBoard shows for a run (scalars, series, grids, figures, histograms, HParams, text)."""
+    """Everything TensorBoard shows for a run (scalars, series, grids, figures, histograms, HParams, text).
+
+    A [low, high] interval in `metrics` becomes two scalars, `<key>_low` and `<key>_high` (scalars and
+    HParams take numbers only).
+    """
+    metrics = interval_scalars(metrics)
     logger.scalars(metrics)
     for tag, values in series.items():
         logger.series(tag, values)
