@@ -111,7 +111,7 @@ def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: Q
     engine_args = [f"backend={name}", *(["quant.symmetric=true"] if name == "x86" else [])] if name in ENGINES \
         else [f"experiment={name}"]
     job = compose_config([*overrides, "quant=ptq", *engine_args, f"eval.batch_size={first_batch}",
-                          f"eval.num_samples={max(first_batch, 8)}"])
+                          f"eval.num_samples={max(first_batch, 32)}"])  # >= 30: the bootstrap minimum
     engine = job.backend.engine
     set_engine(engine)
     outcome = build_strategy(job, resolve_int8_numerics(engine, job.backend.int8_scheme)).quantize(model, ctx)

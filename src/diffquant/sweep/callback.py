@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from diffquant.sweep.summary import write_summary
+from diffquant.sweep.summary import SIG_VS_FP32, write_summary
 
 
 class SummaryCallback(Callback):
@@ -28,4 +28,6 @@ class SummaryCallback(Callback):
         failed = [r.job for r in records if r.status != "ok"]
         message = f"Sweep summary: {len(records)} jobs, {len(records) - len(failed)} ok"
         message += f", failed or incomplete: {', '.join(failed)}" if failed else ""
+        marked = [r.job for r in records if SIG_VS_FP32 in r.sig]
+        message += f"; fid_cls differs from FP32 beyond its 95 % interval in {len(marked)}: {', '.join(marked)}" if marked else ""
         log.info("%s -> %s", message, ", ".join(str(p) for p in paths))

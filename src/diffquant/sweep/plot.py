@@ -1,4 +1,8 @@
-"""summary.png: the headline metrics against the weight bit width, one line per method / backend / act bits."""
+"""summary.png: the headline metrics against the weight bit width, one line per method / backend / act bits.
+
+The middle panel is eval/fid_cls_delta (quantized − FP32 from the same noise) with its 95 % paired
+bootstrap interval as error bars; lines are nudged apart on the x axis so their bars stay readable.
+"""
 from __future__ import annotations
 
 import statistics
@@ -13,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from diffquant.report import save_figure  # noqa: E402
 from diffquant.sweep.summary import JobRecord  # noqa: E402
 
+DELTA = "eval/fid_cls_delta"
 PANELS = (("eval/fid_cls", "fid_cls (lower is better)", "eval/fid_cls_fp32"),
+          (DELTA, "fid_cls − FP32, same noise (95 % paired interval)", None),
           ("eval/psnr_vs_fp32", "PSNR vs FP32 samples, dB (higher is better)", None))
 KEY_PARTS = ("quant", "backend", "quant.weight_bits", "quant.act_bits")
 
@@ -50,7 +56,9 @@ def plot_summary(records: list[JobRecord], path: Path) -> None:
             lines[line_label(r, varying)].append(r)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4.2), squeeze=False)
     for ax, (metric, title, reference) in zip(axes[0], PANELS):
-        for label, members in sorted(lines.items()):
+        if metric == DELTA:
+            plot_deltas(ax, lines)
+        for label, members in sorted(lines.items()) if metric != DELTA else ():
             points = sorted((r.weight_bits, r.metrics[metric]) for r in members if r.metrics.get(metric) is not None)
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
@@ -69,3 +77,21 @@ def plot_summary(records: list[JobRecord], path: Path) -> None:
     failed = sum(r.status != "ok" for r in records)
     fig.suptitle(f"{len(ok)} completed jobs" + (f", {failed} failed or incomplete (see summary.md)" if failed else ""), fontsize=10)
     save_figure(fig, path)
+
+
+def plot_deltas(ax: plt.Axes, lines: dict[str, list[JobRecord]]) -> None:
+    """Each line's fid_cls delta against weight_bits with its interval as error bars, and the zero line."""
+    labels = sorted(lines)
+    for i, label in enumerate(labels):
+        nudge = 0.08 * (i - (len(labels) - 1) / 2)
+        points = sorted((r.weight_bits, r.metrics[DELTA], r.metrics.get(f"{DELTA}_ci95_low"), r.metrics.get(f"{DELTA}_ci95_high"))
+                        for r in lines[label] if r.metrics.get(DELTA) is not None)
+        if not points:
+            continue
+        xs, ys = [p[0] + nudge for p in points], [p[1] for p in points]
+        # a biased FID bootstrap can leave the point outside its interval: bars then end at the point
+        below = [max(y - lo, 0.0) if lo is not None else 0.0 for _, y, lo, _ in points]
+        above = [max(hi - y, 0.0) if hi is not None else 0.0 for _, y, _, hi in points]
+        ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=label)
+    if any(r.metrics.get(DELTA) is not None for members in lines.values() for r in members):
+        ax.axhline(0.0, color="black", linestyle="--", linewidth=1, label="FP32 (delta 0)")

@@ -4,7 +4,8 @@ A job folder is one holding `.hydra/overrides.yaml`, `results.json` or `status.j
 the overrides, method, bits, backend and execution (from results.json, or from the composed
 `.hydra/config.yaml` when the job failed before writing results), every metric, and the status:
 `ok`, `failed` (with the error from status.json) or `incomplete` (neither results nor status:
-still running, or killed).
+still running, or killed). A [low, high] interval becomes two columns, `<key>_low` and `<key>_high`;
+the `sig` column marks significance (`SIG_LEGEND`, docs/uncertainty.md).
 """
 from __future__ import annotations
 
@@ -21,8 +22,16 @@ from omegaconf import OmegaConf
 
 from diffquant.cache import atomic_write_text
 from diffquant.sweep.job import RESULTS_FILE, STATUS_FILE, defining_overrides, estimated_weight_bytes
+from diffquant.uncertainty import interval_scalars, paired_difference, read_bootstrap
 
-FIRST_METRICS = ("eval/fid_cls", "eval/fid_cls_fp32", "eval/psnr_vs_fp32", "eval/mse_vs_fp32", "eval/eps_rel_err")
+DELTA = "eval/fid_cls_delta"
+FIRST_METRICS = ("eval/fid_cls", "eval/fid_cls_fp32", DELTA, f"{DELTA}_ci95_low", f"{DELTA}_ci95_high", "eval/fid_cls_floor",
+                 "eval/psnr_vs_fp32", "eval/mse_vs_fp32", "eval/eps_rel_err")
+SIG_VS_FP32, SIG_VS_BEST = "*", "†"
+SIG_LEGEND = (f"Column sig: `{SIG_VS_FP32}` the 95 % paired-bootstrap interval of {DELTA} (quantized − FP32, same noise) "
+              f"excludes 0; `{SIG_VS_BEST}` eval/fid_cls differs from the best row's (lowest eval/fid_cls among ok quantized "
+              "jobs{best}): the 95 % interval of the per-replicate differences delta_row − delta_best excludes 0, given "
+              "only between jobs with the same noise, N, B and bootstrap seed; no mark: not significant or not comparable.")
 HEADER = ("job", "overrides", "method", "weight_bits", "act_bits", "backend", "execution", "status", "error",
           "objective", "seconds", "weight_bytes_est")
 
@@ -44,6 +53,8 @@ class JobRecord:
     seconds: Optional[float] = None
     weight_bytes_est: Optional[float] = None
     metrics: dict[str, Optional[float]] = field(default_factory=dict)
+    bootstrap: Optional[dict[str, Any]] = None  # bootstrap.json: per-replicate deltas, for row-vs-row comparisons
+    sig: str = ""
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -88,7 +99,8 @@ def read_job(job_dir: Path, root: Path) -> JobRecord:
     if results is not None and status.get("status", "ok") == "ok":
         for key in ("method", "weight_bits", "act_bits", "backend", "execution"):
             setattr(record, key, results.get(key))
-        record.metrics = dict(results.get("metrics", {}))
+        record.metrics = interval_scalars(dict(results.get("metrics", {})))
+        record.bootstrap = read_bootstrap(job_dir)
         record.weight_bytes_est = estimated_weight_bytes(results)
         record.objective = status.get("objective", record.metrics.get("eval/fid_cls"))
         record.status = "ok"
@@ -100,9 +112,36 @@ def read_job(job_dir: Path, root: Path) -> JobRecord:
 
 
 def collect(root: str | Path) -> list[JobRecord]:
-    """Every job under `root`, one record each."""
+    """Every job under `root`, one record each, with its significance marks."""
     root = Path(root)
-    return [read_job(d, root) for d in find_job_dirs(root)]
+    records = [read_job(d, root) for d in find_job_dirs(root)]
+    mark_significance(records)
+    return records
+
+
+def best_row(records: list[JobRecord]) -> Optional[JobRecord]:
+    """The ok job with the lowest eval/fid_cls, FP32 jobs aside (they are the reference) unless there are only those."""
+    ok = [r for r in records if r.status == "ok" and isinstance(r.metrics.get("eval/fid_cls"), (int, float))]
+    candidates = [r for r in ok if r.method != "fp32"] or ok
+    return min(candidates, key=lambda r: r.metrics["eval/fid_cls"]) if candidates else None
+
+
+def _excludes_zero(low: Any, high: Any) -> bool:
+    return isinstance(low, (int, float)) and isinstance(high, (int, float)) and (low > 0 or high < 0)
+
+
+def mark_significance(records: list[JobRecord]) -> None:
+    """`sig` of every record: `*` if its delta's interval excludes 0, `†` if it differs from the best row (paired)."""
+    best = best_row(records)
+    for r in records:
+        marks = []
+        if r.status == "ok" and _excludes_zero(r.metrics.get(f"{DELTA}_ci95_low"), r.metrics.get(f"{DELTA}_ci95_high")):
+            marks.append(SIG_VS_FP32)
+        if best is not None and r is not best and r.bootstrap is not None and best.bootstrap is not None:
+            diff = paired_difference(r.bootstrap, best.bootstrap, DELTA)
+            if diff is not None and _excludes_zero(diff[1], diff[2]):
+                marks.append(SIG_VS_BEST)
+        r.sig = "".join(marks)
 
 
 def metric_keys(records: list[JobRecord]) -> list[str]:
@@ -114,11 +153,13 @@ def metric_keys(records: list[JobRecord]) -> list[str]:
 def as_rows(records: list[JobRecord]) -> list[dict[str, Any]]:
     """Flat rows (fixed columns, then one column per metric) for csv and markdown."""
     keys = metric_keys(records)
+    at = keys.index(f"{DELTA}_ci95_high") + 1 if f"{DELTA}_ci95_high" in keys else 0
+    columns = [*keys[:at], "sig", *keys[at:]]  # the mark next to the interval it reads
     rows = []
     for r in records:
         row = {h: getattr(r, h) for h in HEADER}
         row["overrides"] = " ".join(r.overrides)
-        rows.append({**row, **{k: r.metrics.get(k) for k in keys}})
+        rows.append({**row, **{k: r.sig if k == "sig" else r.metrics.get(k) for k in columns}})
     return rows
 
 
@@ -155,6 +196,8 @@ def to_markdown(records: list[JobRecord], title: str) -> str:
         best = min(quantized, key=lambda r: r.objective)
         lines += [f"Best objective (eval/fid_cls within the size budget): {best.objective:.4g} (job {best.job}: "
                   f"{' '.join(best.overrides) or 'defaults'}).", ""]
+    best = best_row(records)
+    lines += [SIG_LEGEND.format(best=f": job {best.job}" if best is not None else ""), ""]
     if common:
         lines += ["Overrides shared by every job: `" + " ".join(common) + "`", ""]
     if rows:
