@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,20 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     return CpuInfo(model=model or platform.processor() or "unknown", machine=platform.machine(),
                    isa=tuple(f for f in ISA_FLAGS if f in flags), aten_capability=capability,
                    threads=torch.get_num_threads() or os.cpu_count() or 1)
+
+
+@contextmanager
+def pinned_threads(threads: int = 1) -> Iterator[None]:
+    """Run a block on `threads` intra-op threads, then restore the previous count.
+
+    ATen splits an elementwise kernel into one chunk per thread, and a chunk's tail that is not a
+    multiple of the vector width runs the scalar code, whose SiLU / exp round differently from the
+    vectorized ones: the same float model gives other last bits at another thread count. Stages
+    whose results are discrete decisions on those bits (calibrated ranges) run pinned.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

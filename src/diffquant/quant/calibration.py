@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffquant.machine import pinned_threads
+
 
 @dataclass
 class CalibrationData:
@@ -76,7 +78,8 @@ def collect_trajectory(
             xs.append(x.detach().cpu().clone())
             ts.append(torch.full((x.shape[0],), t, dtype=torch.long))
 
-    sample(noise=noise, callback=capture)
+    with pinned_threads(1):  # the pairs are bit-identical whatever the thread count
+        sample(noise=noise, callback=capture)
     return CalibrationData(torch.cat(xs), torch.cat(ts))
 
 
@@ -85,5 +88,6 @@ def run_calibration(model: nn.Module, data: CalibrationData, batch_size: int, pr
     """Feed every calibration pair through the model so its observers record activation ranges."""
     model.eval()
     device = next(model.parameters()).device
-    for x, t in tqdm(data.batches(batch_size), desc="calibrate", disable=not progress, leave=False):
-        model(x.to(device), t.to(device))
+    with pinned_threads(1):  # ranges identical whatever the thread count (see machine.pinned_threads)
+        for x, t in tqdm(data.batches(batch_size), desc="calibrate", disable=not progress, leave=False):
+            model(x.to(device), t.to(device))

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from diffquant.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.errors import DiffquantError
+from diffquant.machine import pinned_threads
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.qconfig import QuantSpec
@@ -72,8 +73,9 @@ def quantize_pt2e(model: nn.Module, data: CalibrationData, batch_size: int, spec
 
     exported = export_merged(copy.deepcopy(model).eval(), (data.x[:2], data.t[:2]))
     prepared = prepare_pt2e(exported, make_quantizer(spec, skip))
-    for x, t in data.batches(batch_size):
-        prepared(x, t)
+    with pinned_threads(1):  # ranges identical whatever the thread count (see machine.pinned_threads)
+        for x, t in data.batches(batch_size):
+            prepared(x, t)
     graph = convert_pt2e(prepared)
     drop_unused_attributes(graph)
     return graph
