@@ -11,6 +11,8 @@ applied to it. A replicate then costs one eigenproblem of size min(D, distinct r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +157,21 @@ def _counts(indices: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.bincount(row, minlength=n) for row in indices]).astype(np.float64)
 
 
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """torch, BLAS and OpenMP at one thread: a replicate's problems are small (a few hundred rows), so threads
+    only add synchronisation, and on a busy 2-core machine they made the replicates 25x slower."""
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def paired_bootstrap(sets: PairedSets, k: int = 3, replicates: int = 1000, seed: int = 0) -> PairedBootstrap:
     """Resample rows of both sets jointly `replicates` times; deltas quantized − FP32 with 95 % intervals."""
     n = sets.fp32.shape[0]
@@ -164,27 +181,28 @@ def paired_bootstrap(sets: PairedSets, k: int = 3, replicates: int = 1000, seed:
     counts = _counts(indices, n)
     ref_mu, ref_sigma = feature_statistics(sets.ref)
     root = sqrt_psd(ref_sigma)  # once for both sets (2048-d: the costliest single step)
+    labels = ("fp32", "quantized")
+    frechet = {label: ResampledFrechet(ref_mu, ref_sigma, feats, root) for label, feats in zip(labels, (sets.fp32, sets.quantized))}
+    pr = {label: ResampledPrecisionRecall(sets.ref, feats, k) for label, feats in zip(labels, (sets.fp32, sets.quantized))}
     point: dict[str, float] = {}
     reps: dict[str, np.ndarray] = {}
-    fids = {}
-    for label, feats in (("fp32", sets.fp32), ("quantized", sets.quantized)):
-        frechet = ResampledFrechet(ref_mu, ref_sigma, feats, root)
-        point[f"fid_{label}"] = float(frechet.values(np.ones((1, n)))[0])  # = frechet_distance on the full set
-        fids[label] = frechet.values(counts)
+    with single_threaded():
+        fids = {label: frechet[label].values(counts) for label in labels}
+        for label in labels:
+            point[f"fid_{label}"] = float(frechet[label].values(np.ones((1, n)))[0])  # = frechet_distance on the full set
+        resampled = {label: pr[label].values(counts) for label in labels}
     point["fid"], reps["fid"] = point["fid_quantized"] - point["fid_fp32"], fids["quantized"] - fids["fp32"]
 
     p_fp32, r_fp32 = precision_recall(sets.ref, sets.fp32, k)
     p_q, r_q = precision_recall(sets.ref, sets.quantized, k)
-    pr_fp32 = ResampledPrecisionRecall(sets.ref, sets.fp32, k).values(counts)
-    pr_q = ResampledPrecisionRecall(sets.ref, sets.quantized, k).values(counts)
-    point["precision"], reps["precision"] = p_q - p_fp32, pr_q[0] - pr_fp32[0]
-    point["recall"], reps["recall"] = r_q - r_fp32, pr_q[1] - pr_fp32[1]
+    point["precision"], reps["precision"] = p_q - p_fp32, resampled["quantized"][0] - resampled["fp32"][0]
+    point["recall"], reps["recall"] = r_q - r_fp32, resampled["quantized"][1] - resampled["fp32"][1]
 
     if sets.fp32_logits is not None and sets.q_logits is not None:
-        probs = {label: torch.softmax(logits.double(), dim=1) for label, logits in
-                 (("fp32", sets.fp32_logits), ("quantized", sets.q_logits))}
-        score = {label: np.array([inception_score_from_probs(p[torch.from_numpy(row)])[0] for row in indices])
-                 for label, p in probs.items()}
+        probs = {label: torch.softmax(logits.double(), dim=1) for label, logits in zip(labels, (sets.fp32_logits, sets.q_logits))}
+        with single_threaded():
+            score = {label: np.array([inception_score_from_probs(p[torch.from_numpy(row)])[0] for row in indices])
+                     for label, p in probs.items()}
         point["is"] = inception_score_from_probs(probs["quantized"])[0] - inception_score_from_probs(probs["fp32"])[0]
         reps["is"] = score["quantized"] - score["fp32"]
 

@@ -1,0 +1,53 @@
+"""Seconds the paired bootstrap adds to a run, per feature space shape: `python benchmarks/bootstrap.py [B]`.
+
+Prints a markdown table (N paired samples, D feature dimensions, B replicates, torch threads,
+seconds) for the classifier space (D = 128) and the Inception space (D = 2048) at 512 and 1024
+samples (one and two eval seeds), on random features of those shapes: the cost depends on the
+shapes only. The machine line names the CPU and whether it has AVX-512.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from diffquant.metrics.paired import PairedSets, paired_bootstrap
+
+
+def machine() -> str:
+    """CPU model, logical cores and its widest vector ISA (from /proc/cpuinfo where there is one)."""
+    name, flags = platform.processor(), ""
+    if os.path.exists("/proc/cpuinfo"):
+        lines = open("/proc/cpuinfo").read().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+        flags = next((line.split(":", 1)[1] for line in lines if line.startswith("flags")), "")
+    isa = "AVX-512" if "avx512f" in flags.split() else "AVX2-only" if "avx2" in flags.split() else "no AVX2"
+    return f"{name}, {os.cpu_count()} logical cores, {isa}"
+
+
+def seconds(n: int, d: int, replicates: int, reference: int = 1000) -> float:
+    """Wall time of one paired bootstrap of n x d features against `reference` real rows (with logits and images)."""
+    gen = torch.Generator().manual_seed(0)
+    fp32 = torch.randn(n, d, generator=gen).relu()
+    images = torch.rand(n, 1, 16, 16, generator=gen)
+    logits = torch.randn(n, 10, generator=gen) if d == 128 else None  # only the classifier space has logits
+    sets = PairedSets(torch.randn(reference, d, generator=gen).relu(), fp32, fp32 + 0.1 * torch.randn(n, d, generator=gen),
+                      logits, None if logits is None else logits + 0.1, images, images + 0.01)
+    start = time.perf_counter()
+    paired_bootstrap(sets, 3, replicates, 0)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> None:
+    replicates = int(argv[0]) if argv else 1000
+    print(f"Machine: {machine()}; torch {torch.__version__}\n")
+    print("| N | D | B | threads | seconds |\n|---|---|---|---|---|")
+    for n, d in ((512, 128), (1024, 128), (512, 2048), (1024, 2048)):
+        print(f"| {n} | {d} | {replicates} | {torch.get_num_threads()} | {seconds(n, d, replicates):.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
