@@ -89,7 +89,7 @@ CASES = [
         r"model\.checkpoint='.*/list\.pt' is not a diffquant checkpoint \(no 'state_dict' entry\)"),
     Bad("checkpoint-other-model", ("model.checkpoint={tmp}/good_fp32.pt", "model.base_channels=16"),
         r"model\.checkpoint: the checkpoint does not fit the configured model \(size mismatch for \S+: .*\); check the model group"),
-    Bad("skip-every-layer", ("quant.skip=[*]",), r"quant\.skip=\['\*'\] leaves no Conv2d / Linear layer to quantize"),
+    Bad("skip-every-layer", ("quant.skip=[*]",), r"quant\.skip=\['\*'\] and quant\.keep_float \(layers conv_in, conv_out\) leaves no Conv2d / Linear layer to quantize"),
     Bad("inception-extra-missing", ("eval.fid.extractor=inception",),
         r"eval\.fid\.extractor=inception needs the optional extra: pip install -e '\.\[fid\]'", patch=FID_MISSING),
 ]

@@ -81,7 +81,7 @@ class QuantConfig:
     observer: str = "histogram"
     percentile: float = 99.99  # observer=percentile: clip activations at this percentile
     skip: list[str] = field(default_factory=list)
-    keep_float: list[str] = field(default_factory=lambda: ["output"])  # roles kept in float: input / output layer
+    keep_float: list[str] = field(default_factory=lambda: ["input", "output"])  # roles kept in float: input / output layer
     layer_bits: dict[str, int] = field(default_factory=dict)  # layer-name pattern -> weight bits
     split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
     dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)

@@ -129,7 +129,7 @@ class InductorPTQStrategy:
         start = time.perf_counter()
         data = ctx.calibration()
         layers = [n for n, m in model.named_modules() if n and isinstance(m, quantizable_types())]
-        skipped = [n for n in layers if is_skipped(n, resolve_plan(self.plan, model, ctx).skip)]
+        skipped = [n for n in layers if is_skipped(n, resolve_plan(self.plan, model, ctx).float_layers)]
         graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
         quantize_seconds = time.perf_counter() - start
         compiled = CompiledInt8(graph)

@@ -74,6 +74,12 @@ class QuantPlan:
     dynamic_input: bool = False  # per-call (hence per-timestep) scales for every layer's input
     script: bool = False  # run a converted int8 model as frozen TorchScript graphs (`scripted.ScriptedInt8`)
     keep_float: tuple[str, ...] = ()  # roles kept in float (`coverage.ROLES`: input / output layer), found per model
+    kept_float: tuple[str, ...] = ()  # the layer names those roles resolved to (`resolve_plan`)
+
+    @property
+    def float_layers(self) -> tuple[str, ...]:
+        """Name patterns of the layers that stay float: `skip` and the resolved `keep_float` roles."""
+        return (*self.skip, *self.kept_float)
 
     @property
     def runs_int8(self) -> bool:
@@ -82,11 +88,10 @@ class QuantPlan:
 
 
 def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantPlan:
-    """The plan with its `keep_float` roles turned into skip names of this model's layers (one probe forward)."""
+    """The plan with its `keep_float` roles resolved to this model's layer names (one probe forward)."""
     if not plan.keep_float:
         return plan
-    names = edge_layers(model, plan.keep_float, *ctx.calibration().cycled(2))
-    return replace(plan, skip=tuple(dict.fromkeys((*plan.skip, *names))), keep_float=())
+    return replace(plan, kept_float=tuple(edge_layers(model, plan.keep_float, *ctx.calibration().cycled(2))), keep_float=())
 
 
 def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn.Module, list[str], list[list[str]]]:
@@ -94,9 +99,10 @@ def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn
     qmodel = copy.deepcopy(model).train(qat)
     fused = fuse(qmodel, qat=qat)
     layer_qconfigs = {pattern: make_qconfig(replace(plan.spec, weight_bits=bits)) for pattern, bits in plan.layer_bits}
-    wrapped = wrap_layers(qmodel, make_qconfig(plan.spec), list(plan.skip), layer_qconfigs)
+    wrapped = wrap_layers(qmodel, make_qconfig(plan.spec), list(plan.float_layers), layer_qconfigs)
     if not wrapped:
-        raise DiffquantError(f"quant.skip={list(plan.skip)} leaves no Conv2d / Linear layer to quantize")
+        kept = f" and quant.keep_float (layers {', '.join(plan.kept_float)})" if plan.kept_float else ""
+        raise DiffquantError(f"quant.skip={list(plan.skip)}{kept} leaves no Conv2d / Linear layer to quantize")
     qmodel.train()
     tq.prepare_qat(qmodel, inplace=True)
     if plan.dynamic_input:
