@@ -7,7 +7,6 @@ import torch
 
 from diffquant.machine import cpu_info, pinned_threads
 from diffquant.models.unet import UNet
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.inspect import activation_ranges
 from diffquant.quant.engine import set_engine
 from diffquant.quant.strategies import QuantPlan, calibrate, prepare_fake_quant

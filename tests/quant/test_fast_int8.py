@@ -11,7 +11,6 @@ from torch import nn
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_by_range, quantize_dynamic
-from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
 from tests_helpers import calibration_context, machine_spec
 
