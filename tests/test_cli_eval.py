@@ -15,6 +15,8 @@ from test_cli import diffquant
 
 from diffquant.config import to_config
 from diffquant.errors import DiffquantError
+from diffquant.machine import cpu_info
+from diffquant.quant.engine import resolve_int8_numerics
 from diffquant.uncertainty import interval_scalars
 
 PREFIXES = ("train/", "eval/", "model/", "perf/")
@@ -78,6 +80,9 @@ def test_results_hold_paired_deltas_intervals_the_floor_and_the_replicates(ptq_r
     assert results["perf_context"]["torch_num_threads"] == 1 and results["perf_context"]["timed_batch"] == 32
     prov = results["provenance"]
     assert isinstance(prov["dirty"], bool) and prov["diffquant_version"] == results["versions"]["diffquant"]
+    assert prov["machine"] == cpu_info().as_dict() | {"threads": 1}  # the CPU and the ISA flags that decide int8
+    assert results["int8_exact"] is True and results["int8_scheme"] == resolve_int8_numerics("fbgemm", "auto").scheme.name
+    assert 0.95 < results["metrics"]["model/int8_mac_fraction"] < 1.0  # input and output layers stay float
 
 
 def test_scalars_are_grouped_by_prefix_and_series_run_over_timesteps(ptq_run) -> None:

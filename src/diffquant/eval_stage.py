@@ -26,7 +26,7 @@ from diffquant.metrics.classifier import DigitClassifier
 from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
 from diffquant.quant.inspect import activation_ranges, layer_inputs
 from diffquant.quant.scripted import ScriptedInt8
-from diffquant.report import (save_comparison_grid, save_curves, save_eps_plot, save_range_plot, source_provenance,
+from diffquant.report import (save_comparison_grid, save_curves, save_eps_plot, save_range_plot,
                               write_results)
 from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger
@@ -183,8 +183,7 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
     pairing = {"num_samples": ev.total_samples, "replicates": ev.bootstrap, "seed": seed, "eval_seeds": list(ev.seeds),
                "indices_sha256": digest, "fp32_samples_sha256": images_fingerprint(fp32_samples)}
     extra = {**extra, "bootstrap": write_bootstrap(out_dir / BOOTSTRAP_FILE, deltas, pairing),
-             "perf_context": sampled.context,
-             "provenance": {**extra.get("provenance", {}), **source_provenance()}}  # own commit, dirty, version
+             "perf_context": sampled.context}
     protocol = eval_protocol(cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc, int(real.shape[0]))
     probed = inputs.q_model.eager if isinstance(inputs.q_model, ScriptedInt8) else inputs.q_model  # hooks need Python
     ranges = activation_ranges(probed)

@@ -30,7 +30,7 @@ from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
-from diffquant.report import git_commit, save_figure, sensitivity_figure
+from diffquant.report import save_figure, sensitivity_figure, source_provenance
 from diffquant.sweep.lock import cache_lock
 from diffquant.tb import RunLogger
 from diffquant.training import TrainSettings
@@ -88,7 +88,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                   "execution": outcome.execution, **numerics.as_dict()}
         extra = {"fp32_cache_key": fp32.key, "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
                  "fused_groups": outcome.fused_groups, "quant": dataclasses.asdict(q),
-                 "provenance": {"git_commit": git_commit(), "machine": cpu_info().as_dict(), "config_hash": config_hash(dataclasses.asdict(cfg)),
+                 "provenance": {**source_provenance(), "machine": cpu_info().as_dict(), "config_hash": config_hash(dataclasses.asdict(cfg)),
                                 "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint)}}
         if outcome.sensitivity:
             write_sensitivity(outcome.sensitivity, out_dir, logger)

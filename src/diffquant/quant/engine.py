@@ -107,11 +107,6 @@ def scheme_is_exact(engine: str, scheme: Int8Scheme) -> bool:
         torch.backends.quantized.engine = previous
 
 
-def int8_accumulation_is_exact(engine: str) -> bool:
-    """Full 8-bit grids exact (int32 accumulation: VNNI / AVX-512, ARM, qnnpack)?"""
-    return scheme_is_exact(engine, SCHEMES["w8a8"])
-
-
 def resolve_int8_numerics(engine: str, setting: str) -> Int8Numerics:
     """`backend.int8_scheme`: a named scheme as given, or `auto`: the first exact one in SCHEMES order."""
     check_choice("backend.int8_scheme", setting, SCHEME_CHOICES)
