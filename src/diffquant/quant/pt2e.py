@@ -129,7 +129,8 @@ class InductorPTQStrategy:
         start = time.perf_counter()
         data = ctx.calibration()
         layers = [n for n, m in model.named_modules() if n and isinstance(m, quantizable_types())]
-        skipped = [n for n in layers if is_skipped(n, resolve_plan(self.plan, model, ctx).float_layers)]
+        float_layers = resolve_plan(self.plan, model, ctx).float_layers  # one probe forward, not one per layer
+        skipped = [n for n in layers if is_skipped(n, float_layers)]
         graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
         quantize_seconds = time.perf_counter() - start
         compiled = CompiledInt8(graph)
