@@ -23,7 +23,7 @@ from diffquant.quant.calibration import collect_trajectory
 from diffquant.quant.lsq import to_device
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import QuantContext, QuantPlan, calibrate, prepare_fake_quant
-from diffquant.training import TrainSettings, distillation_loss, epsilon_loss, train_diffusion
+from diffquant.training.loop import TrainSettings, distillation_loss, epsilon_loss, train_diffusion
 
 MODELS = {"unet_tiny": dict(base_channels=32, channel_mults=(1, 2, 2)),
           "unet_small": dict(base_channels=64, channel_mults=(1, 2, 2), attn_resolutions=(8,), dropout=0.1)}

@@ -7,7 +7,7 @@
 Variants: `fp32` (eager), `fp32 compiled` (torch.compile with `torch._inductor.config.freezing =
 True` set globally), `fp32 compiled+` (the same model compiled as `backend=x86_inductor` compiles
 int8: GroupNorm from per-channel statistics, AOTInductor per input shape; see
-`diffquant/compiling.py`; SiLU stays exact, as no 8-bit rounding follows it); the faster of the two
+`diffquant/quant/execution/compiling.py`; SiLU stays exact, as no 8-bit rounding follows it); the faster of the two
 is the compiled FP32 baseline. Then one int8 model per engine, each quantized by the real PTQ
 strategy of the composed config (histogram observers, dynamic inputs; `x86` with
 `quant.symmetric=true`, which its oneDNN kernels need), and `int8_fast`: `experiment=int8_fast`
@@ -65,7 +65,7 @@ import torch  # noqa: E402 - after the allocator decision: nothing large is allo
 from common import ROOT  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from diffquant.compiling import compile_fp32  # noqa: E402
+from diffquant.quant.execution.compiling import compile_fp32  # noqa: E402
 from diffquant.config import Config, register_configs, to_config  # noqa: E402
 from diffquant.diffusion.samplers import ddim_sample  # noqa: E402
 from diffquant.diffusion.schedule import GaussianDiffusion  # noqa: E402
@@ -74,7 +74,7 @@ from diffquant.models import build_model, model_kwargs  # noqa: E402
 from diffquant.pipeline import build_strategy  # noqa: E402
 from diffquant.quant.calibration import collect_trajectory  # noqa: E402
 from diffquant.quant.engine import resolve_int8_numerics, set_engine  # noqa: E402
-from diffquant.quant.scripted import ScriptedInt8  # noqa: E402
+from diffquant.quant.execution.scripted import ScriptedInt8  # noqa: E402
 from diffquant.quant.size import state_dict_bytes  # noqa: E402
 from diffquant.quant.strategies import QuantContext  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_fork import CliCall, CliResult, run_forked
+from helpers.cli_fork import CliCall, CliResult, run_forked
 from conftest import TINY_OVERRIDES
 
 from diffquant.quant.engine import set_engine

@@ -7,7 +7,7 @@ import pytest
 
 from diffquant.config import Config, to_config
 from diffquant.errors import DiffquantError
-from tests_helpers import group_options
+from helpers import group_options
 
 
 @pytest.mark.parametrize(("group", "option"), group_options(), ids=lambda v: str(v))

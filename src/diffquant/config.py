@@ -1,6 +1,6 @@
 """Typed schemas behind every config group, registered in Hydra's ConfigStore; validation lives here.
 
-The `quant` and `backend` schemas live in config_quant.py and are re-exported from here.
+The `quant` and `backend` schemas live in quant/config.py and are re-exported from here.
 
 Types are checked by OmegaConf at compose time; ranges and choices are checked in `__post_init__`
 when `to_config` turns the composed DictConfig into these dataclasses.
@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from diffquant.data.datasets import DATASET_NAMES
 from diffquant.errors import DiffquantError, check_choice, check_device, check_range, check_writable_dir
 from diffquant.models import ARCHS
-from diffquant.config_quant import BackendConfig, CalibConfig, QATConfig, QuantConfig, ReconConfig  # noqa: F401
+from diffquant.quant.config import BackendConfig, CalibConfig, QATConfig, QuantConfig, ReconConfig  # noqa: F401
 
 
 @dataclass

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from diffquant.config import register_configs, to_config
-from diffquant.distributed import init_distributed, shutdown
+from diffquant.training.distributed import init_distributed, shutdown
 from diffquant.errors import DiffquantError
 
 

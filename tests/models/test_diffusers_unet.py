@@ -22,9 +22,9 @@ from diffquant.models.diffusers_unet import pretrained_key
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.scripted import ScriptedInt8
+from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from tests_helpers import calibration_context
+from helpers import calibration_context
 
 diffusers = pytest.importorskip("diffusers")
 UNET_TINY = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=8)

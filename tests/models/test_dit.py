@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.ao.nn import quantized as nnq
 
-from diffquant.artifacts import fp32_key
+from diffquant.cache.artifacts import fp32_key
 from diffquant.config import to_config
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
@@ -15,7 +15,7 @@ from diffquant.models.dit import DiT, sincos_pos_embed
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from tests_helpers import calibration_context
+from helpers import calibration_context
 
 TINY = dict(patch_size=2, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)
 

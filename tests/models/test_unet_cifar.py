@@ -5,14 +5,14 @@ import torch
 from torch import nn
 from torch.ao.nn import quantized as nnq
 
-from diffquant.artifacts import model_kwargs
+from diffquant.cache.artifacts import model_kwargs
 from diffquant.config import to_config
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models import build_model
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from tests_helpers import calibration_context
+from helpers import calibration_context
 
 DDPM_CIFAR10_PARAMS = 35_746_307  # Ho et al.'s CIFAR-10 model as counted in its PyTorch ports
 

@@ -12,7 +12,7 @@ from diffquant.models.unet import UNet
 from diffquant.quant.coverage import call_order, edge_layers, layer_macs, mac_fraction
 from diffquant.quant.engine import set_engine
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from tests_helpers import calibration_context, machine_spec
+from helpers import calibration_context, machine_spec
 
 
 class ConvThenLinear(nn.Module):

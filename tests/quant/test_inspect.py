@@ -9,7 +9,7 @@ from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.inspect import activation_ranges, layer_inputs, probed_layers
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from tests_helpers import calibration_context, machine_spec
+from helpers import calibration_context, machine_spec
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import QuantPlan
 from diffquant.quant.engine import resolve_int8_numerics
-from tests_helpers import calibration_context, machine_spec
+from helpers import calibration_context, machine_spec
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="the optional extra `inductor`")
 

@@ -18,7 +18,7 @@ from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
 from diffquant.quant.wrap import fusable_groups
-from tests_helpers import machine_spec
+from helpers import machine_spec
 
 
 def tiny_unet() -> UNet:

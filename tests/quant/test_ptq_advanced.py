@@ -18,7 +18,7 @@ from diffquant.quant.reconstruction import ReconSettings, reconstruct, units_for
 from diffquant.quant.split import SplitFakeQuantize
 from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
-from tests_helpers import machine_spec
+from helpers import machine_spec
 
 
 def tiny_unet() -> UNet:

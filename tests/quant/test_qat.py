@@ -13,7 +13,7 @@ from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant import strategies
 from diffquant.quant.strategies import QATStrategy, QuantContext, QuantPlan, prepare_fake_quant
-from diffquant.training import TrainSettings
+from diffquant.training.loop import TrainSettings
 
 
 def test_prepare_inserts_fake_quant_modules() -> None:
@@ -72,7 +72,7 @@ def test_observers_frozen_after_configured_step(monkeypatch) -> None:
 
 
 def test_distillation_loss_is_zero_when_student_equals_teacher() -> None:
-    from diffquant.training import distillation_loss, trajectory_distillation_loss
+    from diffquant.training.loop import distillation_loss, trajectory_distillation_loss
 
     torch.manual_seed(0)
     model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8).eval()
@@ -104,7 +104,7 @@ def test_data_free_qat_trains_on_trajectory_pairs() -> None:
 
 
 def test_cosine_schedule_decays_to_zero() -> None:
-    from diffquant.training import lr_factor
+    from diffquant.training.loop import lr_factor
 
     s = TrainSettings(steps=110, lr=1.0, schedule="cosine")
     assert [round(lr_factor(i, 10, s), 3) for i in (0, 9, 10, 60, 110)] == [0.1, 1.0, 1.0, 0.5, 0.0]

@@ -16,7 +16,7 @@ from diffquant.quant.engine import set_engine
 from diffquant.quant.lsq import learned_scales, step_size_param_groups, to_learnable, use_learned_step_sizes
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import QATStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
-from diffquant.training import TrainSettings
+from diffquant.training.loop import TrainSettings
 
 IMAGES = torch.rand(64, 1, 8, 8) * 2 - 1
 

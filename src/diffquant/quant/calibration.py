@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffquant.machine import pinned_threads
+from diffquant.quant.machine import pinned_threads
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-from diffquant.quant.fast_int8 import quantize_dynamic
+from diffquant.quant.execution.fast_int8 import quantize_dynamic
 
 
 def dynamic_qparams(x: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from diffquant.errors import DiffquantError, check_choice
-from diffquant.machine import cpu_info
+from diffquant.quant.machine import cpu_info
 
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 # Backends that are not torch.ao engines, and the engine their eager parts (the self-test, fp32 runs) use.

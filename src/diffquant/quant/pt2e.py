@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from diffquant.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
+from diffquant.quant.execution.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.errors import DiffquantError
-from diffquant.machine import pinned_threads
+from diffquant.quant.machine import pinned_threads
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.qconfig import QuantSpec
@@ -88,7 +88,7 @@ class CompiledInt8(nn.Module):
         super().__init__()
         self.graph = graph
         rewrite_group_norms(graph)  # after convert_pt2e: the quantizer never saw the arithmetic inside
-        rewrite_quantized_silus(graph)  # SiLUs rounded to 8 bits at once: no exp (see compiling.py)
+        rewrite_quantized_silus(graph)  # SiLUs rounded to 8 bits at once: no exp (see quant/execution/compiling.py)
         self._compiled = AotCompiled(graph)
 
     @property

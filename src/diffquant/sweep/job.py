@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from diffquant.cache import atomic_write_json
+from diffquant.cache.store import atomic_write_json
 from diffquant.errors import DiffquantError
 
 STATUS_FILE = "status.json"

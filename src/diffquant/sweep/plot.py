@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffquant.report import save_figure  # noqa: E402
+from diffquant.reporting.results import save_figure  # noqa: E402
 from diffquant.sweep.summary import JobRecord  # noqa: E402
 
 DELTA = "eval/fid_cls_delta"

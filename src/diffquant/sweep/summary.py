@@ -20,9 +20,9 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from diffquant.cache import atomic_write_text
+from diffquant.cache.store import atomic_write_text
 from diffquant.sweep.job import RESULTS_FILE, STATUS_FILE, defining_overrides, estimated_weight_bytes
-from diffquant.uncertainty import interval_scalars, paired_difference, read_bootstrap
+from diffquant.evaluation.uncertainty import interval_scalars, paired_difference, read_bootstrap
 
 DELTA = "eval/fid_cls_delta"
 FIRST_METRICS = ("eval/fid_cls", "eval/fid_cls_fp32", DELTA, f"{DELTA}_ci95_low", f"{DELTA}_ci95_high", "eval/fid_cls_floor",

@@ -1,0 +1,176 @@
+"""Cached artefacts shared by runs: the FP32 model, the feature classifier, FP32 reference samples.
+
+Each entry lives under `<cache_dir>/<kind>/<hash>/` where the hash covers everything that
+determines it, so a sweep over quantization settings trains the FP32 model once.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffquant.cache.store import atomic_torch_save, config_hash, load_checkpoint, load_or_none
+from diffquant.training.checkpoint import Checkpointer
+from diffquant.config import Config
+from diffquant.training.distributed import DistInfo, check_replicas_equal, state_digest
+from diffquant.data.datasets import DataSplit, iterate_batches
+from diffquant.diffusion.schedule import GaussianDiffusion
+from diffquant.errors import DiffquantError
+from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
+from diffquant.models import build_model
+from diffquant.models import model_kwargs as arch_kwargs
+from diffquant.models.diffusers_unet import pretrained_key
+from diffquant.cache.lock import cache_lock
+from diffquant.reporting.tensorboard import RunLogger
+from diffquant.training.loop import TrainSettings, epsilon_loss, train_diffusion
+
+
+@dataclasses.dataclass
+class FP32Artifact:
+    """The FP32 (EMA) model, the key of its cache entry, and its training loss history."""
+
+    model: nn.Module
+    key: str
+    entry_dir: Path
+    cached: bool
+    losses: list[float]
+
+
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    """The build kwargs of the configured architecture (the fields it reads, see `models.ARCH_FIELDS`)."""
+    return arch_kwargs(cfg.model.arch, dataclasses.asdict(cfg.model))
+
+
+def fp32_key(cfg: Config) -> str:
+    """Hash of everything that determines the trained FP32 weights."""
+    return config_hash(fp32_key_parts(cfg))
+
+
+def fp32_key_parts(cfg: Config) -> dict[str, Any]:
+    """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash)."""
+    parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("dataset", "diffusion", "train")}
+    parts["model"] = {"arch": cfg.model.arch, **model_kwargs(cfg)}  # only the fields the architecture reads
+    parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
+    parts["seed"] = cfg.seed
+    return parts
+
+
+def file_key(path: str | Path, length: int = 16) -> str:
+    """SHA-256 of a checkpoint file's bytes, shortened to `length` hex digits (the cache key of a given checkpoint)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
+
+
+def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger) -> FP32Artifact:
+    """Load `model.checkpoint`, or the cached FP32 model, or train it and cache it."""
+    log = logging.getLogger("diffquant")
+    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+    if cfg.model.checkpoint:
+        ckpt = load_checkpoint(cfg.model.checkpoint, "model.checkpoint")
+        key = "ckpt-" + file_key(cfg.model.checkpoint)
+        log.info("Using the FP32 checkpoint model.checkpoint=%s", cfg.model.checkpoint)
+        _load_state(model, ckpt, "model.checkpoint")
+        return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, ckpt.get("losses", []))
+    if cfg.model.pretrained:  # build_model loaded the weights (diffusers from_pretrained): no training
+        key = pretrained_key(cfg.model.pretrained, model)
+        log.info("Using the pretrained FP32 model model.pretrained=%s", cfg.model.pretrained)
+        return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, [])
+    key = fp32_key(cfg)
+    entry = Path(cfg.paths.cache_dir) / "fp32" / key
+    path = entry / "model.pt"
+    info = DistInfo.from_env()
+    # Concurrent sweep jobs: one trains, the others wait and load. Under torchrun the ranks train
+    # together, so only rank 0 holds the lock (the others would wait on it forever).
+    with cache_lock(path, "FP32 model") if info.is_main else contextlib.nullcontext():
+        ckpt = load_cache_entry(path, key)
+        if ckpt is not None:
+            _load_state(model, ckpt, "paths.cache_dir")
+            log.info("Reusing the cached FP32 model %s (no training)", path)
+            return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
+        state_path = entry / "train_state.pt"
+        ema, losses = _train_fp32(cfg, data, diffusion, logger, key, state_path, info)
+        if info.is_main:
+            atomic_torch_save(cache_blob(ema.state_dict(), key, model_config={"arch": cfg.model.arch, **model_kwargs(cfg)},
+                                         losses=losses, config=fp32_key_parts(cfg)), path)
+            state_path.unlink(missing_ok=True)  # the finished model replaces the resumable state
+        return FP32Artifact(ema.eval(), key, entry, False, losses)
+
+
+def _train_fp32(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, state_path: Path,
+                info: DistInfo) -> tuple[nn.Module, list[float]]:
+    """Train the FP32 model from `cfg.seed` (resumably in one process; data-parallel under torchrun)."""
+    log = logging.getLogger("diffquant")
+    log.info("Training the FP32 model for %d steps (cache entry %s%s)", cfg.train.steps, state_path.parent,
+             f", {info.world_size} processes x {cfg.train.batch_size} images" if info.enabled else "")
+    generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)  # each rank draws its own batches
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+    t = cfg.train
+    settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                             warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every,
+                             device=info.device(cfg.device), bf16=t.bf16)
+    batches = iterate_batches(data.train_images, t.batch_size, generator)
+    checkpointer = (Checkpointer(state_path, key, t.checkpoint_every, {"data": generator})
+                    if not info.enabled else None)  # resume is per process; a torchrun job restarts from step 0
+    ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
+                                  log_scalar=logger.scalar, progress=cfg.progress and info.is_main, checkpointer=checkpointer)
+    ema = ema.cpu()
+    if info.enabled:
+        log.info("FP32 replicas identical on rank %d of %d (sha256 %s)", info.rank, info.world_size, check_replicas_equal(ema))
+    return ema, losses
+
+
+def _load_state(model: nn.Module, ckpt: dict[str, Any], setting: str) -> None:
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # torch lists every mismatch after a header line: name the first, count the rest
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        first = problems[0] if len(problems[0]) <= 200 else problems[0][:200] + " ..."
+        detail = first + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        raise DiffquantError(
+            f"{setting}: the checkpoint does not fit the configured model ({detail}); check the model group"
+        ) from None
+
+
+def load_cache_entry(path: Path, key: str) -> dict[str, Any] | None:
+    """A cache entry if it is readable and was made for `key`; a truncated or foreign file is rebuilt, never used."""
+    ckpt = load_or_none(path, "Cache entry", "rebuilding it", weights_only=False)
+    if ckpt is None:
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("key") != key or "state_dict" not in ckpt:
+        logging.getLogger("diffquant").warning("Cache entry %s does not match its key %s; rebuilding it", path, key)
+        return None
+    if "sha256" in ckpt and state_digest(ckpt["state_dict"]) != ckpt["sha256"]:
+        logging.getLogger("diffquant").warning("Cache entry %s fails its checksum; rebuilding it", path)
+        return None
+    return ckpt
+
+
+def cache_blob(state_dict: dict[str, Any], key: str, **fields: Any) -> dict[str, Any]:
+    """A cache entry: the weights, the key of the config that made them, their checksum, and extra fields."""
+    return {"state_dict": state_dict, "key": key, "sha256": state_digest(state_dict), **fields}
+
+
+def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float, bool]:
+    """The feature classifier for fid_cls (cached per data set, steps and seed) and its held-out accuracy."""
+    log = logging.getLogger("diffquant")
+    key = config_hash({"dataset": dataclasses.asdict(cfg.dataset), "steps": cfg.eval.classifier_steps, "seed": cfg.seed})
+    path = Path(cfg.paths.cache_dir) / "classifier" / key / "model.pt"
+    with cache_lock(path, "feature classifier"):
+        ckpt = load_cache_entry(path, key)
+        if ckpt is not None:
+            model = DigitClassifier(**ckpt["model_config"])
+            model.load_state_dict(ckpt["state_dict"])
+            log.info("Reusing the cached feature classifier %s (no training)", path)
+            return model.eval(), float(ckpt["accuracy"]), True
+        log.info("Training the feature classifier for %d steps", cfg.eval.classifier_steps)
+        model = train_classifier(data.train_images, data.train_labels, num_classes=data.num_classes,
+                                 steps=cfg.eval.classifier_steps, seed=cfg.seed, progress=cfg.progress)
+        acc = accuracy(model, data.test_images, data.test_labels)
+        atomic_torch_save(cache_blob(model.state_dict(), key, model_config=model.config, accuracy=acc), path)
+        return model, acc, False

@@ -1,0 +1,41 @@
+"""Helpers shared by test modules (not fixtures)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from diffquant.quant.qconfig import QuantSpec
+    from diffquant.quant.strategies import QuantContext
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+SELECTABLE_GROUPS = ("model", "dataset", "quant", "backend", "diffusion", "train", "sampler", "eval", "logger", "paths")
+
+
+def group_options() -> list[tuple[str, str]]:
+    """(group, option) for every YAML file of every selectable config group."""
+    return [(g, p.stem) for g in SELECTABLE_GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def machine_spec(engine: str = "fbgemm", **fields: object) -> QuantSpec:
+    """A QuantSpec on the 8-bit grids the machine's own self-test picks for `engine` (exact int8 kernels here)."""
+    from diffquant.quant.engine import resolve_int8_numerics
+    from diffquant.quant.qconfig import QuantSpec
+
+    scheme = resolve_int8_numerics(engine, "auto").scheme
+    return QuantSpec(reduce_range=scheme.reduce_range, reduce_weight_range=scheme.reduce_weight_range, **fields)
+
+
+def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> QuantContext:
+    """A QuantContext for PTQ tests: calibration pairs (x, t), no training data, a linear 1000-step schedule."""
+    import torch
+
+    from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+    from diffquant.quant.calibration import CalibrationData
+    from diffquant.quant.strategies import QuantContext
+
+    return QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
+                        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+                        generator=generator if generator is not None else torch.Generator(), progress=False)
