@@ -19,8 +19,8 @@ from diffquant.training.distributed import init_distributed, shutdown
 from diffquant.errors import DiffquantError
 
 
-# The top-level conf/ of the checkout (the package is installed editable: `pip install -e .`).
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"), config_name="config")
+# The configs ship inside the package (package data); the checkout's top-level conf/ links here.
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Run one job; return eval/fid_cls for sweepers that optimize it (NaN for a failed sweep job)."""
     from diffquant.sweep.job import JobInfo, run_job
