@@ -7,6 +7,7 @@ MNIST-sized (10 000) reference, on random features of those shapes: the cost dep
 only (and a little on the data: recall tests the pairs a ball can reach). The machine line
 names the CPU and whether it has AVX-512.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,15 @@ def seconds(n: int, d: int, replicates: int, reference: int = 359) -> float:
     fp32 = torch.randn(n, d, generator=gen).relu()
     images = torch.rand(n, 1, 16, 16, generator=gen)
     logits = torch.randn(n, 10, generator=gen) if d == 128 else None  # only the classifier space has logits
-    sets = PairedSets(torch.randn(reference, d, generator=gen).relu(), fp32, fp32 + 0.1 * torch.randn(n, d, generator=gen),
-                      logits, None if logits is None else logits + 0.1, images, images + 0.01)
+    sets = PairedSets(
+        torch.randn(reference, d, generator=gen).relu(),
+        fp32,
+        fp32 + 0.1 * torch.randn(n, d, generator=gen),
+        logits,
+        None if logits is None else logits + 0.1,
+        images,
+        images + 0.01,
+    )
     start = time.perf_counter()
     paired_bootstrap(sets, 3, replicates, 0)
     return time.perf_counter() - start

@@ -1,4 +1,5 @@
 """Shared by the benchmark scripts: compose one configuration and run the real pipeline on it."""
+
 from __future__ import annotations
 
 import sys
@@ -27,9 +28,18 @@ def run_one(benchmark: str, name: str, bits: str, overrides: list[str], extra: l
     out = ROOT / "outputs" / "benchmarks" / benchmark / f"{slug}-{bits}"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         method = [] if any(o.startswith("quant=") for o in overrides) else ["quant=ptq"]
-        cfg = compose(config_name="config", overrides=[
-            *method, *overrides, f"quant.weight_bits={w}", f"quant.act_bits={a}", "progress=false",
-            f"paths.output_dir={out}", *extra])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                *method,
+                *overrides,
+                f"quant.weight_bits={w}",
+                f"quant.act_bits={a}",
+                "progress=false",
+                f"paths.output_dir={out}",
+                *extra,
+            ],
+        )
     return run_experiment(to_config(cfg))
 
 
@@ -45,8 +55,10 @@ def table_row(bits: str, name: str, results: dict) -> str:
     return f"| {bits} | {name} | {results['execution']} | {fid_s} | {ratio} | {psnr_s} | {eps_s} | {m['perf/quantize_s']:.1f} |"
 
 
-HEADER = ("| bits | method | execution | fid_cls | / FP32 | PSNR vs FP32 (dB) | eps_rel_err | quantize (s) |\n"
-          "|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| bits | method | execution | fid_cls | / FP32 | PSNR vs FP32 (dB) | eps_rel_err | quantize (s) |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 
 
 def run_table(benchmark: str, methods: dict[str, list[str]]) -> None:

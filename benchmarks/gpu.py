@@ -7,6 +7,7 @@ Weights are random (speed does not depend on them); the fake-quant models are ca
 DDIM trajectory so their ranges are realistic. Medians of repeated timed windows, after warm-up.
 Fake quantization simulates int8 in float arithmetic: it measures cost, not an int8 speedup.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -25,8 +26,10 @@ from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import QuantContext, QuantPlan, calibrate, prepare_fake_quant
 from diffquant.training.loop import TrainSettings, distillation_loss, epsilon_loss, train_diffusion
 
-MODELS = {"unet_tiny": dict(base_channels=32, channel_mults=(1, 2, 2)),
-          "unet_small": dict(base_channels=64, channel_mults=(1, 2, 2), attn_resolutions=(8,), dropout=0.1)}
+MODELS = {
+    "unet_tiny": dict(base_channels=32, channel_mults=(1, 2, 2)),
+    "unet_small": dict(base_channels=64, channel_mults=(1, 2, 2), attn_resolutions=(8,), dropout=0.1),
+}
 
 
 def timed(fn: Callable[[], None], repeats: int = 5) -> float:
@@ -68,8 +71,10 @@ def main() -> None:
     make = lambda: UNet(in_channels=channels, image_size=size, **arch)  # noqa: E731
     diffusion = GaussianDiffusion(make_betas("linear", 1000))
     images = torch.rand(2048, channels, size, size) * 2 - 1
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, model {args.get('model', 'unet_tiny')} "
-          f"({sum(p.numel() for p in make().parameters()) / 1e6:.2f} M params), {channels}x{size}x{size}")
+    print(
+        f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, model {args.get('model', 'unet_tiny')} "
+        f"({sum(p.numel() for p in make().parameters()) / 1e6:.2f} M params), {channels}x{size}x{size}"
+    )
     rows: list[tuple[str, float, str]] = []
     gpu_images = images.to(dev)
     model = make().to(dev)
@@ -88,8 +93,9 @@ def main() -> None:
     fp32 = make().to(dev).eval()
     noise = torch.randn(sample_batch, channels, size, size, device=dev)
     calib = collect_trajectory(lambda **kw: ddim_sample(fp32, diffusion, steps=50, **kw), 50, 10, noise[:64])
-    ctx = QuantContext(calibration=lambda: calib, train_batches=iter, diffusion=diffusion, generator=torch.Generator(),
-                       progress=False)
+    ctx = QuantContext(
+        calibration=lambda: calib, train_batches=iter, diffusion=diffusion, generator=torch.Generator(), progress=False
+    )
 
     def qat() -> None:
         qmodel, _, _ = prepare_fake_quant(fp32.cpu(), QuantPlan(QuantSpec(weight_bits=4)), qat=True)

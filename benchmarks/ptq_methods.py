@@ -6,6 +6,7 @@ Runs the real pipeline (the FP32 model, classifier and reference samples come fr
 only the first run trains) and prints a markdown table, one row as each run finishes. Each run's
 folder is kept under outputs/benchmarks/ptq_methods/<method>-<bits>/.
 """
+
 from __future__ import annotations
 
 from common import run_table

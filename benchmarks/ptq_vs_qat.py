@@ -5,6 +5,7 @@
 Both start from the same cached FP32 model; QAT's time includes its calibration and fine-tuning.
 Each run's folder is kept under outputs/benchmarks/ptq_vs_qat/<method>-<bits>/.
 """
+
 from __future__ import annotations
 
 from common import run_table

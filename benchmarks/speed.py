@@ -24,6 +24,7 @@ glibc malloc returns large blocks to the OS and page-faults them back on every s
 loop (300-430k faults per batch-64 run, FP32 30-40 % slower); unless `allocator=default`, the
 script re-executes itself with the settings below and prints what it ran with.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
-TUNED_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296",
-                "MALLOC_TOP_PAD_": "268435456"}
-DEFAULTS = {"batch": "1,64", "steps": "50", "repeats": "5", "models": "unet_tiny,unet_small",
-            "engines": "fbgemm,x86,int8_fast,qnnpack,x86_inductor", "threads": str(os.cpu_count()), "calib_samples": "16",
-            "allocator": "tuned"}
+TUNED_MALLOC = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+    "MALLOC_TOP_PAD_": "268435456",
+}
+DEFAULTS = {
+    "batch": "1,64",
+    "steps": "50",
+    "repeats": "5",
+    "models": "unet_tiny,unet_small",
+    "engines": "fbgemm,x86,int8_fast,qnnpack,x86_inductor",
+    "threads": str(os.cpu_count()),
+    "calib_samples": "16",
+    "allocator": "tuned",
+}
 
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "x86_inductor")  # other names in `engines=` are experiment presets
@@ -92,8 +104,14 @@ class Variant:
 
 def machine() -> str:
     """CPU model and core count as the kernel reports them."""
-    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    name = (
+        next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+            platform.processor(),
+        )
+        if os.path.exists("/proc/cpuinfo")
+        else platform.processor()
+    )
     return f"{name}, {os.cpu_count()} logical cores"
 
 
@@ -101,17 +119,23 @@ def compose_config(overrides: list[str]) -> Config:
     """The project's config with `overrides`, validated."""
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return to_config(compose(config_name="config", overrides=[
-            "progress=false", f"paths.output_dir={ROOT / 'outputs' / 'benchmarks' / 'speed'}", *overrides]))
+        return to_config(
+            compose(
+                config_name="config",
+                overrides=["progress=false", f"paths.output_dir={ROOT / 'outputs' / 'benchmarks' / 'speed'}", *overrides],
+            )
+        )
 
 
 def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: QuantContext, first_batch: int) -> Variant:
     """Quantize `model` with the config's PTQ strategy: `name` is an engine (x86: symmetric weights, as
     oneDNN needs) or a preset of conf/experiment (`int8_fast`) that brings its own backend."""
-    engine_args = [f"backend={name}", *(["quant.symmetric=true"] if name == "x86" else [])] if name in ENGINES \
-        else [f"experiment={name}"]
-    job = compose_config([*overrides, "quant=ptq", *engine_args, f"eval.batch_size={first_batch}",
-                          f"eval.num_samples={max(first_batch, 32)}"])  # >= 30: the bootstrap minimum
+    engine_args = (
+        [f"backend={name}", *(["quant.symmetric=true"] if name == "x86" else [])] if name in ENGINES else [f"experiment={name}"]
+    )
+    job = compose_config(
+        [*overrides, "quant=ptq", *engine_args, f"eval.batch_size={first_batch}", f"eval.num_samples={max(first_batch, 32)}"]
+    )  # >= 30: the bootstrap minimum
     engine = job.backend.engine
     set_engine(engine)
     outcome = build_strategy(job, resolve_int8_numerics(engine, job.backend.int8_scheme)).quantize(model, ctx)
@@ -123,8 +147,11 @@ def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: Q
 
 def python_variants(int8: list[Variant]) -> list[Variant]:
     """`<name> python`: each scripted int8 model's eager module, run from Python (qnnpack's is too slow to repeat)."""
-    return [Variant(f"{v.name} python", v.execution, v.model.eager, v.engine, v.bytes)
-            for v in int8 if isinstance(v.model, ScriptedInt8) and v.engine != "qnnpack"]
+    return [
+        Variant(f"{v.name} python", v.execution, v.model.eager, v.engine, v.bytes)
+        for v in int8
+        if isinstance(v.model, ScriptedInt8) and v.engine != "qnnpack"
+    ]
 
 
 @torch.no_grad()
@@ -149,26 +176,37 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
     batches = [int(b) for b in opts["batch"].split(",")]
     steps, repeats = int(opts["steps"]), int(opts["repeats"])
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.arch, cfg.dataset.channels, cfg.dataset.image_size,
-                        **model_kwargs(cfg.model.arch, asdict(cfg.model))).eval()
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps,
-                                              cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+    model = build_model(
+        cfg.model.arch, cfg.dataset.channels, cfg.dataset.image_size, **model_kwargs(cfg.model.arch, asdict(cfg.model))
+    ).eval()
+    diffusion = GaussianDiffusion.from_config(
+        cfg.diffusion.schedule, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
+    )
     shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     calib_noise = torch.randn(int(opts["calib_samples"]), *shape, generator=torch.Generator().manual_seed(1))
-    calib = collect_trajectory(partial(ddim_sample, model, diffusion, steps=cfg.sampler.steps), cfg.sampler.steps,
-                               cfg.quant.calib.timesteps, calib_noise)
-    ctx = QuantContext(calibration=lambda: calib, train_batches=lambda: iter([]), diffusion=diffusion,
-                       generator=torch.Generator().manual_seed(0), calib_batch_size=cfg.quant.calib.batch_size, progress=False)
+    calib = collect_trajectory(
+        partial(ddim_sample, model, diffusion, steps=cfg.sampler.steps), cfg.sampler.steps, cfg.quant.calib.timesteps, calib_noise
+    )
+    ctx = QuantContext(
+        calibration=lambda: calib,
+        train_batches=lambda: iter([]),
+        diffusion=diffusion,
+        generator=torch.Generator().manual_seed(0),
+        calib_batch_size=cfg.quant.calib.batch_size,
+        progress=False,
+    )
     torch._dynamo.reset()  # nothing compiled for an earlier model may serve this one
     int8 = [int8_variant(overrides, e, model, ctx, batches[0]) for e in opts["engines"].split(",") if e]
     int8 += python_variants(int8)
     logging.getLogger("diffquant").setLevel(logging.ERROR)  # set_engine's qnnpack warning, once per timed run
     torch._inductor.config.freezing = True  # set globally before compiling (the PT2E variant sets it too)
     fp32_bytes = state_dict_bytes(model)
-    variants = [Variant("fp32", "fp32", model, bytes=fp32_bytes),
-                Variant("fp32 compiled", "fp32", torch.compile(model, dynamic=False), bytes=fp32_bytes),
-                Variant("fp32 compiled+", "fp32", compile_fp32(model, (calib.x[:2], calib.t[:2])),
-                        bytes=fp32_bytes), *int8]
+    variants = [
+        Variant("fp32", "fp32", model, bytes=fp32_bytes),
+        Variant("fp32 compiled", "fp32", torch.compile(model, dynamic=False), bytes=fp32_bytes),
+        Variant("fp32 compiled+", "fp32", compile_fp32(model, (calib.x[:2], calib.t[:2])), bytes=fp32_bytes),
+        *int8,
+    ]
     for batch in batches:
         noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(2))
         for v in variants[1:]:
@@ -195,8 +233,10 @@ def table(name: str, variants: list[Variant], batches: list[int]) -> list[str]:
         for v in variants:
             med = statistics.median(v.times[batch])
             comp = f"{v.compile_s[batch]:.1f}" if batch in v.compile_s else "–"
-            rows.append(f"| {name} | {batch} | {v.name} | {v.execution} | {med:.3f} | {batch / med:.1f} | "
-                        f"{base / med:.2f}x | {compiled / med:.2f}x | {v.bytes:,} | {v.bytes / variants[0].bytes:.2f} | {comp} |")
+            rows.append(
+                f"| {name} | {batch} | {v.name} | {v.execution} | {med:.3f} | {batch / med:.1f} | "
+                f"{base / med:.2f}x | {compiled / med:.2f}x | {v.bytes:,} | {v.bytes / variants[0].bytes:.2f} | {comp} |"
+            )
     return rows
 
 
@@ -205,20 +245,29 @@ def main() -> None:
     reexec_with_tuned_malloc(opts)
     torch.set_num_threads(int(opts["threads"]))
     batches = [int(b) for b in opts["batch"].split(",")]
-    header = {**opts, "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "malloc_env": {k: os.environ.get(k, "(glibc default)") for k in TUNED_MALLOC},
-              "load_average_before": os.getloadavg()}
+    header = {
+        **opts,
+        "machine": machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "malloc_env": {k: os.environ.get(k, "(glibc default)") for k in TUNED_MALLOC},
+        "load_average_before": os.getloadavg(),
+    }
     print(json.dumps(header), flush=True)
     rows, results = [], {}
     for name in opts["models"].split(","):
         variants = run_model(name, opts, overrides)
         rows += table(name, variants, batches)
-        print("\n".join(rows[-len(variants) * len(batches):]), file=sys.stderr, flush=True)
-        results[name] = [{"variant": v.name, "execution": v.execution, "bytes": v.bytes, "compile_s": v.compile_s,
-                          "times": v.times} for v in variants]
+        print("\n".join(rows[-len(variants) * len(batches) :]), file=sys.stderr, flush=True)
+        results[name] = [
+            {"variant": v.name, "execution": v.execution, "bytes": v.bytes, "compile_s": v.compile_s, "times": v.times}
+            for v in variants
+        ]
     print(f"load average after: {os.getloadavg()}")
-    print("| model | batch | variant | execution | s / sampling (median) | images/s | vs eager fp32 | vs compiled fp32 "
-          "| state_dict bytes | vs fp32 | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | batch | variant | execution | s / sampling (median) | images/s | vs eager fp32 | vs compiled fp32 "
+        "| state_dict bytes | vs fp32 | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     print("\n".join(rows), flush=True)
     out = ROOT / "outputs" / "benchmarks" / "speed"
     out.mkdir(parents=True, exist_ok=True)

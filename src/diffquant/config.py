@@ -5,6 +5,7 @@ The `quant` and `backend` schemas live in quant/config.py and are re-exported fr
 Types are checked by OmegaConf at compose time; ranges and choices are checked in `__post_init__`
 when `to_config` turns the composed DictConfig into these dataclasses.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -50,9 +51,13 @@ class ModelConfig:
         check_range("model.num_heads", self.num_heads, 1)
         check_range("model.mlp_ratio", self.mlp_ratio, 0.01)
         if self.hidden_size % 4 or self.hidden_size % self.num_heads:
-            raise DiffquantError(f"model.hidden_size={self.hidden_size} must be divisible by 4 and by model.num_heads={self.num_heads}")
+            raise DiffquantError(
+                f"model.hidden_size={self.hidden_size} must be divisible by 4 and by model.num_heads={self.num_heads}"
+            )
         if self.pretrained and self.arch != "diffusers":
-            raise DiffquantError(f"model.pretrained is only read by model.arch=diffusers (model=diffusers_unet), not arch={self.arch}")
+            raise DiffquantError(
+                f"model.pretrained is only read by model.arch=diffusers (model=diffusers_unet), not arch={self.arch}"
+            )
         if self.pretrained and self.checkpoint:
             raise DiffquantError("model.pretrained and model.checkpoint are both set; give one of them")
 
@@ -121,7 +126,7 @@ class SamplerConfig:
 @dataclass
 class FIDConfig:
     extractor: str = "classifier"  # classifier (offline CNN, default) | inception (needs the `fid` extra)
-    batch_size: int = 32           # Inception forward batch
+    batch_size: int = 32  # Inception forward batch
 
     def __post_init__(self) -> None:
         check_choice("eval.fid.extractor", self.extractor, ("classifier", "inception"))
@@ -164,11 +169,14 @@ class EvalConfig:
         if self.total_samples < MIN_PAIRED_SAMPLES:
             raise DiffquantError(
                 f"eval.num_samples={self.num_samples} x {len(self.seeds)} seed(s) = {self.total_samples} paired samples is too "
-                f"few for the bootstrap intervals; allowed: eval.num_samples * len(eval.seeds) >= {MIN_PAIRED_SAMPLES}")
+                f"few for the bootstrap intervals; allowed: eval.num_samples * len(eval.seeds) >= {MIN_PAIRED_SAMPLES}"
+            )
         check_range("eval.eps_timesteps", self.eps_timesteps, 1)
         check_range("eval.precision_recall_k", self.precision_recall_k, 1)
         if self.precision_recall_k >= self.num_samples:
-            raise DiffquantError(f"eval.precision_recall_k={self.precision_recall_k} must be below eval.num_samples={self.num_samples}")
+            raise DiffquantError(
+                f"eval.precision_recall_k={self.precision_recall_k} must be below eval.num_samples={self.num_samples}"
+            )
         check_range("eval.traj_num_samples", self.traj_num_samples, 1)
         check_range("eval.act_probe_images", self.act_probe_images, 1)
 
@@ -224,13 +232,20 @@ def check_trajectory(cfg: Config) -> None:
     """Cross-field rules of the sampling trajectory: DDIM steps exist, calibration keeps at most one set per step."""
     T, sampler = cfg.diffusion.num_timesteps, cfg.sampler
     if sampler.name == "ddim" and sampler.steps > T:
-        raise DiffquantError(f"sampler.steps={sampler.steps} is more than diffusion.num_timesteps={T} "
-                             f"(DDIM takes at most one step per timestep); allowed: 1..{T}")
-    steps, source = (T, f"diffusion.num_timesteps={T}, sampler=ddpm") if sampler.name == "ddpm" else (
-        sampler.steps, f"sampler.steps={sampler.steps}")
+        raise DiffquantError(
+            f"sampler.steps={sampler.steps} is more than diffusion.num_timesteps={T} "
+            f"(DDIM takes at most one step per timestep); allowed: 1..{T}"
+        )
+    steps, source = (
+        (T, f"diffusion.num_timesteps={T}, sampler=ddpm")
+        if sampler.name == "ddpm"
+        else (sampler.steps, f"sampler.steps={sampler.steps}")
+    )
     if cfg.quant.method != "fp32" and cfg.quant.calib.timesteps > steps:
-        raise DiffquantError(f"quant.calib.timesteps={cfg.quant.calib.timesteps} is more than the {steps} steps of the "
-                             f"sampling trajectory ({source}); allowed: 1..{steps}")
+        raise DiffquantError(
+            f"quant.calib.timesteps={cfg.quant.calib.timesteps} is more than the {steps} steps of the "
+            f"sampling trajectory ({source}); allowed: 1..{steps}"
+        )
 
 
 def register_configs() -> None:
@@ -268,5 +283,9 @@ def check_known_keys(node: DictConfig, prefix: str = "") -> None:
         if not prefix and key == "hydra":  # composed with return_hydra_config=True
             continue
         guess = difflib.get_close_matches(str(key), names, n=1)
-        hint = f"did you mean {prefix}{guess[0]}?" if guess else f"allowed keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
+        hint = (
+            f"did you mean {prefix}{guess[0]}?"
+            if guess
+            else f"allowed keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
+        )
         raise DiffquantError(f"{prefix}{key}={value!r} is not a setting; {hint}")

@@ -2,6 +2,7 @@
 
 `run_experiment(cfg)` needs no Hydra: tests and notebooks call it with a `Config` object.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,13 +49,27 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     require_extractor(cfg.eval.fid.extractor)  # a missing optional extra fails before any training
     torch.manual_seed(cfg.seed)
 
-    data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
-                        channels=cfg.dataset.channels, download=cfg.dataset.download,
-                        holdout_fraction=cfg.dataset.holdout_fraction, seed=cfg.seed, max_train=cfg.dataset.max_train)
-    log.info("Data %s: %d train / %d held-out images of %dx%d", cfg.dataset.name, len(data.train_images),
-             len(data.test_images), data.image_size, data.image_size)
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps,
-                                              cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+    data = load_dataset(
+        cfg.dataset.name,
+        root=cfg.dataset.root,
+        image_size=cfg.dataset.image_size,
+        channels=cfg.dataset.channels,
+        download=cfg.dataset.download,
+        holdout_fraction=cfg.dataset.holdout_fraction,
+        seed=cfg.seed,
+        max_train=cfg.dataset.max_train,
+    )
+    log.info(
+        "Data %s: %d train / %d held-out images of %dx%d",
+        cfg.dataset.name,
+        len(data.train_images),
+        len(data.test_images),
+        data.image_size,
+        data.image_size,
+    )
+    diffusion = GaussianDiffusion.from_config(
+        cfg.diffusion.schedule, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
+    )
     is_main = DistInfo.from_env().is_main
     logger = RunLogger(out_dir / "tensorboard", cfg.logger.tensorboard and is_main)
     try:
@@ -66,42 +81,67 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                 if step % cfg.train.log_every == 0:
                     logger.scalar("train/loss", loss, step)
         classifier, cls_acc, _ = get_classifier(cfg, data)
-        sample = partial(get_sampler(cfg.sampler.name), diffusion=diffusion, steps=cfg.sampler.steps,
-                         eta=cfg.sampler.eta, generator=None)
+        sample = partial(
+            get_sampler(cfg.sampler.name), diffusion=diffusion, steps=cfg.sampler.steps, eta=cfg.sampler.eta, generator=None
+        )
         calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
         batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
         state_key = qat_key(cfg, fp32.key)
         ctx = QuantContext(
             calibration=calibration.get,
             train_batches=lambda: iterate_batches(data.train_images, q.qat.batch_size, batch_generator),
-            diffusion=diffusion, generator=torch.Generator().manual_seed(cfg.seed + 3),
-            calib_batch_size=q.calib.batch_size, log_scalar=logger.scalar, progress=cfg.progress,
-            batch_generator=batch_generator, state_path=fp32.entry_dir / f"qat_state_{state_key}.pt",
-            state_key=state_key, checkpoint_every=q.qat.checkpoint_every,
+            diffusion=diffusion,
+            generator=torch.Generator().manual_seed(cfg.seed + 3),
+            calib_batch_size=q.calib.batch_size,
+            log_scalar=logger.scalar,
+            progress=cfg.progress,
+            batch_generator=batch_generator,
+            state_path=fp32.entry_dir / f"qat_state_{state_key}.pt",
+            state_key=state_key,
+            checkpoint_every=q.qat.checkpoint_every,
         )
         log.info("Quantizing: method=%s W%dA%d engine=%s", q.method, q.weight_bits, q.act_bits, cfg.backend.engine)
         outcome = strategy.quantize(fp32.model, ctx)
         log.info("Execution: %s (%d layers wrapped, %.1f s)", outcome.execution, len(outcome.wrapped_layers), outcome.seconds)
 
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
-        header = {"method": q.method, "weight_bits": bits[0], "act_bits": bits[1], "backend": cfg.backend.engine,
-                  "execution": outcome.execution, **numerics.as_dict()}
-        extra = {"fp32_cache_key": fp32.key, "fp32_cached": fp32.cached, "wrapped_layers": len(outcome.wrapped_layers),
-                 "fused_groups": outcome.fused_groups, "quant": dataclasses.asdict(q),
-                 "provenance": {**source_provenance(), "machine": cpu_info().as_dict(), "config_hash": config_hash(dataclasses.asdict(cfg)),
-                                "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint)}}
+        header = {
+            "method": q.method,
+            "weight_bits": bits[0],
+            "act_bits": bits[1],
+            "backend": cfg.backend.engine,
+            "execution": outcome.execution,
+            **numerics.as_dict(),
+        }
+        extra = {
+            "fp32_cache_key": fp32.key,
+            "fp32_cached": fp32.cached,
+            "wrapped_layers": len(outcome.wrapped_layers),
+            "fused_groups": outcome.fused_groups,
+            "quant": dataclasses.asdict(q),
+            "provenance": {
+                **source_provenance(),
+                "machine": cpu_info().as_dict(),
+                "config_hash": config_hash(dataclasses.asdict(cfg)),
+                "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint),
+            },
+        }
         if outcome.sensitivity:
             write_sensitivity(outcome.sensitivity, out_dir, logger)
-        model_metrics = {"model/size_bytes": state_dict_bytes(outcome.model), "model/size_bytes_fp32": state_dict_bytes(fp32.model),
-                         "perf/quantize_s": outcome.seconds}
+        model_metrics = {
+            "model/size_bytes": state_dict_bytes(outcome.model),
+            "model/size_bytes_fp32": state_dict_bytes(fp32.model),
+            "perf/quantize_s": outcome.seconds,
+        }
         example = (torch.zeros(1, data.channels, data.image_size, data.image_size), torch.zeros(1, dtype=torch.long))
         share = mac_fraction(fp32.model, outcome.wrapped_layers, *example) if outcome.wrapped_layers else 0.0
         model_metrics["model/quantized_mac_fraction"] = share  # of all multiply-accumulates of a forward
         model_metrics["model/int8_mac_fraction"] = share if outcome.execution.startswith("int8") else 0.0
         if outcome.compile_seconds:  # compiled executions: compiling is not part of quantizing or sampling
             model_metrics["perf/compile_s"] = outcome.compile_seconds
-        inputs = EvalInputs(data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution,
-                            classifier, cls_acc, cfg.device)
+        inputs = EvalInputs(
+            data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution, classifier, cls_acc, cfg.device
+        )
         return evaluate_and_report(cfg, inputs, header, model_metrics, extra, logger)
     finally:
         logger.close()
@@ -109,8 +149,13 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
 
 def qat_key(cfg: Config, fp32_key: str) -> str:
     """Hash of everything a QAT run's fine-tuned state depends on (its resumable checkpoint's key)."""
-    parts = {"fp32": fp32_key, "quant": dataclasses.asdict(cfg.quant), "backend": dataclasses.asdict(cfg.backend),
-             "sampler": dataclasses.asdict(cfg.sampler), "seed": cfg.seed}
+    parts = {
+        "fp32": fp32_key,
+        "quant": dataclasses.asdict(cfg.quant),
+        "backend": dataclasses.asdict(cfg.backend),
+        "sampler": dataclasses.asdict(cfg.sampler),
+        "seed": cfg.seed,
+    }
     parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
     return config_hash(parts)
 
@@ -127,18 +172,45 @@ def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStr
     A run that would execute int8 kernels whose accumulation saturates on this CPU is refused here.
     """
     q, r, t = cfg.quant, cfg.quant.recon, cfg.quant.qat
-    plan = QuantPlan(q.spec(numerics.scheme), tuple(q.skip), tuple(q.layer_bits.items()), q.split_shortcut,
-                     q.dynamic_input, script=cfg.backend.torchscript, keep_float=tuple(q.keep_float))
-    recon = None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
-    qat_settings = TrainSettings(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
-                                 log_every=cfg.train.log_every, schedule=t.schedule, device=cfg.device)
+    plan = QuantPlan(
+        q.spec(numerics.scheme),
+        tuple(q.skip),
+        tuple(q.layer_bits.items()),
+        q.split_shortcut,
+        q.dynamic_input,
+        script=cfg.backend.torchscript,
+        keep_float=tuple(q.keep_float),
+    )
+    recon = (
+        None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
+    )
+    qat_settings = TrainSettings(
+        steps=t.steps,
+        lr=t.lr,
+        warmup_steps=t.warmup_steps,
+        ema_decay=t.ema_decay,
+        log_every=cfg.train.log_every,
+        schedule=t.schedule,
+        device=cfg.device,
+    )
     warmup = min(cfg.eval.batch_size, cfg.eval.num_samples)  # compiled / scripted models get ready at this batch
     builders = {
         "fp32": FP32Strategy,
         "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity, warmup),
         "ptq_inductor": lambda: InductorPTQStrategy(plan, r.method, warmup),
-        "qat": lambda: QATStrategy(plan, qat_settings, t.freeze_observer_step, t.data_weight, t.distill_weight,
-                                   t.data_free, t.init_from_ptq, t.batch_size, t.lsq, t.lsq_lr_factor, warmup),
+        "qat": lambda: QATStrategy(
+            plan,
+            qat_settings,
+            t.freeze_observer_step,
+            t.data_weight,
+            t.distill_weight,
+            t.data_free,
+            t.init_from_ptq,
+            t.batch_size,
+            t.lsq,
+            t.lsq_lr_factor,
+            warmup,
+        ),
     }
     method = q.method
     if cfg.backend.engine == "x86_inductor" and method != "fp32":  # PT2E: a PTQ flow of its own
@@ -155,8 +227,9 @@ class CachedCalibration:
 
     def __init__(self, cfg: Config, entry_dir: Path, sample: Any, channels: int, image_size: int) -> None:
         c = cfg.quant.calib
-        self.path = entry_dir / "calib_{}.pt".format(config_hash({
-            "calib": dataclasses.asdict(c), "sampler": dataclasses.asdict(cfg.sampler), "seed": cfg.seed}))
+        self.path = entry_dir / "calib_{}.pt".format(
+            config_hash({"calib": dataclasses.asdict(c), "sampler": dataclasses.asdict(cfg.sampler), "seed": cfg.seed})
+        )
         self.cfg, self.sample, self.shape = cfg, sample, (c.num_samples, channels, image_size, image_size)
         self.data: CalibrationData | None = None
 
@@ -174,8 +247,11 @@ class CachedCalibration:
         cfg, c = self.cfg, self.cfg.quant.calib
         T = cfg.diffusion.num_timesteps
         steps = list(range(T - 1, -1, -1)) if cfg.sampler.name == "ddpm" else ddim_timesteps(T, cfg.sampler.steps)
-        keep = (pick_indices(len(steps), c.timesteps) if c.t_sampling == "uniform"
-                else pick_indices_normal(steps, c.timesteps, c.t_mean, c.t_std, T, seed=cfg.seed))
+        keep = (
+            pick_indices(len(steps), c.timesteps)
+            if c.t_sampling == "uniform"
+            else pick_indices_normal(steps, c.timesteps, c.t_mean, c.t_std, T, seed=cfg.seed)
+        )
         noise = torch.randn(self.shape, generator=torch.Generator().manual_seed(cfg.seed + 1))
         data = collect_trajectory(self.sample, len(steps), c.timesteps, noise, keep)
         atomic_torch_save({"x": data.x, "t": data.t}, self.path)

@@ -1,4 +1,5 @@
 """The Hydra entry point (`diffquant`): compose the config, run the pipeline, report errors in one line."""
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
     # separate processes. Tests keep seeing it.
     warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel", category=UserWarning)
     hc = HydraConfig.get()
-    job = JobInfo(dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), multirun=hc.mode == RunMode.MULTIRUN,
-                  seed=cfg.seed, skip_done=cfg.sweep.skip_done, size_budget_bytes=cfg.sweep.size_budget_bytes)
+    job = JobInfo(
+        dir=Path(hc.runtime.output_dir),
+        overrides=list(hc.overrides.task),
+        multirun=hc.mode == RunMode.MULTIRUN,
+        seed=cfg.seed,
+        skip_done=cfg.sweep.skip_done,
+        size_budget_bytes=cfg.sweep.size_budget_bytes,
+    )
     info = init_distributed(cfg.device)  # torchrun: join the process group; else rank 0 of 1
     try:
         if not info.is_main:  # the other ranks train with rank 0 and leave the run's files to it

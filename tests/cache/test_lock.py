@@ -1,4 +1,5 @@
 """Two processes that need the same cache entry at the same moment: one builds it, the other waits and loads it."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,16 @@ print(f"RESULT acc={acc:.6f} cached={cached}")
 def test_two_processes_build_a_cache_entry_once(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a small machine: no thread oversubscription
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cache), str(tmp_path / f"ready{i}"), str(tmp_path / f"ready{1 - i}")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(cache), str(tmp_path / f"ready{i}"), str(tmp_path / f"ready{1 - i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in (0, 1)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
     logs = [out for out, _ in outputs]
@@ -57,8 +66,17 @@ def test_lock_is_released_after_an_error(tmp_path: Path) -> None:
             raise ValueError("build failed")
     except ValueError:
         pass
-    proc = subprocess.run([sys.executable, "-c", (
-        "import sys; from filelock import FileLock; "
-        f"FileLock({str(lock_path(entry))!r}).acquire(timeout=5); print('acquired')")],
-        capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from filelock import FileLock; "
+                f"FileLock({str(lock_path(entry))!r}).acquire(timeout=5); print('acquired')"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.stdout.strip() == "acquired", proc.stderr

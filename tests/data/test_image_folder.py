@@ -1,4 +1,5 @@
 """dataset=image_folder on tiny PNG folders: class sub-folders, a flat folder, resizing and cropping, errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,14 @@ def write_png(path: Path, value: int, size: tuple[int, int] = (8, 8), mode: str 
 
 
 def load(root: Path | str | None, image_size: int = 8, channels: int = 1, holdout: float = 0.25):
-    return load_dataset("image_folder", root=None if root is None else str(root), image_size=image_size,
-                        channels=channels, holdout_fraction=holdout, seed=0)
+    return load_dataset(
+        "image_folder",
+        root=None if root is None else str(root),
+        image_size=image_size,
+        channels=channels,
+        holdout_fraction=holdout,
+        seed=0,
+    )
 
 
 @pytest.fixture

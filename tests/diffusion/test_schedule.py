@@ -1,4 +1,5 @@
 """Schedules, q_sample and samplers against closed forms."""
+
 from __future__ import annotations
 
 import math

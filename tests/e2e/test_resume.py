@@ -1,4 +1,5 @@
 """A training run killed with SIGKILL and started again with the same command resumes and ends identically."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,23 @@ RESUME = ("train.steps=200", "train.checkpoint_every=20")
 
 def start(tmp_path: Path) -> subprocess.Popen[str]:
     """The same command as `diffquant(tmp_path, *RESUME)`, in the background."""
-    cmd = [sys.executable, "-m", "diffquant.run", f"hydra.run.dir={tmp_path / 'killed'}", f"paths.cache_dir={tmp_path / 'cache'}",
-           *TINY_OVERRIDES, *RESUME]
-    return subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffquant.run",
+        f"hydra.run.dir={tmp_path / 'killed'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *TINY_OVERRIDES,
+        *RESUME,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_sigkilled_training_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:

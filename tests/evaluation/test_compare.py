@@ -1,4 +1,5 @@
 """evaluation/compare.py: the noise-prediction error, overall and per timestep; warm-up before the timed batch."""
+
 from __future__ import annotations
 
 import math

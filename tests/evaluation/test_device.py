@@ -1,4 +1,5 @@
 """Evaluation on a GPU (`device=cuda`): which models go there, and the wrapper that takes CPU tensors."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,9 @@ from diffquant.quant.strategies import PTQStrategy, QuantPlan
 from helpers import calibration_context
 
 
-@pytest.mark.parametrize(("execution", "expected"), [
-    ("fakequant", "cuda"), ("fp32", "cuda"), ("int8", "cpu"), ("int8_inductor", "cpu")])
+@pytest.mark.parametrize(
+    ("execution", "expected"), [("fakequant", "cuda"), ("fp32", "cuda"), ("int8", "cpu"), ("int8_inductor", "cpu")]
+)
 def test_int8_kernels_stay_on_the_cpu_and_the_rest_follows_device(execution: str, expected: str) -> None:
     assert eval_device("cuda", execution).type == expected
     assert eval_device("cpu", execution).type == "cpu"

@@ -1,4 +1,5 @@
 """Feature spaces, the reference-statistics cache, and the sample metrics computed in them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,13 @@ import torch
 from diffquant.errors import DiffquantError
 from diffquant.evaluation.compare import sample_metrics
 from diffquant.evaluation.features import (
-    FeatureSpace, Reference, build_spaces, classifier_space, reference_path, reference_statistics, require_extractor,
+    FeatureSpace,
+    Reference,
+    build_spaces,
+    classifier_space,
+    reference_path,
+    reference_statistics,
+    require_extractor,
     state_fingerprint,
 )
 from diffquant.metrics.classifier import DigitClassifier
@@ -80,8 +87,9 @@ def test_non_finite_samples_give_null_metrics(classifier, images) -> None:
     bad = images.clone()
     bad[0, 0, 0, 0] = float("nan")
     metrics = sample_metrics([space], {"classifier": ref}, images, bad, compare=True)
-    assert all(metrics[k] is None for k in ("eval/fid_cls", "eval/precision_cls", "eval/recall_cls", "eval/is_cls",
-                                            "eval/psnr_vs_fp32"))
+    assert all(
+        metrics[k] is None for k in ("eval/fid_cls", "eval/precision_cls", "eval/recall_cls", "eval/is_cls", "eval/psnr_vs_fp32")
+    )
     assert metrics["eval/fid_cls_fp32"] is not None
 
 

@@ -1,4 +1,5 @@
 """Per-timestep FP32-vs-quantized noise-prediction MSE along the quantized model's own trajectory."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -47,8 +48,9 @@ def test_a_constant_offset_gives_its_square_at_every_step(diffusion) -> None:
 def test_error_is_measured_on_the_quantized_trajectory(diffusion) -> None:
     """The recorded inputs are the quantized model's states: MSE = (a_q - a_fp)^2 · mean(x_t^2) of its own x_t."""
     seen: dict[int, float] = {}
-    sample = partial(ddim_sample, diffusion=diffusion, steps=4,
-                     callback=lambda i, t, x: seen.__setitem__(t, float((x.double() ** 2).mean())))
+    sample = partial(
+        ddim_sample, diffusion=diffusion, steps=4, callback=lambda i, t, x: seen.__setitem__(t, float((x.double() ** 2).mean()))
+    )
     noise = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     per_t = trajectory_eps_mse(sample, Scaled(0.3), Scaled(0.6), noise)
     assert per_t == {t: pytest.approx(0.09 * seen[t], rel=1e-5) for t in seen}

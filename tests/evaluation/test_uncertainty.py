@@ -1,4 +1,5 @@
 """evaluation/uncertainty.py: the paired metrics of a run, the real-vs-real floor, bootstrap.json and pairing two runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,14 @@ from diffquant.evaluation.compare import sample_features, sample_metrics
 from diffquant.evaluation.features import FeatureSpace, Reference
 from diffquant.metrics.fid import feature_statistics, frechet_distance
 from diffquant.metrics.paired import bootstrap_indices, indices_digest
-from diffquant.evaluation.uncertainty import (floor_images, floor_metrics, paired_difference, paired_metrics, read_bootstrap,
-                                   write_bootstrap)
+from diffquant.evaluation.uncertainty import (
+    floor_images,
+    floor_metrics,
+    paired_difference,
+    paired_metrics,
+    read_bootstrap,
+    write_bootstrap,
+)
 
 
 def flat_space() -> FeatureSpace:
@@ -78,8 +85,14 @@ def test_floor_is_real_train_images_against_the_reference(tmp_path: Path, setup)
 
 
 def test_bootstrap_file_pairs_two_runs_replicate_by_replicate(tmp_path: Path) -> None:
-    pairing = {"num_samples": 64, "replicates": 4, "seed": 1, "eval_seeds": [1], "indices_sha256": "abc",
-               "fp32_samples_sha256": "def"}
+    pairing = {
+        "num_samples": 64,
+        "replicates": 4,
+        "seed": 1,
+        "eval_seeds": [1],
+        "indices_sha256": "abc",
+        "fp32_samples_sha256": "def",
+    }
     a, b = tmp_path / "a", tmp_path / "b"
     summary = write_bootstrap(a / "bootstrap.json", {"eval/fid_cls_delta": [1.0, 2.0, 3.0, 4.0]}, pairing)
     write_bootstrap(b / "bootstrap.json", {"eval/fid_cls_delta": [0.5, 0.5, 0.5, 0.5]}, pairing)

@@ -1,4 +1,5 @@
 """Helpers shared by test modules (not fixtures)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,6 +37,10 @@ def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Gener
     from diffquant.quant.calibration import CalibrationData
     from diffquant.quant.strategies import QuantContext
 
-    return QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]),
-                        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
-                        generator=generator if generator is not None else torch.Generator(), progress=False)
+    return QuantContext(
+        calibration=lambda: CalibrationData(x, t),
+        train_batches=lambda: iter([]),
+        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        generator=generator if generator is not None else torch.Generator(),
+        progress=False,
+    )

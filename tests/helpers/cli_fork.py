@@ -5,6 +5,7 @@ every child is a real process with its own argv, environment, stdout / stderr an
 `python -m diffquant.run` would have. The bad-input matrix runs 30+ CLI calls this way in seconds.
 `python tests/helpers/cli_fork.py CALLS.json` writes `<name>.out`, `<name>.err` and `codes.json` next to it.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,12 +42,15 @@ def run_forked(calls: list[CliCall], folder: Path, timeout: float = 300) -> dict
     spec = folder / "calls.json"
     spec.write_text(json.dumps([asdict(c) for c in calls]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    driver = subprocess.run([sys.executable, __file__, str(spec)], capture_output=True, text=True, timeout=timeout,
-                            cwd=folder, env=env)
+    driver = subprocess.run(
+        [sys.executable, __file__, str(spec)], capture_output=True, text=True, timeout=timeout, cwd=folder, env=env
+    )
     assert driver.returncode == 0, driver.stderr[-3000:]
     codes = json.loads((folder / "codes.json").read_text())
-    return {c.name: CliResult(codes[c.name], (folder / f"{c.name}.out").read_text(), (folder / f"{c.name}.err").read_text())
-            for c in calls}
+    return {
+        c.name: CliResult(codes[c.name], (folder / f"{c.name}.out").read_text(), (folder / f"{c.name}.err").read_text())
+        for c in calls
+    }
 
 
 def _child(call: dict, folder: Path) -> None:

@@ -14,9 +14,7 @@ def digits16():
 
 def test_learns_held_out_digits(digits16) -> None:
     # 300 steps at the default lr take ~3 s on 2 cores; 150 steps reach only ~0.83 at lr 2e-3.
-    model = train_classifier(
-        digits16.train_images, digits16.train_labels, num_classes=10, steps=300, seed=0, progress=False
-    )
+    model = train_classifier(digits16.train_images, digits16.train_labels, num_classes=10, steps=300, seed=0, progress=False)
     assert not model.training
     assert accuracy(model, digits16.test_images, digits16.test_labels) > 0.85
     torch.manual_seed(0)

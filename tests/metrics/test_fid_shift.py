@@ -1,4 +1,5 @@
 """FID of a known distribution shift: grows monotonically and matches the Gaussian closed form."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The FID Inception from the optional `fid` extra: preprocessing, features, FID behaviour, missing-extra error."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,13 @@ import torch
 from diffquant.errors import DiffquantError
 from diffquant.metrics.fid import fid_from_features
 from diffquant.metrics.inception import (
-    FEATURE_DIM, INPUT_SIZE, MISSING_MESSAGE, TF_INPUT_RANGE, inception_available, inception_weights_path, load_inception,
+    FEATURE_DIM,
+    INPUT_SIZE,
+    MISSING_MESSAGE,
+    TF_INPUT_RANGE,
+    inception_available,
+    inception_weights_path,
+    load_inception,
     to_inception_input,
 )
 

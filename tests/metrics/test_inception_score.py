@@ -1,4 +1,5 @@
 """Inception Score against its closed forms: 1 for uninformative predictions, C for confident and diverse ones."""
+
 from __future__ import annotations
 
 import math

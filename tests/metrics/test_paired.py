@@ -1,4 +1,5 @@
 """The paired bootstrap against a straightforward reference: the same indices give the same values."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,14 @@ from torch import Tensor
 
 from diffquant.metrics.fid import feature_statistics, frechet_distance, sqrt_psd
 from diffquant.metrics.inception_score import inception_score
-from diffquant.metrics.paired import (PairedSets, ResampledFrechet, bootstrap_indices, indices_digest, paired_bootstrap,
-                                      percentile_interval)
+from diffquant.metrics.paired import (
+    PairedSets,
+    ResampledFrechet,
+    bootstrap_indices,
+    indices_digest,
+    paired_bootstrap,
+    percentile_interval,
+)
 from diffquant.metrics.precision_recall import precision_recall
 from diffquant.metrics.quality import psnr
 
@@ -24,19 +31,32 @@ def paired(n: int, d: int, m: int = 120, seed: int = 0, shift: float = 0.3) -> P
     quantized = fp32 + shift * torch.randn(n, d, generator=gen).abs()
     logits = torch.randn(n, 10, generator=gen) * 3
     images = torch.rand(n, 1, 4, 4, generator=gen) * 2 - 1
-    return PairedSets(ref, fp32, quantized, logits, logits + 0.5 * torch.randn(n, 10, generator=gen), images,
-                      images + 0.05 * torch.randn(n, 1, 4, 4, generator=gen))
+    return PairedSets(
+        ref,
+        fp32,
+        quantized,
+        logits,
+        logits + 0.5 * torch.randn(n, 10, generator=gen),
+        images,
+        images + 0.05 * torch.randn(n, 1, 4, 4, generator=gen),
+    )
 
 
 def reference_replicate(sets: PairedSets, row: np.ndarray, k: int) -> dict[str, float]:
     """Every metric of one replicate recomputed from the resampled rows with the plain metric functions."""
     idx = torch.from_numpy(row)
     mu, sigma = feature_statistics(sets.ref)
-    fid = {name: frechet_distance(mu, sigma, *feature_statistics(x[idx])) for name, x in (("f", sets.fp32), ("q", sets.quantized))}
+    fid = {
+        name: frechet_distance(mu, sigma, *feature_statistics(x[idx])) for name, x in (("f", sets.fp32), ("q", sets.quantized))
+    }
     (pf, rf), (pq, rq) = precision_recall(sets.ref, sets.fp32[idx], k), precision_recall(sets.ref, sets.quantized[idx], k)
-    return {"fid": fid["q"] - fid["f"], "precision": pq - pf, "recall": rq - rf,
-            "is": inception_score(sets.q_logits[idx])[0] - inception_score(sets.fp32_logits[idx])[0],
-            "psnr": psnr(sets.q_samples[idx], sets.fp32_samples[idx])}
+    return {
+        "fid": fid["q"] - fid["f"],
+        "precision": pq - pf,
+        "recall": rq - rf,
+        "is": inception_score(sets.q_logits[idx])[0] - inception_score(sets.fp32_logits[idx])[0],
+        "psnr": psnr(sets.q_samples[idx], sets.fp32_samples[idx]),
+    }
 
 
 @pytest.mark.parametrize(("n", "d"), [(60, 8), (40, 64)], ids=["covariance-path", "gram-path"])
@@ -59,7 +79,10 @@ def test_point_estimates_are_the_metrics_of_the_full_sets() -> None:
     result = paired_bootstrap(sets, replicates=100, seed=0)
     mu, sigma = feature_statistics(sets.ref)
     fid_f, fid_q = (frechet_distance(mu, sigma, *feature_statistics(x)) for x in (sets.fp32, sets.quantized))
-    assert (result.point["fid_fp32"], result.point["fid_quantized"]) == (pytest.approx(fid_f, rel=1e-10), pytest.approx(fid_q, rel=1e-10))
+    assert (result.point["fid_fp32"], result.point["fid_quantized"]) == (
+        pytest.approx(fid_f, rel=1e-10),
+        pytest.approx(fid_q, rel=1e-10),
+    )
     assert result.point["fid"] == pytest.approx(fid_q - fid_f, rel=1e-9)
     (pf, rf), (pq, rq) = precision_recall(sets.ref, sets.fp32), precision_recall(sets.ref, sets.quantized)
     assert (result.point["precision"], result.point["recall"]) == (pq - pf, rq - rf)
@@ -85,8 +108,15 @@ def test_intervals_shrink_with_the_number_of_samples() -> None:
 
 def test_identical_sets_give_zero_deltas_and_zero_width_intervals() -> None:
     sets = paired(50, 8)
-    same = PairedSets(sets.ref, sets.fp32, sets.fp32.clone(), sets.fp32_logits, sets.fp32_logits.clone(),
-                      sets.fp32_samples, sets.fp32_samples.clone())
+    same = PairedSets(
+        sets.ref,
+        sets.fp32,
+        sets.fp32.clone(),
+        sets.fp32_logits,
+        sets.fp32_logits.clone(),
+        sets.fp32_samples,
+        sets.fp32_samples.clone(),
+    )
     result = paired_bootstrap(same, replicates=200, seed=0)
     for name in ("fid", "precision", "recall", "is"):
         assert result.point[name] == 0.0 and result.ci95[name] == (0.0, 0.0)

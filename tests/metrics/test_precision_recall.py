@@ -1,4 +1,5 @@
 """Improved precision / recall (Kynkäänniemi et al.) against hand-computed cases."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """model=diffusers_unet: a UNet2DModel built from the UNet fields or loaded from a saved folder, its errors,
 in-process W8A8 PTQ, and the acceptance run of the real CLI on a saved random model."""
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,17 @@ UNET_TINY = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, at
 def save_random_unet(folder: Path, seed: int = 0) -> nn.Module:
     """A tiny random UNet2DModel (16x16, 1 channel, widths 8 / 16, attention at the 8x8 level) saved to `folder`."""
     torch.manual_seed(seed)
-    unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
-                                 attention_head_dim=8).eval()
+    unet = diffusers.UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+    ).eval()
     unet.save_pretrained(folder)
     return unet
 
@@ -93,7 +101,9 @@ def test_bad_pretrained_gives_one_line_naming_the_setting(tmp_path: Path, case: 
 
 def test_missing_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` now raises ImportError
-    with pytest.raises(DiffquantError, match=r"model.pretrained='.*'\) needs the optional extra: pip install -e '.\[diffusers\]'"):
+    with pytest.raises(
+        DiffquantError, match=r"model.pretrained='.*'\) needs the optional extra: pip install -e '.\[diffusers\]'"
+    ):
         build(str(tmp_path))
 
 
@@ -117,10 +127,20 @@ def test_w8a8_ptq_quantizes_the_diffusers_layers(tmp_path: Path) -> None:
 
 def test_cli_quantizes_a_saved_unet2dmodel_end_to_end(tmp_path: Path) -> None:
     save_random_unet(tmp_path / "saved")
-    cmd = [sys.executable, "-m", "diffquant.run", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
-           *TINY_OVERRIDES, "model=diffusers_unet", f"model.pretrained={tmp_path / 'saved'}", "quant=ptq"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffquant.run",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *TINY_OVERRIDES,
+        "model=diffusers_unet",
+        f"model.pretrained={tmp_path / 'saved'}",
+        "quant=ptq",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (results["method"], results["weight_bits"], results["act_bits"], results["execution"]) == ("ptq", 8, 8, "int8")

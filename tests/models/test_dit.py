@@ -1,4 +1,5 @@
 """The DiT: shapes, patching, adaLN-Zero's zero start, time conditioning, W8A8 PTQ, config and cache key."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,7 +32,9 @@ def trained_like(model: DiT) -> DiT:
     return model.eval()
 
 
-@pytest.mark.parametrize(("channels", "size", "patch"), [(1, 8, 2), (3, 16, 4), (1, 16, 1)], ids=["gray-8px", "rgb-16px-p4", "p1"])
+@pytest.mark.parametrize(
+    ("channels", "size", "patch"), [(1, 8, 2), (3, 16, 4), (1, 16, 1)], ids=["gray-8px", "rgb-16px-p4", "p1"]
+)
 def test_output_has_the_input_shape(channels: int, size: int, patch: int) -> None:
     model = trained_like(DiT(in_channels=channels, image_size=size, **{**TINY, "patch_size": patch}))
     x = torch.randn(2, channels, size, size)
@@ -92,18 +95,27 @@ def test_w8a8_ptq_converts_every_projection_to_int8() -> None:
 def test_dit_s_composes_and_its_fields_key_the_cache(compose_cfg) -> None:
     cfg = to_config(compose_cfg("model=dit_s"))
     assert (cfg.model.arch, cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.patch_size) == (
-        "dit", 384, 12, 6, 2)
+        "dit",
+        384,
+        12,
+        6,
+        2,
+    )
     deeper = to_config(compose_cfg("model=dit_s", "model.depth=6"))
     unet_field = to_config(compose_cfg("model=dit_s", "model.base_channels=64"))
     assert fp32_key(deeper) != fp32_key(cfg)
     assert fp32_key(unet_field) == fp32_key(cfg)  # fields DiT does not read do not key its cache
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model.hidden_size=30"], "model.hidden_size=30 must be divisible by 4 and by model.num_heads=6"),
-    (["model.depth=0"], "model.depth=0 is out of range"),
-    (["model.pretrained=/x"], "model.pretrained is only read by model.arch=diffusers"),
-], ids=["hidden-size", "depth", "pretrained"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.hidden_size=30"], "model.hidden_size=30 must be divisible by 4 and by model.num_heads=6"),
+        (["model.depth=0"], "model.depth=0 is out of range"),
+        (["model.pretrained=/x"], "model.pretrained is only read by model.arch=diffusers"),
+    ],
+    ids=["hidden-size", "depth", "pretrained"],
+)
 def test_bad_dit_settings_name_the_setting(compose_cfg, overrides: list[str], message: str) -> None:
     with pytest.raises(DiffquantError, match=message):
         to_config(compose_cfg("model=dit_s", *overrides))

@@ -1,4 +1,5 @@
 """The UNet: output shapes, time conditioning, and a seeded regression slice."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,8 +46,13 @@ def test_timestep_embedding_values() -> None:
 
 def test_build_model_and_config_roundtrip() -> None:
     model = build_model("unet", in_channels=1, image_size=8, base_channels=8, groups=4, channel_mults=(1, 2))
-    rebuilt = UNet(**{**model.config, "channel_mults": tuple(model.config["channel_mults"]),
-                      "attn_resolutions": tuple(model.config["attn_resolutions"])})
+    rebuilt = UNet(
+        **{
+            **model.config,
+            "channel_mults": tuple(model.config["channel_mults"]),
+            "attn_resolutions": tuple(model.config["attn_resolutions"]),
+        }
+    )
     rebuilt.load_state_dict(model.state_dict())
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 400])
     torch.testing.assert_close(rebuilt(x, t), model(x, t))

@@ -1,4 +1,5 @@
 """model=unet_cifar: the DDPM CIFAR-10 UNet's size from the config, and its layout at tiny width through W8A8 PTQ."""
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,13 @@ def test_unet_cifar_composes_and_has_the_ddpm_size(compose_cfg) -> None:
     cfg = to_config(compose_cfg("model=unet_cifar", "dataset=cifar10"))
     m = cfg.model
     assert (m.base_channels, m.channel_mults, m.num_res_blocks, m.attn_resolutions, m.dropout, m.groups) == (
-        128, [1, 2, 2, 2], 2, [16], 0.1, 32)
+        128,
+        [1, 2, 2, 2],
+        2,
+        [16],
+        0.1,
+        32,
+    )
     model = build_model(m.arch, cfg.dataset.channels, cfg.dataset.image_size, **model_kwargs(cfg))
     assert sum(p.numel() for p in model.parameters()) == DDPM_CIFAR10_PARAMS
     attn = [name for name, mod in model.named_modules() if type(mod).__name__ == "AttnBlock"]
@@ -29,11 +36,18 @@ def test_unet_cifar_composes_and_has_the_ddpm_size(compose_cfg) -> None:
 
 
 def test_tiny_width_runs_and_quantizes_to_int8(compose_cfg) -> None:
-    cfg = to_config(compose_cfg("model=unet_cifar", "dataset=cifar10", "model.base_channels=8", "model.groups=4",
-                                "dataset.image_size=8"))
+    cfg = to_config(
+        compose_cfg("model=unet_cifar", "dataset=cifar10", "model.base_channels=8", "model.groups=4", "dataset.image_size=8")
+    )
     kwargs = model_kwargs(cfg)
-    assert kwargs == {"base_channels": 8, "channel_mults": (1, 2, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,),
-                      "dropout": 0.1, "groups": 4}  # only the UNet's fields
+    assert kwargs == {
+        "base_channels": 8,
+        "channel_mults": (1, 2, 2, 2),
+        "num_res_blocks": 2,
+        "attn_resolutions": (16,),
+        "dropout": 0.1,
+        "groups": 4,
+    }  # only the UNet's fields
     torch.manual_seed(0)
     model = build_model("unet", 3, 8, **{**kwargs, "attn_resolutions": (4,)}).eval()  # 16x16 attention, scaled to 8px
     gen = torch.Generator().manual_seed(1)

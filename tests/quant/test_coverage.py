@@ -1,4 +1,5 @@
 """Layer roles (first / last layer called) and the multiply-accumulate share of the quantized layers."""
+
 from __future__ import annotations
 
 import pytest

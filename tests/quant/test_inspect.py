@@ -1,4 +1,5 @@
 """Activation quantizer ranges and layer-input capture, for fake-quantized and int8 models."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,10 @@ def calibrated() -> dict[str, object]:
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 8, 8, generator=gen) * 1.5 + 0.25, torch.randint(0, 1000, (16,), generator=gen)
     ctx = calibration_context(x, t, gen)
-    quantize = {bits: PTQStrategy(QuantPlan(machine_spec(weight_bits=bits, act_bits=bits, observer="minmax")))
-                .quantize(model, ctx) for bits in (8, 6)}
+    quantize = {
+        bits: PTQStrategy(QuantPlan(machine_spec(weight_bits=bits, act_bits=bits, observer="minmax"))).quantize(model, ctx)
+        for bits in (8, 6)
+    }
     return {"model": model, "x": x, "t": t, "int8": quantize[8], "fake": quantize[6]}
 
 

@@ -1,4 +1,5 @@
 """The machine record (CPU model, int8-relevant ISA flags) and thread pinning of range-deciding stages."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """backend=x86_inductor: PT2E + Inductor numerics against FP32, artefact size, and its error paths."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,12 +42,16 @@ def test_tiny_unet_through_pt2e_and_inductor_is_close_to_fp32() -> None:
     assert sum(p.numel() for p in int8) == sum(m.weight.numel() for m in layers)  # every weight in int8, once
 
 
-@pytest.mark.parametrize(("plan", "needle"), [
-    (QuantPlan(QuantSpec(weight_bits=4)), "quant.weight_bits=4 quant.act_bits=8"),
-    (QuantPlan(QuantSpec(act_bits=6)), "quant.weight_bits=8 quant.act_bits=6"),
-    (QuantPlan(QuantSpec(observer="percentile")), "quant.observer='percentile'"),
-    (QuantPlan(QuantSpec(), split_shortcut=True), "quant.split_shortcut=True"),
-], ids=["w4", "a6", "percentile", "split"])
+@pytest.mark.parametrize(
+    ("plan", "needle"),
+    [
+        (QuantPlan(QuantSpec(weight_bits=4)), "quant.weight_bits=4 quant.act_bits=8"),
+        (QuantPlan(QuantSpec(act_bits=6)), "quant.weight_bits=8 quant.act_bits=6"),
+        (QuantPlan(QuantSpec(observer="percentile")), "quant.observer='percentile'"),
+        (QuantPlan(QuantSpec(), split_shortcut=True), "quant.split_shortcut=True"),
+    ],
+    ids=["w4", "a6", "percentile", "split"],
+)
 @needs_torchao
 def test_unsupported_settings_fail_with_one_line(plan: QuantPlan, needle: str) -> None:
     with pytest.raises(DiffquantError, match="backend=x86_inductor") as err:

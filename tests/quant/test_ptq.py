@@ -1,4 +1,5 @@
 """Eager PTQ: module types after convert, numerics by SQNR, qconfig fields, skip patterns, fusion."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,13 @@ def tiny_unet() -> UNet:
 
 def context(x: torch.Tensor, t: torch.Tensor) -> QuantContext:
     d = GaussianDiffusion(make_betas("linear", 1000))
-    return QuantContext(calibration=lambda: CalibrationData(x, t), train_batches=lambda: iter([]), diffusion=d,
-                        generator=torch.Generator().manual_seed(0), progress=False)
+    return QuantContext(
+        calibration=lambda: CalibrationData(x, t),
+        train_batches=lambda: iter([]),
+        diffusion=d,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
 
 
 @pytest.fixture
@@ -71,8 +77,12 @@ def test_sqnr_falls_with_bit_width(inputs) -> None:
     model, (x, t) = tiny_unet(), inputs
     with torch.no_grad():
         ref = model(x, t)
-        sqnr = {b: sqnr_db(ref, PTQStrategy(QuantPlan(machine_spec(weight_bits=b, act_bits=b)))
-                           .quantize(model, context(x, t)).model(x, t)) for b in (8, 6, 4)}
+        sqnr = {
+            b: sqnr_db(
+                ref, PTQStrategy(QuantPlan(machine_spec(weight_bits=b, act_bits=b))).quantize(model, context(x, t)).model(x, t)
+            )
+            for b in (8, 6, 4)
+        }
     assert sqnr[8] > sqnr[6] + 6 > sqnr[4] + 12  # ~6 dB per bit (at 8 bits: the machine's exact 8-bit grids)
     assert sqnr[4] > 3.0
 
@@ -105,10 +115,14 @@ def test_sub_8_bit_stays_fake_quantized(inputs) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "act_range", "weight_range"),
-    [(QuantSpec(), (0, 127), (-128, 127)), (QuantSpec(reduce_range=False), (0, 255), (-128, 127)),
-     (QuantSpec(reduce_range=False, reduce_weight_range=True), (0, 255), (-64, 63)),
-     (QuantSpec(weight_bits=6, reduce_range=False, reduce_weight_range=True), (0, 255), (-32, 31)),
-     (QuantSpec(weight_bits=4, act_bits=6), (0, 63), (-8, 7)), (QuantSpec(weight_bits=2, act_bits=2), (0, 3), (-2, 1))],
+    [
+        (QuantSpec(), (0, 127), (-128, 127)),
+        (QuantSpec(reduce_range=False), (0, 255), (-128, 127)),
+        (QuantSpec(reduce_range=False, reduce_weight_range=True), (0, 255), (-64, 63)),
+        (QuantSpec(weight_bits=6, reduce_range=False, reduce_weight_range=True), (0, 255), (-32, 31)),
+        (QuantSpec(weight_bits=4, act_bits=6), (0, 63), (-8, 7)),
+        (QuantSpec(weight_bits=2, act_bits=2), (0, 3), (-2, 1)),
+    ],
     ids=["w8a8-reduce", "w8a8", "w7a8", "w6a8-guard-only-at-8-bits", "w4a6", "w2a2"],
 )
 def test_quant_ranges_by_bit_width(spec, act_range, weight_range) -> None:
@@ -119,7 +133,8 @@ def test_quant_ranges_by_bit_width(spec, act_range, weight_range) -> None:
 
 
 @pytest.mark.parametrize(
-    ("observer", "cls"), [("minmax", MinMaxObserver), ("moving_average", MovingAverageMinMaxObserver), ("histogram", HistogramObserver)]
+    ("observer", "cls"),
+    [("minmax", MinMaxObserver), ("moving_average", MovingAverageMinMaxObserver), ("histogram", HistogramObserver)],
 )
 def test_observer_choice(observer, cls) -> None:
     assert type(make_qconfig(QuantSpec(observer=observer)).activation().activation_post_process) is cls
@@ -203,8 +218,11 @@ def test_auto_scheme_is_the_first_exact_one_on_this_machine(engine) -> None:
     assert engine_mod.scheme_is_exact(engine, SCHEMES["w7a8"])  # 255 x 64 x 2 < 2**15: exact on every CPU
 
 
-@pytest.mark.parametrize(("exact", "expected"), [({"w8a8", "w7a8", "w8a7"}, "w8a8"), ({"w7a8", "w8a7"}, "w7a8"),
-                                                 ({"w8a7"}, "w8a7")], ids=["vnni", "avx2", "only-7-bit-activations"])
+@pytest.mark.parametrize(
+    ("exact", "expected"),
+    [({"w8a8", "w7a8", "w8a7"}, "w8a8"), ({"w7a8", "w8a7"}, "w7a8"), ({"w8a7"}, "w8a7")],
+    ids=["vnni", "avx2", "only-7-bit-activations"],
+)
 def test_auto_scheme_follows_the_self_test(monkeypatch, exact, expected) -> None:
     """Both outcomes of the self-test, whatever this machine is: int32 accumulation (VNNI) and saturating AVX2."""
     monkeypatch.setattr(engine_mod, "scheme_is_exact", lambda engine, scheme: scheme.name in exact)

@@ -1,4 +1,5 @@
 """Issue-3 options: percentile / float activations, per-layer bits, split shortcut, AdaRound, BRECQ, sensitivity."""
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,13 @@ def tiny_unet() -> UNet:
 def context(n: int = 32) -> QuantContext:
     gen = torch.Generator().manual_seed(1)
     data = CalibrationData(torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 1000, (n,), generator=gen))
-    return QuantContext(calibration=lambda: data, train_batches=lambda: iter([]),
-                        diffusion=GaussianDiffusion(make_betas("linear", 1000)), generator=gen, progress=False)
+    return QuantContext(
+        calibration=lambda: data,
+        train_batches=lambda: iter([]),
+        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        generator=gen,
+        progress=False,
+    )
 
 
 def test_percentile_observer_clips_outliers() -> None:
@@ -94,8 +100,13 @@ def test_adaround_beats_nearest_rounding_on_a_toy_layer() -> None:
     model = Toy().eval()
     base = torch.randn(64, 1, 8, 8)
     data = CalibrationData(base.repeat(1, 8, 1, 1) + 0.3 * torch.randn(64, 8, 8, 8), torch.zeros(64, dtype=torch.long))
-    ctx = QuantContext(calibration=lambda: data, train_batches=lambda: iter([]),
-                       diffusion=GaussianDiffusion(make_betas("linear", 10)), generator=torch.Generator(), progress=False)
+    ctx = QuantContext(
+        calibration=lambda: data,
+        train_batches=lambda: iter([]),
+        diffusion=GaussianDiffusion(make_betas("linear", 10)),
+        generator=torch.Generator(),
+        progress=False,
+    )
     spec = QuantSpec(weight_bits=4, act_bits=None, observer="minmax")
     qmodel, wrapped, _ = prepare_fake_quant(model, QuantPlan(spec), qat=False)
     calibrate(qmodel, ctx)
@@ -125,7 +136,9 @@ def test_brecq_and_sensitivity_through_the_strategy() -> None:
     set_engine("fbgemm")
     model = tiny_unet()
     recon = ReconSettings(method="brecq", iters=20, batch_size=16)
-    out = PTQStrategy(QuantPlan(QuantSpec(weight_bits=4)), recon=recon, recon_samples=32, sensitivity=True).quantize(model, context())
+    out = PTQStrategy(QuantPlan(QuantSpec(weight_bits=4)), recon=recon, recon_samples=32, sensitivity=True).quantize(
+        model, context()
+    )
     assert set(out.recon_loss) >= {"down.0.0", "conv_out"}
     assert all(math.isfinite(v) for v in out.recon_loss.values())
     assert [r["layer"] for r in out.sensitivity] == out.wrapped_layers

@@ -1,4 +1,5 @@
 """QAT: fake-quant modules after prepare, the loss falls, observers freeze, 8-bit converts to int8."""
+
 from __future__ import annotations
 
 import torch
@@ -36,11 +37,17 @@ def test_qat_loss_falls_observers_freeze_and_convert() -> None:
     ctx = QuantContext(
         calibration=lambda: CalibrationData(data.train_images[:32], torch.randint(0, 1000, (32,), generator=gen)),
         train_batches=lambda: iterate_batches(data.train_images, 64, torch.Generator().manual_seed(1)),
-        diffusion=d, generator=gen, progress=False,
+        diffusion=d,
+        generator=gen,
+        progress=False,
         log_scalar=lambda tag, v, step: losses.append(v) if tag == "qat/loss" else None,
     )
-    strategy = QATStrategy(QuantPlan(QuantSpec(observer="moving_average")), TrainSettings(steps=60, lr=3e-3, log_every=1),
-                           freeze_observer_step=30, distill_weight=0.0)  # the teacher here is untrained
+    strategy = QATStrategy(
+        QuantPlan(QuantSpec(observer="moving_average")),
+        TrainSettings(steps=60, lr=3e-3, log_every=1),
+        freeze_observer_step=30,
+        distill_weight=0.0,
+    )  # the teacher here is untrained
     out = strategy.quantize(model, ctx)
     assert len(losses) == 60
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
@@ -63,10 +70,16 @@ def test_observers_frozen_after_configured_step(monkeypatch) -> None:
         return real_train(qmodel, *args, on_step=hook, **kwargs)
 
     monkeypatch.setattr(strategies, "train_diffusion", spying_train)
-    ctx = QuantContext(calibration=lambda: CalibrationData(x, torch.zeros(16, dtype=torch.long)),
-                       train_batches=lambda: iter([x] * 10), diffusion=GaussianDiffusion(make_betas("linear", 1000)),
-                       generator=torch.Generator().manual_seed(0), progress=False)
-    out = QATStrategy(QuantPlan(QuantSpec(weight_bits=4)), TrainSettings(steps=6, lr=1e-3), freeze_observer_step=3).quantize(model, ctx)
+    ctx = QuantContext(
+        calibration=lambda: CalibrationData(x, torch.zeros(16, dtype=torch.long)),
+        train_batches=lambda: iter([x] * 10),
+        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    out = QATStrategy(QuantPlan(QuantSpec(weight_bits=4)), TrainSettings(steps=6, lr=1e-3), freeze_observer_step=3).quantize(
+        model, ctx
+    )
     assert states == [True, True, True, False, False, False]
     assert out.execution == "fakequant"
 
@@ -94,11 +107,21 @@ def test_data_free_qat_trains_on_trajectory_pairs() -> None:
     model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8).eval()
     pairs = CalibrationData(torch.randn(64, 1, 8, 8), torch.randint(0, 1000, (64,)))
     losses: list[float] = []
-    ctx = QuantContext(calibration=lambda: pairs, train_batches=lambda: iter(()), diffusion=GaussianDiffusion(make_betas("linear", 1000)),
-                       generator=torch.Generator().manual_seed(0), progress=False,
-                       log_scalar=lambda tag, v, step: losses.append(v) if tag == "qat/loss" else None)
-    out = QATStrategy(QuantPlan(QuantSpec(weight_bits=4, act_bits=4)), TrainSettings(steps=40, lr=2e-3, log_every=1),
-                      freeze_observer_step=20, data_free=True, batch_size=32).quantize(model, ctx)
+    ctx = QuantContext(
+        calibration=lambda: pairs,
+        train_batches=lambda: iter(()),
+        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        log_scalar=lambda tag, v, step: losses.append(v) if tag == "qat/loss" else None,
+    )
+    out = QATStrategy(
+        QuantPlan(QuantSpec(weight_bits=4, act_bits=4)),
+        TrainSettings(steps=40, lr=2e-3, log_every=1),
+        freeze_observer_step=20,
+        data_free=True,
+        batch_size=32,
+    ).quantize(model, ctx)
     assert out.execution == "fakequant" and len(losses) == 40
     assert sum(losses[-5:]) < sum(losses[:5])  # the student moves towards the teacher
 

@@ -1,4 +1,5 @@
 """QAT with learned step sizes, and a QAT run that resumes from its checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,9 +39,17 @@ def context(state_path: Path | None = None, stop_at: int | None = None) -> Quant
 
     seen: list[int] = []
     ctx = QuantContext(
-        calibration=lambda: CalibrationData(IMAGES[:32], torch.arange(32) * 30), diffusion=GaussianDiffusion(make_betas("linear", 1000)),
-        train_batches=lambda: iterate_batches(IMAGES, 16, batch_gen), generator=torch.Generator().manual_seed(2),
-        progress=False, log_scalar=log, batch_generator=batch_gen, state_path=state_path, state_key="k", checkpoint_every=3)
+        calibration=lambda: CalibrationData(IMAGES[:32], torch.arange(32) * 30),
+        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        train_batches=lambda: iterate_batches(IMAGES, 16, batch_gen),
+        generator=torch.Generator().manual_seed(2),
+        progress=False,
+        log_scalar=log,
+        batch_generator=batch_gen,
+        state_path=state_path,
+        state_key="k",
+        checkpoint_every=3,
+    )
     ctx.seen = seen  # type: ignore[attr-defined]
     return ctx
 
@@ -68,8 +77,14 @@ def test_lsq_swaps_quantizers_and_groups_their_learning_rate() -> None:
 
 def test_lsq_qat_learns_step_sizes_and_converts_to_int8() -> None:
     set_engine("fbgemm")
-    strategy = QATStrategy(QuantPlan(QuantSpec()), TrainSettings(steps=8, lr=1e-3, log_every=1), freeze_observer_step=2,
-                           distill_weight=0.0, lsq=True, lsq_lr_factor=1.0)
+    strategy = QATStrategy(
+        QuantPlan(QuantSpec()),
+        TrainSettings(steps=8, lr=1e-3, log_every=1),
+        freeze_observer_step=2,
+        distill_weight=0.0,
+        lsq=True,
+        lsq_lr_factor=1.0,
+    )
     qmodel, _, _ = prepare_fake_quant(tiny(), strategy.plan, qat=True)
     calibrate(qmodel, context())
     use_learned_step_sizes(qmodel)
@@ -82,8 +97,9 @@ def test_lsq_qat_learns_step_sizes_and_converts_to_int8() -> None:
 
 def test_interrupted_qat_resumes_from_its_step(tmp_path: Path) -> None:
     set_engine("fbgemm")
-    strategy = QATStrategy(QuantPlan(QuantSpec(weight_bits=4)), TrainSettings(steps=8, lr=1e-3, log_every=1),
-                           freeze_observer_step=4, lsq=True)
+    strategy = QATStrategy(
+        QuantPlan(QuantSpec(weight_bits=4)), TrainSettings(steps=8, lr=1e-3, log_every=1), freeze_observer_step=4, lsq=True
+    )
     reference = strategy.quantize(tiny(), context())
     path = tmp_path / "qat_state.pt"
     with pytest.raises(KeyboardInterrupt):

@@ -1,4 +1,5 @@
 """The TensorBoard layout helpers: HParams flattening, the FP32-vs-quantized overlay layout."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,12 @@ from diffquant.reporting.dashboards import flatten, hparams_of, overlay_layout
 
 
 def test_flatten_joins_keys_and_stringifies_lists_and_none() -> None:
-    assert flatten("q", {"a": 1, "b": {"c": [1, 2], "d": None}, "e": "x"}) == {"q.a": 1, "q.b.c": "[1, 2]", "q.b.d": "None", "q.e": "x"}
+    assert flatten("q", {"a": 1, "b": {"c": [1, 2], "d": None}, "e": "x"}) == {
+        "q.a": 1,
+        "q.b.c": "[1, 2]",
+        "q.b.d": "None",
+        "q.e": "x",
+    }
 
 
 def test_hparams_hold_every_quantization_and_backend_knob() -> None:
@@ -23,8 +29,16 @@ def test_hparams_hold_every_quantization_and_backend_knob() -> None:
 
 
 def test_overlay_pairs_each_metric_with_its_fp32_twin() -> None:
-    tags = ["eval/fid_cls", "eval/fid_cls_fp32", "eval/eps_rel_err", "perf/sample_s", "perf/sample_s_fp32",
-            "eval/traj_eps_mse_by_t", "eval/eps_loss_by_t", "eval/eps_loss_by_t_fp32"]
+    tags = [
+        "eval/fid_cls",
+        "eval/fid_cls_fp32",
+        "eval/eps_rel_err",
+        "perf/sample_s",
+        "perf/sample_s_fp32",
+        "eval/traj_eps_mse_by_t",
+        "eval/eps_loss_by_t",
+        "eval/eps_loss_by_t_fp32",
+    ]
     layout = overlay_layout(tags)
     assert layout["FP32 vs quantized"] == {
         "eval/eps_loss_by_t": ["eval/eps_loss_by_t", "eval/eps_loss_by_t_fp32"],
@@ -37,12 +51,24 @@ def test_overlay_pairs_each_metric_with_its_fp32_twin() -> None:
 def test_intervals_become_low_and_high_scalars_charted_with_their_delta() -> None:
     from diffquant.evaluation.uncertainty import interval_scalars
 
-    metrics = {"eval/fid_cls_delta": 0.2, "eval/fid_cls_delta_ci95": [0.1, 0.3], "eval/psnr_vs_fp32": 30.0,
-               "eval/psnr_vs_fp32_ci95": [29.5, 30.5], "eval/is_cls_delta_ci95": None}
+    metrics = {
+        "eval/fid_cls_delta": 0.2,
+        "eval/fid_cls_delta_ci95": [0.1, 0.3],
+        "eval/psnr_vs_fp32": 30.0,
+        "eval/psnr_vs_fp32_ci95": [29.5, 30.5],
+        "eval/is_cls_delta_ci95": None,
+    }
     flat = interval_scalars(metrics)
-    assert flat == {"eval/fid_cls_delta": 0.2, "eval/fid_cls_delta_ci95_low": 0.1, "eval/fid_cls_delta_ci95_high": 0.3,
-                    "eval/psnr_vs_fp32": 30.0, "eval/psnr_vs_fp32_ci95_low": 29.5, "eval/psnr_vs_fp32_ci95_high": 30.5,
-                    "eval/is_cls_delta_ci95": None}
+    assert flat == {
+        "eval/fid_cls_delta": 0.2,
+        "eval/fid_cls_delta_ci95_low": 0.1,
+        "eval/fid_cls_delta_ci95_high": 0.3,
+        "eval/psnr_vs_fp32": 30.0,
+        "eval/psnr_vs_fp32_ci95_low": 29.5,
+        "eval/psnr_vs_fp32_ci95_high": 30.5,
+        "eval/is_cls_delta_ci95": None,
+    }
     assert overlay_layout(list(flat))["Paired delta vs FP32 (95% interval)"] == {
         "eval/fid_cls_delta": ["eval/fid_cls_delta", "eval/fid_cls_delta_ci95_low", "eval/fid_cls_delta_ci95_high"],
-        "eval/psnr_vs_fp32": ["eval/psnr_vs_fp32", "eval/psnr_vs_fp32_ci95_low", "eval/psnr_vs_fp32_ci95_high"]}
+        "eval/psnr_vs_fp32": ["eval/psnr_vs_fp32", "eval/psnr_vs_fp32_ci95_low", "eval/psnr_vs_fp32_ci95_high"],
+    }

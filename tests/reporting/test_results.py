@@ -1,4 +1,5 @@
 """Figures saved next to results: curves, per-layer bars (the sensitivity hook) and activation ranges."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,13 @@ from diffquant.reporting.results import save_bar_plot, save_curves, save_range_p
 
 
 def test_curves_bars_and_ranges_are_written_as_pngs(tmp_path: Path) -> None:
-    save_curves({"W8A8": {0: 1e-4, 500: 3e-4, 980: 2e-3}, "W4A8": {0: 1e-3, 500: 5e-3, 980: 1e-2}}, tmp_path / "c.png",
-                "timestep t", "MSE", logy=True)
+    save_curves(
+        {"W8A8": {0: 1e-4, 500: 3e-4, 980: 2e-3}, "W4A8": {0: 1e-3, 500: 5e-3, 980: 1e-2}},
+        tmp_path / "c.png",
+        "timestep t",
+        "MSE",
+        logy=True,
+    )
     save_bar_plot({f"layer{i}": float(i) for i in range(12)}, tmp_path / "sensitivity.png", "Δ FID")
     save_range_plot({"conv_in.input": (-2.0, 3.0), "conv_in.output": (-0.5, 1.0)}, tmp_path / "r.png", "ranges")
     for name in ("c.png", "sensitivity.png", "r.png"):
@@ -31,8 +37,9 @@ def git(cwd: Path, *args: str) -> str:
     """Run git in `cwd` (a throwaway identity for commits) and return its stdout."""
     import subprocess
 
-    out = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
@@ -71,13 +78,18 @@ def test_own_checkout_gives_its_commit_and_dirty_state(tmp_path: Path) -> None:
     assert source_provenance(tmp_path / "src" / "diffquant" / "__init__.py")["dirty"] is True
 
 
-@pytest.mark.parametrize(("direct_url", "expected"), [
-    ({"url": "https://github.com/x/diffquant", "vcs_info": {"vcs": "git", "commit_id": "a" * 40}}, "a" * 40),
-    ({"url": "file:///src/diffquant", "dir_info": {"editable": False}}, "unknown"),
-    (None, "unknown"),
-], ids=["pip-vcs", "pip-dir", "no-direct-url"])
+@pytest.mark.parametrize(
+    ("direct_url", "expected"),
+    [
+        ({"url": "https://github.com/x/diffquant", "vcs_info": {"vcs": "git", "commit_id": "a" * 40}}, "a" * 40),
+        ({"url": "file:///src/diffquant", "dir_info": {"editable": False}}, "unknown"),
+        (None, "unknown"),
+    ],
+    ids=["pip-vcs", "pip-dir", "no-direct-url"],
+)
 def test_installed_inside_another_repository_never_reports_its_commit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_url: dict | None, expected: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_url: dict | None, expected: str
+) -> None:
     import importlib.metadata
 
     from diffquant.reporting.results import source_provenance
@@ -104,4 +116,8 @@ def test_no_git_checkout_and_no_distribution_is_unknown(tmp_path: Path, monkeypa
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git must not find a repository above tmp_path
     assert source_provenance(tmp_path / "diffquant" / "__init__.py") == {
-        "git_commit": "unknown", "dirty": None, "source": "unknown", "diffquant_version": diffquant.__version__}
+        "git_commit": "unknown",
+        "dirty": None,
+        "source": "unknown",
+        "diffquant_version": diffquant.__version__,
+    }

@@ -1,4 +1,5 @@
 """One sweep job: status.json, failures that return NaN in a multirun, skip_done, the size-budget objective."""
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,17 @@ def test_success_writes_ok_status_and_returns_fid(tmp_path: Path) -> None:
     assert status["seconds"] >= 0
 
 
-@pytest.mark.parametrize(("exc", "error"), [
-    (DiffquantError("quant.weight_bits=9 is out of range; allowed: 2..8"), "quant.weight_bits=9 is out of range; allowed: 2..8"),
-    (RuntimeError("shape mismatch\nsecond line"), "RuntimeError: shape mismatch"),
-], ids=["user-error", "crash"])
+@pytest.mark.parametrize(
+    ("exc", "error"),
+    [
+        (
+            DiffquantError("quant.weight_bits=9 is out of range; allowed: 2..8"),
+            "quant.weight_bits=9 is out of range; allowed: 2..8",
+        ),
+        (RuntimeError("shape mismatch\nsecond line"), "RuntimeError: shape mismatch"),
+    ],
+    ids=["user-error", "crash"],
+)
 def test_failure_in_a_multirun_is_recorded_and_returns_nan(tmp_path: Path, exc: Exception, error: str) -> None:
     value = run_job(lambda: _fail(exc), JobInfo(dir=tmp_path, overrides=OVERRIDES, multirun=True))
     assert math.isnan(value)
@@ -65,8 +73,10 @@ def test_every_job_starts_from_the_same_seeds(tmp_path: Path) -> None:
     draws = []
     for _ in range(2):
         random.random(), torch.rand(3)  # state left behind by an earlier job in the same worker
-        run_job(lambda: draws.append((random.random(), torch.rand(1).item())) or results(),
-                JobInfo(dir=tmp_path, overrides=[], multirun=True, seed=5))
+        run_job(
+            lambda: draws.append((random.random(), torch.rand(1).item())) or results(),
+            JobInfo(dir=tmp_path, overrides=[], multirun=True, seed=5),
+        )
     assert draws[0] == draws[1]
 
 

@@ -1,4 +1,5 @@
 """Named grids (conf/sweep), experiment presets (conf/experiment), the Slurm launcher preset and multirun.sh."""
+
 from __future__ import annotations
 
 import math
@@ -79,16 +80,22 @@ def test_slurm_launcher_preset_documents_its_knobs() -> None:
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task, launcher.gpus_per_node) == ("cpu", 60, 8, 0)
     text = (CONF_DIR / "hydra" / "launcher" / "slurm.yaml").read_text()
-    assert all(f"{knob}:" in text for knob in ("timeout_min", "cpus_per_task", "mem_gb", "partition", "array_parallelism",
-                                                "setup", "additional_parameters"))
+    assert all(
+        f"{knob}:" in text
+        for knob in ("timeout_min", "cpus_per_task", "mem_gb", "partition", "array_parallelism", "setup", "additional_parameters")
+    )
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ([], "-m quant=ptq quant.weight_bits=4,6,8 backend=fbgemm,qnnpack"),
-    (["bits", "backend=x86"], "-m sweep=bits hydra/launcher=joblib hydra.launcher.n_jobs=3 backend=x86"),
-    (["qconfig", "hydra/launcher=slurm"], "-m sweep=qconfig hydra/launcher=slurm"),
-    (["quant=qat", "quant.weight_bits=4,8"], "-m quant=qat quant.weight_bits=4,8"),
-], ids=["no-args", "named-grid", "named-grid-slurm", "free-grid"])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "-m quant=ptq quant.weight_bits=4,6,8 backend=fbgemm,qnnpack"),
+        (["bits", "backend=x86"], "-m sweep=bits hydra/launcher=joblib hydra.launcher.n_jobs=3 backend=x86"),
+        (["qconfig", "hydra/launcher=slurm"], "-m sweep=qconfig hydra/launcher=slurm"),
+        (["quant=qat", "quant.weight_bits=4,8"], "-m quant=qat quant.weight_bits=4,8"),
+    ],
+    ids=["no-args", "named-grid", "named-grid-slurm", "free-grid"],
+)
 def test_multirun_sh_arguments(args: list[str], expected: str) -> None:
     env = {**os.environ, "DIFFQUANT": "echo", "N_JOBS": "3"}
     proc = subprocess.run([str(REPO / "multirun.sh"), *args], capture_output=True, text=True, env=env, timeout=30)

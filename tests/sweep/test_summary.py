@@ -1,4 +1,5 @@
 """The sweep summary from a hand-made folder of runs: rows, columns, markdown, plot, callback and CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,14 @@ from diffquant.sweep.summary import collect, find_job_dirs, to_markdown, write_s
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def make_job(root: Path, name: str, overrides: list[str], results: Optional[dict[str, Any]] = None,
-             status: Optional[dict[str, Any]] = None, config: Optional[dict[str, Any]] = None) -> Path:
+def make_job(
+    root: Path,
+    name: str,
+    overrides: list[str],
+    results: Optional[dict[str, Any]] = None,
+    status: Optional[dict[str, Any]] = None,
+    config: Optional[dict[str, Any]] = None,
+) -> Path:
     """A job folder as a sweep leaves it: .hydra/overrides.yaml (+ config.yaml), results.json, status.json."""
     job = root / name
     (job / ".hydra").mkdir(parents=True)
@@ -38,11 +45,24 @@ def make_job(root: Path, name: str, overrides: list[str], results: Optional[dict
 def ptq_results(bits: int, backend: str, fid: float, psnr: float, ci: Optional[list[float]] = None) -> dict[str, Any]:
     """results.json of a PTQ job; the delta's interval (a [low, high] list, as runs write it) defaults to delta ± 0.2."""
     delta = fid - 3.0
-    return {"method": "ptq", "weight_bits": bits, "act_bits": 8, "backend": backend,
-            "execution": "int8" if bits == 8 else "fakequant", "reduce_range": False,
-            "metrics": {"eval/fid_cls": fid, "eval/fid_cls_fp32": 3.0, "eval/fid_cls_delta": delta,
-                        "eval/fid_cls_delta_ci95": ci or [delta - 0.2, delta + 0.2], "eval/fid_cls_floor": 0.5,
-                        "eval/psnr_vs_fp32": psnr, "model/size_bytes_fp32": 3200, "perf/quantize_s": 1.5}}
+    return {
+        "method": "ptq",
+        "weight_bits": bits,
+        "act_bits": 8,
+        "backend": backend,
+        "execution": "int8" if bits == 8 else "fakequant",
+        "reduce_range": False,
+        "metrics": {
+            "eval/fid_cls": fid,
+            "eval/fid_cls_fp32": 3.0,
+            "eval/fid_cls_delta": delta,
+            "eval/fid_cls_delta_ci95": ci or [delta - 0.2, delta + 0.2],
+            "eval/fid_cls_floor": 0.5,
+            "eval/psnr_vs_fp32": psnr,
+            "model/size_bytes_fp32": 3200,
+            "perf/quantize_s": 1.5,
+        },
+    }
 
 
 SHARED = np.random.default_rng(0).normal(0.0, 0.1, 200)  # the replicate-to-replicate noise every job of a sweep shares
@@ -52,9 +72,20 @@ def write_replicates(job: Path, delta: float, seed: int, eval_seeds: tuple[int, 
     """bootstrap.json as a run writes it: delta + the shared noise + a little noise of the job's own."""
     own = np.random.default_rng(seed).normal(0.0, 0.01, 200)
     deltas = [0.0] * 200 if delta == 0.0 else list(delta + SHARED + own)
-    (job / "bootstrap.json").write_text(json.dumps({
-        "num_samples": 512, "replicates": 200, "seed": 1234, "eval_seeds": list(eval_seeds), "indices_sha256": "i",
-        "fp32_samples_sha256": "f", "interval": "95% percentile", "deltas": {"eval/fid_cls_delta": deltas}}))
+    (job / "bootstrap.json").write_text(
+        json.dumps(
+            {
+                "num_samples": 512,
+                "replicates": 200,
+                "seed": 1234,
+                "eval_seeds": list(eval_seeds),
+                "indices_sha256": "i",
+                "fp32_samples_sha256": "f",
+                "interval": "95% percentile",
+                "deltas": {"eval/fid_cls_delta": deltas},
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -62,22 +93,47 @@ def sweep_dir(tmp_path: Path) -> Path:
     """Jobs 0-3 ok (2 bit widths x 2 backends; 1 over the size budget), 4 an FP32 reference, 10 failed, 11 killed."""
     root = tmp_path / "sweep"
     # job 2's interval lies above its point (FID's resampling bias) and its replicates used other noise; job 3's touches 0
-    for i, (bits, backend, fid, psnr, ci) in enumerate([(4, "fbgemm", 9.5, 20.0, None), (8, "fbgemm", 3.1, 38.0, None),
-                                                         (4, "qnnpack", 9.9, 19.5, [7.0, 7.3]), (8, "qnnpack", 3.2, 37.0, [0.0, 0.4])]):
-        job = make_job(root, str(i), ["quant=ptq", f"quant.weight_bits={bits}", f"backend={backend}", "sweep.skip_done=true"],
-                       ptq_results(bits, backend, fid, psnr, ci),
-                       {"status": "ok", "error": None, "objective": math.inf if i == 1 else fid, "seconds": 10.0 + i})
+    for i, (bits, backend, fid, psnr, ci) in enumerate(
+        [
+            (4, "fbgemm", 9.5, 20.0, None),
+            (8, "fbgemm", 3.1, 38.0, None),
+            (4, "qnnpack", 9.9, 19.5, [7.0, 7.3]),
+            (8, "qnnpack", 3.2, 37.0, [0.0, 0.4]),
+        ]
+    ):
+        job = make_job(
+            root,
+            str(i),
+            ["quant=ptq", f"quant.weight_bits={bits}", f"backend={backend}", "sweep.skip_done=true"],
+            ptq_results(bits, backend, fid, psnr, ci),
+            {"status": "ok", "error": None, "objective": math.inf if i == 1 else fid, "seconds": 10.0 + i},
+        )
         write_replicates(job, fid - 3.0, i, (5,) if i == 2 else (1234,))
     fp32 = {**ptq_results(8, "fbgemm", 3.0, 0.0), "method": "fp32", "weight_bits": 32, "act_bits": 32, "execution": "fp32"}
-    fp32["metrics"] = {**fp32["metrics"], "eval/psnr_vs_fp32": None, "eval/extra_metric": 0.5,
-                       "eval/fid_cls_delta_ci95": [0.0, 0.0]}
-    write_replicates(make_job(root, "4", ["quant=fp32", "quant.weight_bits=8", "backend=fbgemm"], fp32, {"status": "ok"}),
-                     0.0, 4)
+    fp32["metrics"] = {
+        **fp32["metrics"],
+        "eval/psnr_vs_fp32": None,
+        "eval/extra_metric": 0.5,
+        "eval/fid_cls_delta_ci95": [0.0, 0.0],
+    }
+    write_replicates(make_job(root, "4", ["quant=fp32", "quant.weight_bits=8", "backend=fbgemm"], fp32, {"status": "ok"}), 0.0, 4)
     bad = {"quant": {"method": "ptq", "weight_bits": 9, "act_bits": 8}, "backend": {"engine": "qnnpack"}}
-    make_job(root, "10", ["quant=ptq", "quant.weight_bits=9", "backend=qnnpack"], None,
-             {"status": "failed", "error": "quant.weight_bits=9 is out of range; allowed: 2..8 | pipe"}, bad)
-    make_job(root, "11", ["quant=ptq", "quant.weight_bits=6", "backend=fbgemm"], None, None,
-             {"quant": {"method": "ptq", "weight_bits": 6, "act_bits": 8}, "backend": {"engine": "fbgemm"}})
+    make_job(
+        root,
+        "10",
+        ["quant=ptq", "quant.weight_bits=9", "backend=qnnpack"],
+        None,
+        {"status": "failed", "error": "quant.weight_bits=9 is out of range; allowed: 2..8 | pipe"},
+        bad,
+    )
+    make_job(
+        root,
+        "11",
+        ["quant=ptq", "quant.weight_bits=6", "backend=fbgemm"],
+        None,
+        None,
+        {"quant": {"method": "ptq", "weight_bits": 6, "act_bits": 8}, "backend": {"engine": "fbgemm"}},
+    )
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
 
@@ -86,7 +142,11 @@ def test_collect_reads_every_job_in_natural_order(sweep_dir: Path) -> None:
     assert [d.name for d in find_job_dirs(sweep_dir)] == ["0", "1", "2", "3", "4", "10", "11"]
     records = {r.job: r for r in collect(sweep_dir)}
     assert (records["1"].method, records["1"].weight_bits, records["1"].backend, records["1"].execution) == (
-        "ptq", 8, "fbgemm", "int8")
+        "ptq",
+        8,
+        "fbgemm",
+        "int8",
+    )
     assert records["1"].metrics["eval/fid_cls"] == 3.1 and records["1"].seconds == 11.0
     assert records["1"].overrides == ["quant=ptq", "quant.weight_bits=8", "backend=fbgemm"]  # skip_done dropped
     assert records["1"].weight_bytes_est == 800.0  # 3200 FP32 bytes at 8 of 32 bits
@@ -102,10 +162,30 @@ def test_write_summary_csv_md_png(sweep_dir: Path) -> None:
     assert [p.name for p in paths] == ["summary.csv", "summary.md", "summary.png"]
     rows = list(csv.DictReader(paths[0].open()))
     assert len(rows) == len(records) == 7
-    assert list(rows[0])[:12] == ["job", "overrides", "method", "weight_bits", "act_bits", "backend", "execution",
-                                  "status", "error", "objective", "seconds", "weight_bytes_est"]
-    assert list(rows[0])[12:20] == ["eval/fid_cls", "eval/fid_cls_fp32", "eval/fid_cls_delta", "eval/fid_cls_delta_ci95_low",
-                                    "eval/fid_cls_delta_ci95_high", "sig", "eval/fid_cls_floor", "eval/psnr_vs_fp32"]
+    assert list(rows[0])[:12] == [
+        "job",
+        "overrides",
+        "method",
+        "weight_bits",
+        "act_bits",
+        "backend",
+        "execution",
+        "status",
+        "error",
+        "objective",
+        "seconds",
+        "weight_bytes_est",
+    ]
+    assert list(rows[0])[12:20] == [
+        "eval/fid_cls",
+        "eval/fid_cls_fp32",
+        "eval/fid_cls_delta",
+        "eval/fid_cls_delta_ci95_low",
+        "eval/fid_cls_delta_ci95_high",
+        "sig",
+        "eval/fid_cls_floor",
+        "eval/psnr_vs_fp32",
+    ]
     assert {"perf/quantize_s", "model/size_bytes_fp32", "eval/extra_metric"} <= set(rows[0])
     by_job = {r["job"]: r for r in rows}
     assert by_job["2"]["overrides"] == "quant=ptq quant.weight_bits=4 backend=qnnpack"
@@ -116,7 +196,9 @@ def test_write_summary_csv_md_png(sweep_dir: Path) -> None:
 
     md = paths[1].read_text()
     assert "7 jobs: 5 ok, 1 failed, 1 incomplete." in md
-    assert "Best objective (eval/fid_cls within the size budget): 3.2 (job 3: quant=ptq quant.weight_bits=8 backend=qnnpack)" in md
+    assert (
+        "Best objective (eval/fid_cls within the size budget): 3.2 (job 3: quant=ptq quant.weight_bits=8 backend=qnnpack)" in md
+    )
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 7  # header + one row per job
     assert table[0].startswith("| job | overrides | method | weight_bits |")
@@ -162,10 +244,14 @@ def test_diffquant_summary_on_a_folder_of_runs(sweep_dir: Path, tmp_path: Path) 
     assert f"wrote {out / 'summary.png'}" in proc.stdout
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda p: p / "missing", "is not a folder"),
-    (lambda p: p, "no runs under"),
-], ids=["missing-dir", "no-runs"])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing", "is not a folder"),
+        (lambda p: p, "no runs under"),
+    ],
+    ids=["missing-dir", "no-runs"],
+)
 def test_diffquant_summary_bad_input(tmp_path: Path, make: Any, message: str) -> None:
     proc = run_cli(str(make(tmp_path)))
     assert proc.returncode == 2
@@ -193,7 +279,9 @@ def test_marks_read_the_delta_interval_and_the_paired_difference_to_the_best_row
     rows = {r["job"]: r for r in csv.DictReader(paths[0].open())}
     assert (rows["0"]["sig"], rows["3"]["sig"], rows["1"]["sig"]) == ("*†", "†", "")
     assert (float(rows["3"]["eval/fid_cls_delta_ci95_low"]), float(rows["3"]["eval/fid_cls_delta_ci95_high"])) == (
-        pytest.approx(0.0), pytest.approx(0.4))
+        pytest.approx(0.0),
+        pytest.approx(0.4),
+    )
     md = paths[1].read_text()
     assert "Column sig: `*` the 95 % paired-bootstrap interval of eval/fid_cls_delta" in md
     assert "(lowest eval/fid_cls among ok quantized jobs: job 1)" in md

@@ -1,4 +1,5 @@
 """Real multiruns of the tiny model: joblib through multirun.sh, Optuna on the basic launcher, submitit_local."""
+
 from __future__ import annotations
 
 import csv
@@ -60,8 +61,18 @@ def test_joblib_grid_with_an_invalid_job_trains_once_and_summarises_every_job(tm
 
 def test_optuna_sweep_on_the_basic_launcher_scores_the_size_budget(tmp_path: Path) -> None:
     budget = 30_000  # the tiny model: 201 kB in FP32, so weights of at most 4 bits fit
-    proc = run([sys.executable, "-m", "diffquant.run", "sweep=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
-                f"sweep.size_budget_bytes={budget}", *sweep_args(tmp_path)])
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "diffquant.run",
+            "sweep=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=1",
+            f"sweep.size_budget_bytes={budget}",
+            *sweep_args(tmp_path),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
     rows = summary_rows(sweep)
@@ -75,13 +86,16 @@ def test_optuna_sweep_on_the_basic_launcher_scores_the_size_budget(tmp_path: Pat
 
 
 def test_submitit_local_launcher(tmp_path: Path) -> None:
-    proc = run([sys.executable, "-m", "diffquant.run", "-m", "hydra/launcher=submitit_local", "quant=fp32,ptq",
-                *sweep_args(tmp_path)])
+    proc = run(
+        [sys.executable, "-m", "diffquant.run", "-m", "hydra/launcher=submitit_local", "quant=fp32,ptq", *sweep_args(tmp_path)]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
     assert list((sweep / ".submitit").glob("*/*_log.out"))  # the jobs ran as submitit jobs
     rows = summary_rows(sweep)
     assert [(r["method"], r["weight_bits"], r["execution"], r["status"]) for r in rows] == [
-        ("fp32", "32", "fp32", "ok"), ("ptq", "8", "int8", "ok")]
+        ("fp32", "32", "fp32", "ok"),
+        ("ptq", "8", "int8", "ok"),
+    ]
     assert float(rows[0]["eval/fid_cls"]) == float(rows[1]["eval/fid_cls_fp32"])  # same FP32 model and noise
     assert sum(log.count(TRAINED) for log in job_logs(sweep)) == 1

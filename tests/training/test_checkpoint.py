@@ -1,4 +1,5 @@
 """Resumable training: a run stopped mid-way and resumed equals an uninterrupted one; guards keep the last good state."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,9 @@ def run(path: Path | None, stop_at: int | None = None, every: int = 4) -> tuple[
             raise Stop
 
     loss = epsilon_loss(GaussianDiffusion(make_betas("linear", 100)), gen)
-    return train_diffusion(model, loss, iterate_batches(IMAGES, 8, gen), SETTINGS, on_step=maybe_stop,
-                           progress=False, checkpointer=ckpt)
+    return train_diffusion(
+        model, loss, iterate_batches(IMAGES, 8, gen), SETTINGS, on_step=maybe_stop, progress=False, checkpointer=ckpt
+    )
 
 
 def test_resumed_run_equals_uninterrupted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -87,8 +89,14 @@ def test_nan_weight_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path: Pa
     calls: list[int] = []  # the gradient of step 5 carries a NaN into the weights; the loss stays finite
     model.weight.register_hook(lambda g: g * float("nan") if len(calls) == 6 else g)
     with pytest.raises(DiffquantError, match=r"train: a weight became NaN/Inf at step 5; lower train.lr .*state.pt is kept"):
-        train_diffusion(model, loss_fn, iter(lambda: torch.randn(3, 4), None), TrainSettings(steps=10, lr=1e-2, grad_clip=0),
-                        progress=False, checkpointer=ckpt)
+        train_diffusion(
+            model,
+            loss_fn,
+            iter(lambda: torch.randn(3, 4), None),
+            TrainSettings(steps=10, lr=1e-2, grad_clip=0),
+            progress=False,
+            checkpointer=ckpt,
+        )
     blob = torch.load(path, weights_only=False)
     assert blob["step"] == 4 and all(torch.isfinite(v).all() for v in blob["model"].values())
 
@@ -96,8 +104,14 @@ def test_nan_weight_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path: Pa
 def test_nan_loss_names_the_step() -> None:
     model = nn.Linear(2, 1)
     with pytest.raises(DiffquantError, match=r"qat: the loss became nan at step 0; lower quant.qat.lr"):
-        train_diffusion(model, lambda m, x: m(x).sum() * float("nan"), iter(lambda: torch.ones(1, 2), None),
-                        TrainSettings(steps=3, lr=1e-3), tag="qat", progress=False)
+        train_diffusion(
+            model,
+            lambda m, x: m(x).sum() * float("nan"),
+            iter(lambda: torch.ones(1, 2), None),
+            TrainSettings(steps=3, lr=1e-3),
+            tag="qat",
+            progress=False,
+        )
 
 
 def test_cache_entry_with_altered_weights_fails_its_checksum(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

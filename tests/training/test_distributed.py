@@ -1,4 +1,5 @@
 """torchrun with 2 CPU processes (gloo): DDP trains the FP32 model; both ranks end with the same weights."""
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,20 @@ def free_port() -> int:
 
 
 def test_two_process_torchrun_trains_identical_replicas_and_writes_one_checkpoint(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "-m", "diffquant.run", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
-           *TINY_OVERRIDES, "train.steps=8", "quant=fp32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "diffquant.run",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *TINY_OVERRIDES,
+        "train.steps=8",
+        "quant=fp32",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     out = proc.stdout + proc.stderr

@@ -3,6 +3,7 @@
 Each entry lives under `<cache_dir>/<kind>/<hash>/` where the hash covers everything that
 determines it, so a sweep over quantization settings trains the FP32 model once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,30 +96,59 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
         state_path = entry / "train_state.pt"
         ema, losses = _train_fp32(cfg, data, diffusion, logger, key, state_path, info)
         if info.is_main:
-            atomic_torch_save(cache_blob(ema.state_dict(), key, model_config={"arch": cfg.model.arch, **model_kwargs(cfg)},
-                                         losses=losses, config=fp32_key_parts(cfg)), path)
+            atomic_torch_save(
+                cache_blob(
+                    ema.state_dict(),
+                    key,
+                    model_config={"arch": cfg.model.arch, **model_kwargs(cfg)},
+                    losses=losses,
+                    config=fp32_key_parts(cfg),
+                ),
+                path,
+            )
             state_path.unlink(missing_ok=True)  # the finished model replaces the resumable state
         return FP32Artifact(ema.eval(), key, entry, False, losses)
 
 
-def _train_fp32(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, state_path: Path,
-                info: DistInfo) -> tuple[nn.Module, list[float]]:
+def _train_fp32(
+    cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, state_path: Path, info: DistInfo
+) -> tuple[nn.Module, list[float]]:
     """Train the FP32 model from `cfg.seed` (resumably in one process; data-parallel under torchrun)."""
     log = logging.getLogger("diffquant")
-    log.info("Training the FP32 model for %d steps (cache entry %s%s)", cfg.train.steps, state_path.parent,
-             f", {info.world_size} processes x {cfg.train.batch_size} images" if info.enabled else "")
+    log.info(
+        "Training the FP32 model for %d steps (cache entry %s%s)",
+        cfg.train.steps,
+        state_path.parent,
+        f", {info.world_size} processes x {cfg.train.batch_size} images" if info.enabled else "",
+    )
     generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)  # each rank draws its own batches
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
     t = cfg.train
-    settings = TrainSettings(steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                             warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, log_every=t.log_every,
-                             device=info.device(cfg.device), bf16=t.bf16)
+    settings = TrainSettings(
+        steps=t.steps,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip,
+        warmup_steps=t.warmup_steps,
+        ema_decay=t.ema_decay,
+        log_every=t.log_every,
+        device=info.device(cfg.device),
+        bf16=t.bf16,
+    )
     batches = iterate_batches(data.train_images, t.batch_size, generator)
-    checkpointer = (Checkpointer(state_path, key, t.checkpoint_every, {"data": generator})
-                    if not info.enabled else None)  # resume is per process; a torchrun job restarts from step 0
-    ema, losses = train_diffusion(model, epsilon_loss(diffusion, generator), batches, settings,
-                                  log_scalar=logger.scalar, progress=cfg.progress and info.is_main, checkpointer=checkpointer)
+    checkpointer = (
+        Checkpointer(state_path, key, t.checkpoint_every, {"data": generator}) if not info.enabled else None
+    )  # resume is per process; a torchrun job restarts from step 0
+    ema, losses = train_diffusion(
+        model,
+        epsilon_loss(diffusion, generator),
+        batches,
+        settings,
+        log_scalar=logger.scalar,
+        progress=cfg.progress and info.is_main,
+        checkpointer=checkpointer,
+    )
     ema = ema.cpu()
     if info.enabled:
         log.info("FP32 replicas identical on rank %d of %d (sha256 %s)", info.rank, info.world_size, check_replicas_equal(ema))
@@ -169,8 +199,14 @@ def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float
             log.info("Reusing the cached feature classifier %s (no training)", path)
             return model.eval(), float(ckpt["accuracy"]), True
         log.info("Training the feature classifier for %d steps", cfg.eval.classifier_steps)
-        model = train_classifier(data.train_images, data.train_labels, num_classes=data.num_classes,
-                                 steps=cfg.eval.classifier_steps, seed=cfg.seed, progress=cfg.progress)
+        model = train_classifier(
+            data.train_images,
+            data.train_labels,
+            num_classes=data.num_classes,
+            steps=cfg.eval.classifier_steps,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
         acc = accuracy(model, data.test_images, data.test_labels)
         atomic_torch_save(cache_blob(model.state_dict(), key, model_config=model.config, accuracy=acc), path)
         return model, acc, False

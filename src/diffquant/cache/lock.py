@@ -5,6 +5,7 @@ the others wait on the lock, then find the entry and load it. The caller re-chec
 after acquiring the lock (build-or-load runs entirely inside `cache_lock`). The OS releases the lock
 of a process that dies, so a killed job never leaves the others waiting.
 """
+
 from __future__ import annotations
 
 import logging

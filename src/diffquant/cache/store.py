@@ -1,4 +1,5 @@
 """Content-addressed cache entries and atomic writes (temporary file in the same folder, then rename)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 Layout: images in one sub-folder per class (`root/<class>/**/*.png`, labels 0..K-1 in sorted
 folder-name order, as torchvision's ImageFolder) or directly in `root` (every label 0).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,13 @@ LAYOUT = "a folder of .png / .jpg images, or of one sub-folder of images per cla
 
 def _images_in(folder: Path, recursive: bool) -> list[Path]:
     files = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in files
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def find_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -34,8 +40,9 @@ def find_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
         return files, [0] * len(files), []
     loose = _images_in(root, recursive=False)
     if loose:
-        logging.getLogger("diffquant").warning("dataset.root=%s: %d images next to the class folders are ignored",
-                                               root, len(loose))
+        logging.getLogger("diffquant").warning(
+            "dataset.root=%s: %d images next to the class folders are ignored", root, len(loose)
+        )
     files = [f for _, fs in classes for f in fs]
     labels = [label for label, (_, fs) in enumerate(classes) for _ in fs]
     return files, labels, [name for name, _ in classes]
@@ -58,17 +65,25 @@ def load_image_folder(root: str | None, image_size: int, channels: int) -> tuple
         raise DiffquantError(f"dataset.root={root!r} does not exist (dataset=image_folder). Point it at {LAYOUT}.")
     files, labels, classes = find_images(folder)
     if len(files) < 2:
-        raise DiffquantError(f"dataset.root={root!r} holds {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}) "
-                             f"(dataset=image_folder); need at least 2 for a train / held-out split. Point it at {LAYOUT}.")
+        raise DiffquantError(
+            f"dataset.root={root!r} holds {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}) "
+            f"(dataset=image_folder); need at least 2 for a train / held-out split. Point it at {LAYOUT}."
+        )
     images = []
     for path in files:
         try:
             images.append(read_image(path, image_size, channels))
         except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError is an OSError
             detail = " ".join(str(err).split())
-            raise DiffquantError(f"dataset.root={root!r} (dataset=image_folder): cannot read the image file "
-                                 f"{str(path)!r} ({type(err).__name__}: {detail})") from None
-    logging.getLogger("diffquant").info("dataset.root=%s: %d images, %s", root, len(files),
-                                        f"{len(classes)} classes ({', '.join(classes)})" if classes else "no class folders")
+            raise DiffquantError(
+                f"dataset.root={root!r} (dataset=image_folder): cannot read the image file "
+                f"{str(path)!r} ({type(err).__name__}: {detail})"
+            ) from None
+    logging.getLogger("diffquant").info(
+        "dataset.root=%s: %d images, %s",
+        root,
+        len(files),
+        f"{len(classes)} classes ({', '.join(classes)})" if classes else "no class folders",
+    )
     x = torch.stack(images).float() / 255.0 * 2.0 - 1.0
     return x.contiguous(), torch.tensor(labels, dtype=torch.int64)

@@ -1,4 +1,5 @@
 """Reverse-process samplers as pure functions with one signature (DDIM, DDPM)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """Noise schedules and the forward process of DDPM (Ho et al., 2020), model-agnostic."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Evaluation stage: sample from identical noise, compare with the FP32 reference, compute metrics."""
+
 from __future__ import annotations
 
 import time
@@ -54,8 +55,9 @@ def warm_up(model: nn.Module, x: Tensor) -> None:
     synchronize(model)
 
 
-def sample_batched(sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int,
-                   chunk: int | None = None) -> tuple[Tensor, float]:
+def sample_batched(
+    sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int, chunk: int | None = None
+) -> tuple[Tensor, float]:
     """Sample every row of `noise` in batches that never cross a `chunk` boundary (one seed's draw);
     return the samples and the wall time of the first batch, taken after a warm-up at its shape."""
     chunk = chunk or noise.shape[0]
@@ -150,8 +152,9 @@ def set_features(space: FeatureSpace, samples: Tensor) -> SetFeatures | None:
     return SetFeatures(space.extract(samples), space.logits(samples) if space.logits is not None else None)
 
 
-def sample_features(spaces: list[FeatureSpace], fp32_samples: Tensor, q_samples: Tensor
-                    ) -> dict[str, tuple[SetFeatures | None, SetFeatures | None]]:
+def sample_features(
+    spaces: list[FeatureSpace], fp32_samples: Tensor, q_samples: Tensor
+) -> dict[str, tuple[SetFeatures | None, SetFeatures | None]]:
     """(FP32, quantized) features per space; identical sets are extracted once (minutes with Inception on a CPU)."""
     same = q_samples.shape == fp32_samples.shape and torch.equal(q_samples, fp32_samples)  # e.g. quant=fp32
     out = {}
@@ -179,7 +182,12 @@ def space_metrics(space: FeatureSpace, ref: Reference, feats: SetFeatures | None
 
 
 def sample_metrics(
-    spaces: list[FeatureSpace], refs: dict[str, Reference], fp32_samples: Tensor, q_samples: Tensor, compare: bool, k: int = 3,
+    spaces: list[FeatureSpace],
+    refs: dict[str, Reference],
+    fp32_samples: Tensor,
+    q_samples: Tensor,
+    compare: bool,
+    k: int = 3,
     features: dict[str, tuple[SetFeatures | None, SetFeatures | None]] | None = None,
 ) -> dict[str, float | None]:
     """Per feature space: FID / precision / recall / IS of both sample sets; PSNR / MSE vs FP32 when `compare`.

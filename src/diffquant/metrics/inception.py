@@ -8,6 +8,7 @@ only locate its folder and `torch.jit.load` the file.
 The module returns the 2048-d pool features only (no logits), so the Inception Score is not
 available from it; diffquant computes IS in the classifier space (`eval/is_cls`).
 """
+
 from __future__ import annotations
 
 import importlib.util

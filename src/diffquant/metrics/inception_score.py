@@ -3,6 +3,7 @@
 IS = exp(E_x KL(p(y|x) || p(y))): 1 when every prediction is the marginal (no confident classes),
 the number of classes C when predictions are one-hot and spread evenly over the classes.
 """
+
 from __future__ import annotations
 
 import math

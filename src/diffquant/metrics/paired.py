@@ -9,6 +9,7 @@ probabilities, per-row errors) is computed once. Point estimates are the same fo
 row once"; tests/metrics/test_paired.py checks both against the plain metric functions. A replicate
 costs one eigenproblem of size min(D, distinct rows) per set.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -195,15 +196,22 @@ def paired_bootstrap(sets: PairedSets, k: int = 3, replicates: int = 1000, seed:
     """Resample rows of both sets jointly `replicates` times; deltas quantized − FP32 with 95 % intervals."""
     n = sets.fp32.shape[0]
     if sets.quantized.shape != sets.fp32.shape or n < 2:
-        raise ValueError(f"paired sets need equal shapes [N >= 2, D], got {tuple(sets.fp32.shape)} / {tuple(sets.quantized.shape)}")
+        raise ValueError(
+            f"paired sets need equal shapes [N >= 2, D], got {tuple(sets.fp32.shape)} / {tuple(sets.quantized.shape)}"
+        )
     indices = bootstrap_indices(n, replicates, seed)
     counts = _counts(indices, n)
     ref_mu, ref_sigma = feature_statistics(sets.ref)
     root = sqrt_psd(ref_sigma)  # once for both sets (2048-d: the costliest single step)
     labels = ("fp32", "quantized")
-    frechet = {label: ResampledFrechet(ref_mu, ref_sigma, feats, root) for label, feats in zip(labels, (sets.fp32, sets.quantized))}
+    frechet = {
+        label: ResampledFrechet(ref_mu, ref_sigma, feats, root) for label, feats in zip(labels, (sets.fp32, sets.quantized))
+    }
     real_radii = knn_radii(sets.ref.double(), k)  # the real k-NN balls: the same for both sets and every replicate
-    pr = {label: ResampledPrecisionRecall(sets.ref, feats, k, real_radii) for label, feats in zip(labels, (sets.fp32, sets.quantized))}
+    pr = {
+        label: ResampledPrecisionRecall(sets.ref, feats, k, real_radii)
+        for label, feats in zip(labels, (sets.fp32, sets.quantized))
+    }
     point: dict[str, float] = {}
     reps: dict[str, np.ndarray] = {}
     with single_threaded():
@@ -220,8 +228,10 @@ def paired_bootstrap(sets: PairedSets, k: int = 3, replicates: int = 1000, seed:
     if sets.fp32_logits is not None and sets.q_logits is not None:
         probs = {label: torch.softmax(logits.double(), dim=1) for label, logits in zip(labels, (sets.fp32_logits, sets.q_logits))}
         with single_threaded():
-            score = {label: np.array([inception_score_from_probs(p[torch.from_numpy(row)])[0] for row in indices])
-                     for label, p in probs.items()}
+            score = {
+                label: np.array([inception_score_from_probs(p[torch.from_numpy(row)])[0] for row in indices])
+                for label, p in probs.items()
+            }
         point["is"] = inception_score_from_probs(probs["quantized"])[0] - inception_score_from_probs(probs["fp32"])[0]
         reps["is"] = score["quantized"] - score["fp32"]
 

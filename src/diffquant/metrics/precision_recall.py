@@ -4,6 +4,7 @@ Precision: the fraction of generated samples that fall inside the k-NN ball of s
 (quality). Recall: the fraction of real samples inside the k-NN ball of some generated sample
 (coverage). A ball's radius is the distance to the k-th nearest neighbour within the same set.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 The `model` group is one flat schema (`config.ModelConfig`); `model_kwargs(arch, fields)` keeps the
 fields an architecture uses, so its cache key and checkpoint depend on those and nothing else.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

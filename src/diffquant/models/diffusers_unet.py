@@ -5,6 +5,7 @@ folder with a `unet/` sub-folder), or a hub id when online; the FP32 stage then 
 as they are. Without it, a UNet2DModel is built from the UNet fields of the `model` group and trained.
 diffusers is imported only here, when this architecture is used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,11 +50,15 @@ def model_folder(pretrained: str) -> Path | None:
         for folder in (path, path / "unet"):
             if (folder / "config.json").is_file():
                 return folder
-        raise DiffquantError(f"model.pretrained={pretrained!r} holds no config.json (nor unet/config.json); "
-                             "give a folder written by UNet2DModel.save_pretrained")
+        raise DiffquantError(
+            f"model.pretrained={pretrained!r} holds no config.json (nor unet/config.json); "
+            "give a folder written by UNet2DModel.save_pretrained"
+        )
     if path.exists() or not HUB_ID.match(pretrained):
-        raise DiffquantError(f"model.pretrained={pretrained!r} is not a folder; give a folder written by "
-                             "UNet2DModel.save_pretrained (or a hub id such as google/ddpm-cifar10-32, online only)")
+        raise DiffquantError(
+            f"model.pretrained={pretrained!r} is not a folder; give a folder written by "
+            "UNet2DModel.save_pretrained (or a hub id such as google/ddpm-cifar10-32, online only)"
+        )
     return None
 
 
@@ -76,20 +81,25 @@ def load_pretrained(pretrained: str, in_channels: int, image_size: int) -> Diffu
     diffusers = _diffusers(pretrained)
     folder = model_folder(pretrained)
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(str(folder) if folder is not None else pretrained,
-                                                     low_cpu_mem_usage=False)  # True needs `accelerate`
+        unet = diffusers.UNet2DModel.from_pretrained(
+            str(folder) if folder is not None else pretrained, low_cpu_mem_usage=False
+        )  # True needs `accelerate`
     except Exception as exc:  # noqa: BLE001 - diffusers raises OSError, ValueError, JSON and safetensors errors
         detail = " ".join(str(exc).split())[:300]
         where = "the folder" if folder is not None else "no local folder; the hub"
-        raise DiffquantError(f"model.pretrained={pretrained!r} could not be loaded as a UNet2DModel from {where} "
-                             f"({type(exc).__name__}: {detail})") from None
+        raise DiffquantError(
+            f"model.pretrained={pretrained!r} could not be loaded as a UNet2DModel from {where} ({type(exc).__name__}: {detail})"
+        ) from None
     cfg = unet.config
     if cfg.in_channels != in_channels or cfg.out_channels != in_channels:
-        raise DiffquantError(f"model.pretrained={pretrained!r} has in_channels={cfg.in_channels}, out_channels="
-                             f"{cfg.out_channels}; set dataset.channels={cfg.in_channels} (it is {in_channels})")
+        raise DiffquantError(
+            f"model.pretrained={pretrained!r} has in_channels={cfg.in_channels}, out_channels="
+            f"{cfg.out_channels}; set dataset.channels={cfg.in_channels} (it is {in_channels})"
+        )
     if cfg.sample_size not in (None, image_size):
-        logging.getLogger("diffquant").warning("model.pretrained was trained at sample_size=%s; running it at "
-                                               "dataset.image_size=%d", cfg.sample_size, image_size)
+        logging.getLogger("diffquant").warning(
+            "model.pretrained was trained at sample_size=%s; running it at dataset.image_size=%d", cfg.sample_size, image_size
+        )
     return DiffusersUNet(unet)
 
 
@@ -111,10 +121,15 @@ def build_diffusers_unet(
     resolutions = [image_size // 2**level for level in range(len(channel_mults))]
     attn = [res in attn_resolutions for res in resolutions]
     kwargs: dict[str, Any] = dict(
-        sample_size=image_size, in_channels=in_channels, out_channels=in_channels,
-        block_out_channels=tuple(base_channels * m for m in channel_mults), layers_per_block=num_res_blocks,
+        sample_size=image_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=tuple(base_channels * m for m in channel_mults),
+        layers_per_block=num_res_blocks,
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        norm_num_groups=groups, dropout=dropout, attention_head_dim=None,
+        norm_num_groups=groups,
+        dropout=dropout,
+        attention_head_dim=None,
     )
     return DiffusersUNet(diffusers.UNet2DModel(**kwargs))

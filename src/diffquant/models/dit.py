@@ -4,6 +4,7 @@ Every projection (patch embedding, qkv, attention output, MLP, adaLN modulation,
 nn.Conv2d / nn.Linear, so the quantizer wraps each one; LayerNorm, GELU, softmax and the
 modulation arithmetic stay in float. No class conditioning: the network predicts ε from (x_t, t).
 """
+
 from __future__ import annotations
 
 import torch
@@ -86,15 +87,30 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     """ε-prediction DiT: `forward(x_t, t) -> ε̂`, x_t [B, C, H, W] with H = W divisible by patch_size."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 16, patch_size: int = 2, hidden_size: int = 384,
-                 depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 16,
+        patch_size: int = 2,
+        hidden_size: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         if hidden_size % num_heads or hidden_size % 4:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
-        self.config = dict(in_channels=in_channels, image_size=image_size, patch_size=patch_size,
-                           hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+        self.config = dict(
+            in_channels=in_channels,
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+        )
         self.patch_size, self.grid = patch_size, image_size // patch_size
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.grid)[None], persistent=False)
@@ -132,4 +148,3 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final(h, c))
-

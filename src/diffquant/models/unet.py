@@ -3,6 +3,7 @@
 Adds, concatenations, GroupNorm, SiLU and the attention core stay in float: the quantizer wraps each
 Conv2d / Linear in quant -> int8 layer -> dequant, which is the fastest eager scheme on CPU engines.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,9 +91,16 @@ class UNet(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
-        self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=list(channel_mults),
-                           num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
-                           image_size=image_size, dropout=dropout, groups=groups)
+        self.config = dict(
+            in_channels=in_channels,
+            base_channels=base_channels,
+            channel_mults=list(channel_mults),
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=list(attn_resolutions),
+            image_size=image_size,
+            dropout=dropout,
+            groups=groups,
+        )
         ch, temb_dim = base_channels, 4 * base_channels
         self.time_embed = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
@@ -106,8 +114,9 @@ class UNet(nn.Module):
                 self.down.append(Downsample(ch))
                 skip_chs.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, temb_dim, groups, dropout), AttnBlock(ch, groups),
-                                  ResBlock(ch, ch, temb_dim, groups, dropout)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, temb_dim, groups, dropout), AttnBlock(ch, groups), ResBlock(ch, ch, temb_dim, groups, dropout)]
+        )
         self.up = nn.ModuleList()
         self.splits: dict[str, int] = {}  # layers fed by cat([h, skip]) -> channels of h
         for level, mult in reversed(list(enumerate(channel_mults))):
@@ -143,8 +152,11 @@ class UNet(nn.Module):
         return stage(h)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        temb = self.time_embed(timestep_embedding(t, self.conv_in.out_channels if isinstance(self.conv_in, nn.Conv2d)
-                                                  else self.config["base_channels"]))
+        temb = self.time_embed(
+            timestep_embedding(
+                t, self.conv_in.out_channels if isinstance(self.conv_in, nn.Conv2d) else self.config["base_channels"]
+            )
+        )
         h = self.conv_in(x)
         skips = [h]
         for stage in self.down:

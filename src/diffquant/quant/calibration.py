@@ -3,6 +3,7 @@
 Calibrating a denoiser on clean images is wrong: its inputs are noisy x_t whose statistics change
 with t (Q-Diffusion, PTQ4DM). We run the FP32 sampler and keep the inputs it feeds the model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -51,7 +52,9 @@ def pick_indices(num_steps: int, keep: int) -> set[int]:
     return {round(i * (num_steps - 1) / max(keep - 1, 1)) for i in range(keep)}
 
 
-def pick_indices_normal(step_timesteps: list[int], keep: int, mean: float, std: float, num_timesteps: int, seed: int = 0) -> set[int]:
+def pick_indices_normal(
+    step_timesteps: list[int], keep: int, mean: float, std: float, num_timesteps: int, seed: int = 0
+) -> set[int]:
     """PTQ4DM-style: draw t ~ N(mean·T, std·T), snap each to the nearest sampler step, until `keep` distinct steps."""
     keep = max(1, min(keep, len(step_timesteps)))
     generator = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
 """Record what named submodules receive and return while a model runs over calibration pairs."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -21,8 +22,9 @@ def capture(
         records[name] = record
         module = model.get_submodule(name)
         if inputs:
-            handles.append(module.register_forward_pre_hook(
-                lambda _m, args, rec=record: rec["args"].append(tuple(a.detach() for a in args))))
+            handles.append(
+                module.register_forward_pre_hook(lambda _m, args, rec=record: rec["args"].append(tuple(a.detach() for a in args)))
+            )
         if outputs:
             handles.append(module.register_forward_hook(lambda _m, _a, out, rec=record: rec["out"].append(out.detach())))
     try:
@@ -32,5 +34,10 @@ def capture(
     finally:
         for handle in handles:
             handle.remove()
-    return {name: {"args": [torch.cat(list(col)) for col in zip(*rec["args"])] if rec["args"] else [],
-                   "out": [torch.cat(rec["out"])] if rec["out"] else []} for name, rec in records.items()}
+    return {
+        name: {
+            "args": [torch.cat(list(col)) for col in zip(*rec["args"])] if rec["args"] else [],
+            "out": [torch.cat(rec["out"])] if rec["out"] else [],
+        }
+        for name, rec in records.items()
+    }

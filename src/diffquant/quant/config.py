@@ -1,4 +1,5 @@
 """Typed schemas of the `quant` and `backend` groups (re-exported by `diffquant.config`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -100,9 +101,16 @@ class QuantConfig:
 
     def spec(self, scheme: Int8Scheme) -> QuantSpec:
         """The qconfig-level description of this group, with the 8-bit grids of the backend's int8 scheme."""
-        return QuantSpec(weight_bits=self.weight_bits, act_bits=self.act_bits, granularity=self.granularity,
-                         symmetric=self.symmetric, observer=self.observer, percentile=self.percentile,
-                         reduce_range=scheme.reduce_range, reduce_weight_range=scheme.reduce_weight_range)
+        return QuantSpec(
+            weight_bits=self.weight_bits,
+            act_bits=self.act_bits,
+            granularity=self.granularity,
+            symmetric=self.symmetric,
+            observer=self.observer,
+            percentile=self.percentile,
+            reduce_range=scheme.reduce_range,
+            reduce_weight_range=scheme.reduce_weight_range,
+        )
 
 
 @dataclass

@@ -8,6 +8,7 @@ sampling step subtracts that error from x_t. `mac_fraction` weighs layers by the
 accumulates, counted by `torch.utils.flop_counter` over everything the forward does (attention
 matmuls included), so `model/int8_mac_fraction` says how much of the arithmetic the int8 kernels carry.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -32,8 +33,11 @@ def call_order(model: nn.Module, x: Tensor, t: Tensor) -> tuple[list[str], list[
         if inputs and inputs[0] is x:
             readers.append(name)
 
-    hooks = [module.register_forward_pre_hook(lambda _m, inputs, name=name: record(name, inputs))
-             for name, module in model.named_modules() if name and isinstance(module, quantizable_types())]
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, inputs, name=name: record(name, inputs))
+        for name, module in model.named_modules()
+        if name and isinstance(module, quantizable_types())
+    ]
     try:
         with torch.no_grad():
             model(x, t)
@@ -61,7 +65,7 @@ def layer_macs(model: nn.Module, x: Tensor, t: Tensor) -> tuple[dict[str, int], 
         model(x, t)
     counts = counter.get_flop_counts()
     prefix = f"{type(model).__name__}."
-    per_module = {name[len(prefix):]: sum(ops.values()) // 2 for name, ops in counts.items() if name.startswith(prefix)}
+    per_module = {name[len(prefix) :]: sum(ops.values()) // 2 for name, ops in counts.items() if name.startswith(prefix)}
     return per_module, sum(counts.get("Global", {}).values()) // 2
 
 

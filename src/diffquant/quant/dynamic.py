@@ -6,6 +6,7 @@ whole trajectory is 3-4x too coarse at the end, where errors are amplified by 1/
 batches share one t, so a per-call scale is a per-timestep scale. The layer's output keeps its
 calibrated static scale; the int8 kernels are unchanged.
 """
+
 from __future__ import annotations
 
 import torch

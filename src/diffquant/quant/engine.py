@@ -6,6 +6,7 @@ twin. Halving either grid removes the overflow: 7-bit weights (255 x 64 x 2 = 32
 advice for such CPUs) or 7-bit activations (torch's `reduce_range`). A self-test runs the worst case
 of each scheme on this machine; `backend.int8_scheme=auto` takes the first exact one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ class Int8Scheme:
 
 # Preference order of `auto`: full grids, then 7-bit weights (per-channel, so cheaper in quality than
 # halving the per-tensor activation grid), then 7-bit activations.
-SCHEMES = {s.name: s for s in (Int8Scheme("w8a8", 255, -128, 127), Int8Scheme("w7a8", 255, -64, 63),
-                               Int8Scheme("w8a7", 127, -128, 127))}
+SCHEMES = {
+    s.name: s for s in (Int8Scheme("w8a8", 255, -128, 127), Int8Scheme("w7a8", 255, -64, 63), Int8Scheme("w8a7", 127, -128, 127))
+}
 SCHEME_CHOICES = ("auto", *SCHEMES)
 
 
@@ -59,8 +61,12 @@ class Int8Numerics:
 
     def as_dict(self) -> dict[str, object]:
         """What results.json records."""
-        return {"int8_scheme": self.scheme.name, "int8_exact": self.exact, "reduce_range": self.scheme.reduce_range,
-                "reduce_weight_range": self.scheme.reduce_weight_range}
+        return {
+            "int8_scheme": self.scheme.name,
+            "int8_exact": self.exact,
+            "reduce_range": self.scheme.reduce_range,
+            "reduce_weight_range": self.scheme.reduce_weight_range,
+        }
 
 
 def supported_engines() -> list[str]:
@@ -73,13 +79,13 @@ def set_engine(engine: str) -> None:
     engine = EAGER_ENGINE.get(engine, engine)
     available = supported_engines()
     if engine not in available:
-        raise DiffquantError(
-            f"backend.engine={engine!r} is not available on this machine; available: {', '.join(available)}"
-        )
+        raise DiffquantError(f"backend.engine={engine!r} is not available on this machine; available: {', '.join(available)}")
     if engine == "qnnpack" and platform.machine().lower() in X86_MACHINES:
         logging.getLogger("diffquant").warning(
             "backend.engine='qnnpack' on an %s CPU will be slow: its int8 kernels are written for ARM; use backend=x86 "
-            "or backend=fbgemm unless you are checking qnnpack numerics", platform.machine())
+            "or backend=fbgemm unless you are checking qnnpack numerics",
+            platform.machine(),
+        )
     torch.backends.quantized.engine = engine
 
 
@@ -89,8 +95,12 @@ def _worst_case_is_exact(act: int, weight: int) -> bool:
 
     expected = act * weight * 576
     conv = nnq.Conv2d(64, 1, 3, padding=1, bias=False)
-    conv.set_weight_bias(torch.quantize_per_channel(torch.full((1, 64, 3, 3), float(weight)), torch.ones(1),
-                                                    torch.zeros(1, dtype=torch.long), 0, torch.qint8), None)
+    conv.set_weight_bias(
+        torch.quantize_per_channel(
+            torch.full((1, 64, 3, 3), float(weight)), torch.ones(1), torch.zeros(1, dtype=torch.long), 0, torch.qint8
+        ),
+        None,
+    )
     conv.scale, conv.zero_point = 2.0 * abs(expected) / 250.0, 128  # the result lands mid-grid, either sign
     x = torch.quantize_per_tensor(torch.full((1, 64, 5, 5), float(act)), 1.0, 0, torch.quint8)
     got = float(conv(x).dequantize()[0, 0, 2, 2])
@@ -127,4 +137,5 @@ def require_exact(numerics: Int8Numerics, setting: str) -> None:
     raise DiffquantError(
         f"backend.int8_scheme={setting}: {numerics.engine}'s int8 kernels saturate their 16-bit pair sums for "
         f"{numerics.scheme.name} on this CPU ({cpu.model}, {cpu.isa_class}: no VNNI); use backend.int8_scheme=auto"
-        + (f" or one of {', '.join(exact)}" if exact else " (no exact scheme here: use backend=qnnpack)"))
+        + (f" or one of {', '.join(exact)}" if exact else " (no exact scheme here: use backend=qnnpack)")
+    )

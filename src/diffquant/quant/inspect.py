@@ -3,6 +3,7 @@
 Works for both executions: fake-quantized models (`FakeQuantize` after calibration) and converted
 int8 models (`Quantize` stubs and quantized layers carrying scale / zero point).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -70,6 +71,7 @@ def layer_inputs(model: nn.Module, run: Callable[[], Any], max_values: int = 655
         def record(_: nn.Module, args: tuple[Any, ...]) -> None:
             if args and isinstance(args[0], Tensor) and args[0].is_floating_point():
                 seen.setdefault(name, []).append(args[0].detach().flatten().float().cpu())
+
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in probed_layers(model).items()]

@@ -4,6 +4,7 @@ After calibration every `FakeQuantize` is swapped for torch.ao's `_LearnableFake
 from the calibrated scale and zero point, with gradient scaling 1/sqrt(N * q_max). The step sizes are
 then trained with the weights; `convert` reads them through `calculate_qparams` like any observer.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,9 +24,16 @@ def to_learnable(fq: FakeQuantize) -> _LearnableFakeQuantize:
     per_channel = fq.qscheme in PER_CHANNEL
     observer: type[obs.ObserverBase] = obs.PerChannelMinMaxObserver if per_channel else obs.MinMaxObserver
     extra: dict[str, Any] = {"ch_axis": fq.ch_axis} if per_channel else {}
-    learnable = _LearnableFakeQuantize(observer, quant_min=fq.quant_min, quant_max=fq.quant_max,
-                                       channel_len=scale.numel() if per_channel else -1, use_grad_scaling=True,
-                                       dtype=fq.dtype, qscheme=fq.qscheme, **extra)
+    learnable = _LearnableFakeQuantize(
+        observer,
+        quant_min=fq.quant_min,
+        quant_max=fq.quant_max,
+        channel_len=scale.numel() if per_channel else -1,
+        use_grad_scaling=True,
+        dtype=fq.dtype,
+        qscheme=fq.qscheme,
+        **extra,
+    )
     learnable.to(fq.scale.device)
     learnable.scale.data.copy_(scale.float().reshape(learnable.scale.shape))
     learnable.zero_point.data.copy_(zero_point.float().reshape(learnable.zero_point.shape))

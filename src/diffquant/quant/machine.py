@@ -1,4 +1,5 @@
 """What machine ran: CPU model and the instruction-set features that decide int8 numerics and speed."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,20 @@ import torch
 
 # Flags of /proc/cpuinfo that change int8 / bf16 kernels: AVX2 int8 GEMMs sum u8 x s8 pairs into a
 # saturating int16 (vpmaddubsw); the VNNI instructions (AVX-512 or AVX) accumulate in int32.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
-             "asimd", "asimddp", "i8mm")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +48,13 @@ class CpuInfo:
     @property
     def isa_class(self) -> str:
         """One word for the class of int8 hardware: `avx512_vnni`, `avx_vnni`, `avx512`, `avx2`, `arm64` or `other`."""
-        for flag, name in (("avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni"), ("avx512f", "avx512"),
-                           ("avx2", "avx2"), ("asimd", "arm64")):
+        for flag, name in (
+            ("avx512_vnni", "avx512_vnni"),
+            ("avx_vnni", "avx_vnni"),
+            ("avx512f", "avx512"),
+            ("avx2", "avx2"),
+            ("asimd", "arm64"),
+        ):
             if flag in self.isa:
                 return name
         return "other"
@@ -73,9 +91,13 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
         capability = torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):
         capability = ""
-    return CpuInfo(model=model or platform.processor() or "unknown", machine=platform.machine(),
-                   isa=tuple(f for f in ISA_FLAGS if f in flags), aten_capability=capability,
-                   threads=torch.get_num_threads() or os.cpu_count() or 1)
+    return CpuInfo(
+        model=model or platform.processor() or "unknown",
+        machine=platform.machine(),
+        isa=tuple(f for f in ISA_FLAGS if f in flags),
+        aten_capability=capability,
+        threads=torch.get_num_threads() or os.cpu_count() or 1,
+    )
 
 
 @contextmanager

@@ -1,4 +1,5 @@
 """Observers torch.ao lacks: a percentile observer that clips activation outliers."""
+
 from __future__ import annotations
 
 import torch

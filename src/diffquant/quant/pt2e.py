@@ -11,6 +11,7 @@ Limits: W8A8 only, per-channel symmetric weights (what oneDNN runs), static acti
 (calibrated, not per call), static shapes (one compile per batch size; Inductor's dynamic-shape
 lowering of the int8 conv fails here). Needs the optional extra `inductor` (torchao).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,13 +47,15 @@ def make_quantizer(spec: QuantSpec, skip: list[str]) -> object:
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     config = xiq.get_default_x86_inductor_quantization_config(reduce_range=spec.reduce_range)
-    observer = {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
-                "histogram": obs.HistogramObserver}[spec.observer].with_args(eps=2**-12)
+    observer = {
+        "minmax": obs.MinMaxObserver,
+        "moving_average": obs.MovingAverageMinMaxObserver,
+        "histogram": obs.HistogramObserver,
+    }[spec.observer].with_args(eps=2**-12)
     act = replace(config.input_activation, observer_or_fake_quant_ctr=observer)
     wmin, wmax = spec.weight_range()  # [-64, 63] where this CPU's int8 kernels would saturate 8-bit weights
     weight = replace(config.weight, quant_min=wmin, quant_max=wmax)
-    quantizer = xiq.X86InductorQuantizer().set_global(replace(config, input_activation=act, output_activation=act,
-                                                              weight=weight))
+    quantizer = xiq.X86InductorQuantizer().set_global(replace(config, input_activation=act, output_activation=act, weight=weight))
     for name in skip:
         quantizer.set_module_name_qconfig(name, None)
     return quantizer
@@ -67,7 +70,9 @@ def drop_unused_attributes(graph: torch.fx.GraphModule) -> None:
 
 
 @torch.no_grad()
-def quantize_pt2e(model: nn.Module, data: CalibrationData, batch_size: int, spec: QuantSpec, skip: list[str]) -> torch.fx.GraphModule:
+def quantize_pt2e(
+    model: nn.Module, data: CalibrationData, batch_size: int, spec: QuantSpec, skip: list[str]
+) -> torch.fx.GraphModule:
     """Export with a dynamic batch, observe the calibration pairs, convert to a quantized graph (not compiled)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -112,15 +117,20 @@ class InductorPTQStrategy:
         require_torchao()
         spec = self.plan.spec
         if not spec.is_int8:
-            raise DiffquantError(f"backend=x86_inductor runs 8-bit weights and activations only; got quant.weight_bits="
-                                 f"{spec.weight_bits} quant.act_bits={spec.act_bits} (use backend=fbgemm, x86 or qnnpack "
-                                 "for other widths)")
+            raise DiffquantError(
+                f"backend=x86_inductor runs 8-bit weights and activations only; got quant.weight_bits="
+                f"{spec.weight_bits} quant.act_bits={spec.act_bits} (use backend=fbgemm, x86 or qnnpack "
+                "for other widths)"
+            )
         if spec.observer not in OBSERVERS:
-            raise DiffquantError(f"quant.observer={spec.observer!r} is not available with backend=x86_inductor; "
-                                 f"allowed: {', '.join(OBSERVERS)}")
-        unsupported = {"quant.layer_bits": dict(self.plan.layer_bits) or None, "quant.recon.method":
-                       None if self.recon_method == "none" else self.recon_method,
-                       "quant.split_shortcut": self.plan.split_shortcut or None}
+            raise DiffquantError(
+                f"quant.observer={spec.observer!r} is not available with backend=x86_inductor; allowed: {', '.join(OBSERVERS)}"
+            )
+        unsupported = {
+            "quant.layer_bits": dict(self.plan.layer_bits) or None,
+            "quant.recon.method": None if self.recon_method == "none" else self.recon_method,
+            "quant.split_shortcut": self.plan.split_shortcut or None,
+        }
         given = [f"{key}={value}" for key, value in unsupported.items() if value is not None]
         if given:
             raise DiffquantError(f"backend=x86_inductor does not support {', '.join(given)}; use backend=fbgemm or x86")
@@ -139,6 +149,14 @@ class InductorPTQStrategy:
             out, ref = compiled(x, t), graph(x, t)
         error = relative_error(out, ref)
         if not error < 0.05:  # an unrelated cached graph, or a miscompile, would be far off
-            raise DiffquantError(f"backend=x86_inductor: the compiled model disagrees with its graph (relative error {error:.3g})")
-        return QuantOutcome(compiled, EXECUTION, [n for n in layers if n not in skipped], [], quantize_seconds,
-                            compile_seconds=compiled.compile_seconds)
+            raise DiffquantError(
+                f"backend=x86_inductor: the compiled model disagrees with its graph (relative error {error:.3g})"
+            )
+        return QuantOutcome(
+            compiled,
+            EXECUTION,
+            [n for n in layers if n not in skipped],
+            [],
+            quantize_seconds,
+            compile_seconds=compiled.compile_seconds,
+        )

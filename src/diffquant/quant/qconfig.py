@@ -1,4 +1,5 @@
 """Build torch.ao QConfigs from bit widths, granularity and observer names (fake-quant based)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,8 +67,13 @@ def make_qconfig(spec: QuantSpec) -> QConfig:
     qmin, qmax = spec.act_range()
     extra_obs = {"percentile": spec.percentile} if spec.observer == "percentile" else {}
     activation = FakeQuantize.with_args(
-        observer=observer_classes()[spec.observer], quant_min=qmin, quant_max=qmax,
-        dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False, **extra_obs,
+        observer=observer_classes()[spec.observer],
+        quant_min=qmin,
+        quant_max=qmax,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+        reduce_range=False,
+        **extra_obs,
     )
     if spec.act_bits is None:  # weight-only: activations pass through unobserved
         activation = obs.NoopObserver.with_args(dtype=torch.float32)

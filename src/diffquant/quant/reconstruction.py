@@ -4,6 +4,7 @@ Each unit (a wrapped layer, or a block such as a ResBlock) is run on its inputs 
 the partly quantized model, and the rounding of its weights is learned so that its output matches
 the FP32 unit's output on the calibration pairs. Ranges (scales, zero points) stay as calibrated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,7 +69,11 @@ def units_for(qmodel: nn.Module, wrapped: list[str], settings: ReconSettings) ->
 
 
 def reconstruct(
-    qmodel: nn.Module, fp_model: nn.Module, wrapped: list[str], data: CalibrationData, settings: ReconSettings,
+    qmodel: nn.Module,
+    fp_model: nn.Module,
+    wrapped: list[str],
+    data: CalibrationData,
+    settings: ReconSettings,
     progress: bool = False,
 ) -> dict[str, float]:
     """Learn the rounding of every wrapped layer, unit by unit; return each unit's final output MSE."""

@@ -1,4 +1,5 @@
 """Per-layer sensitivity: SQNR of each quantized layer's output against the FP32 layer on calibration data."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,11 @@ from diffquant.quant.capture import capture
 
 @torch.no_grad()
 def layer_sensitivity(
-    qmodel: nn.Module, fp_model: nn.Module, wrapped: list[str], fused: list[list[str]], data: CalibrationData,
+    qmodel: nn.Module,
+    fp_model: nn.Module,
+    wrapped: list[str],
+    fused: list[list[str]],
+    data: CalibrationData,
     batch_size: int = 64,
 ) -> list[dict[str, object]]:
     """One row per wrapped layer.
@@ -33,11 +38,13 @@ def layer_sensitivity(
         isolated = torch.cat([layer(x) for x in fp_in[name]["args"][0].split(batch_size)])
         inner = getattr(layer, "module", layer)
         fq = getattr(inner, "weight_fake_quant", None)
-        rows.append({
-            "layer": name,
-            "type": type(inner).__name__,
-            "weight_bits": int(math.log2(fq.quant_max - fq.quant_min + 1)) if fq is not None else None,
-            "sqnr_isolated_db": sqnr_db(ref, isolated),
-            "sqnr_accumulated_db": sqnr_db(ref, q_out[name]["out"][0]),
-        })
+        rows.append(
+            {
+                "layer": name,
+                "type": type(inner).__name__,
+                "weight_bits": int(math.log2(fq.quant_max - fq.quant_min + 1)) if fq is not None else None,
+                "sqnr_isolated_db": sqnr_db(ref, isolated),
+                "sqnr_accumulated_db": sqnr_db(ref, q_out[name]["out"][0]),
+            }
+        )
     return rows

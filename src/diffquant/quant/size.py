@@ -1,4 +1,5 @@
 """Serialized size of a model's state_dict, the honest measure of what a quantized artefact weighs."""
+
 from __future__ import annotations
 
 import io

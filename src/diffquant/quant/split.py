@@ -4,6 +4,7 @@ The upsampled path and the skip branch have very different activation ranges; on
 wastes the grid on the smaller one. int8 kernels take one scale per tensor, so split layers run
 fake-quantized.
 """
+
 from __future__ import annotations
 
 import copy

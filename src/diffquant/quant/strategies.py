@@ -3,6 +3,7 @@
 The pipeline never branches on the method: fp32 is the identity, PTQ calibrates and converts, QAT
 calibrates, fine-tunes with fake quantization through the shared training loop, and converts.
 """
+
 from __future__ import annotations
 
 import copy
@@ -175,8 +176,16 @@ class PTQStrategy:
         report_seconds = time.perf_counter() - report_start
         qmodel, execution = finalize(qmodel, plan, wrapped)
         seconds = time.perf_counter() - start - report_seconds
-        return QuantOutcome(qmodel, execution, wrapped, fused, seconds, sensitivity=rows, recon_loss=recon_loss,
-                            compile_seconds=trace_at(qmodel, ctx.calibration(), self.warmup_batch))
+        return QuantOutcome(
+            qmodel,
+            execution,
+            wrapped,
+            fused,
+            seconds,
+            sensitivity=rows,
+            recon_loss=recon_loss,
+            compile_seconds=trace_at(qmodel, ctx.calibration(), self.warmup_batch),
+        )
 
 
 @dataclass
@@ -226,8 +235,18 @@ class QATStrategy:
             gens = {"loss": data_gen, **({"batches": ctx.batch_generator} if ctx.batch_generator is not None else {})}
             checkpointer = Checkpointer(ctx.state_path, ctx.state_key, ctx.checkpoint_every, gens, keep_final=True)
         to_device(qmodel, self.settings.device)  # flags stay on the CPU: no device sync per quantizer and step
-        qmodel, _ = train_diffusion(qmodel, loss_fn, batches, self.settings, log_scalar=ctx.log_scalar, on_step=freeze,
-                                    tag="qat", progress=ctx.progress, checkpointer=checkpointer, param_groups=groups)
+        qmodel, _ = train_diffusion(
+            qmodel,
+            loss_fn,
+            batches,
+            self.settings,
+            log_scalar=ctx.log_scalar,
+            on_step=freeze,
+            tag="qat",
+            progress=ctx.progress,
+            checkpointer=checkpointer,
+            param_groups=groups,
+        )
         qmodel, execution = finalize(qmodel.cpu(), plan, wrapped)
         seconds = time.perf_counter() - start
         calibrated = self.init_from_ptq or self.lsq or self.data_free  # the calibration pairs exist already

@@ -3,6 +3,7 @@
 This "sandwich" needs no change to the model's forward: everything between the wrapped layers
 (GroupNorm, SiLU, adds, concatenations, attention) keeps running in float.
 """
+
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
@@ -68,9 +69,7 @@ def wrap_layers(
             targets.append((name, mod))
     for name, mod in targets:
         wrapper = QuantWrapper(mod)
-        wrapper.qconfig = next(
-            (qc for pattern, qc in (layer_qconfigs or {}).items() if fnmatchcase(name, pattern)), qconfig
-        )
+        wrapper.qconfig = next((qc for pattern, qc in (layer_qconfigs or {}).items() if fnmatchcase(name, pattern)), qconfig)
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, wrapper)
     return [name for name, _ in targets]

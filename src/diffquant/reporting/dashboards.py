@@ -5,6 +5,7 @@ overlays each quantized metric with its `_fp32` twin; image grids compare real |
 abs difference from the same noise; histograms hold weights and each layer's input activations;
 HParams hold every quantization knob with the metrics; text cards hold the protocol and the config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,10 +42,18 @@ def hparams_of(cfg: Config, header: dict[str, Any]) -> dict[str, Any]:
     params = flatten("quant", dataclasses.asdict(cfg.quant))
     params.update(flatten("backend", dataclasses.asdict(cfg.backend)))
     params.update({f"run.{k}": v for k, v in flatten("", header).items()})
-    params.update({"model": cfg.model.name, "dataset": cfg.dataset.name, "sampler": cfg.sampler.name,
-                   "sampler.steps": cfg.sampler.steps, "eval.fid.extractor": cfg.eval.fid.extractor,
-                   "eval.num_samples": cfg.eval.num_samples, "eval.seeds": str(list(cfg.eval.seeds)),
-                   "eval.bootstrap": cfg.eval.bootstrap})
+    params.update(
+        {
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "sampler": cfg.sampler.name,
+            "sampler.steps": cfg.sampler.steps,
+            "eval.fid.extractor": cfg.eval.fid.extractor,
+            "eval.num_samples": cfg.eval.num_samples,
+            "eval.seeds": str(list(cfg.eval.seeds)),
+            "eval.bootstrap": cfg.eval.bootstrap,
+        }
+    )
     return params
 
 
@@ -55,9 +64,12 @@ def overlay_layout(scalar_tags: list[str]) -> dict[str, dict[str, list[str]]]:
     pairs = {t: [t, f"{t}_fp32"] for t in sorted(tags) if f"{t}_fp32" in tags}
     intervals = {t: [t, f"{t}_ci95_low", f"{t}_ci95_high"] for t in sorted(tags) if f"{t}_ci95_low" in tags}
     sources = [t for t in ("eval/traj_eps_mse_by_t", "eval/eps_rel_err_by_t") if t in tags]
-    return {"FP32 vs quantized": pairs, "Paired delta vs FP32 (95% interval)": intervals,
-            "Where the error comes from": {t: [t] for t in sources},
-            "Training": {"loss (FP32 training, QAT fine-tuning)": ["train/loss", "qat/loss"]}}
+    return {
+        "FP32 vs quantized": pairs,
+        "Paired delta vs FP32 (95% interval)": intervals,
+        "Where the error comes from": {t: [t] for t in sources},
+        "Training": {"loss (FP32 training, QAT fine-tuning)": ["train/loss", "qat/loss"]},
+    }
 
 
 def png_tensor(path: Path) -> Tensor:
@@ -65,9 +77,18 @@ def png_tensor(path: Path) -> Tensor:
     return decode_png(read_file(str(path)), mode=ImageReadMode.RGB).float() / 255
 
 
-def log_run(logger: RunLogger, cfg: Config, header: dict[str, Any], metrics: dict[str, float | None],
-            series: dict[str, dict[int, float]], protocol: dict[str, Any], images: dict[str, Tensor],
-            models: dict[str, nn.Module], activations: dict[str, Tensor], out_dir: Path) -> None:
+def log_run(
+    logger: RunLogger,
+    cfg: Config,
+    header: dict[str, Any],
+    metrics: dict[str, float | None],
+    series: dict[str, dict[int, float]],
+    protocol: dict[str, Any],
+    images: dict[str, Tensor],
+    models: dict[str, nn.Module],
+    activations: dict[str, Tensor],
+    out_dir: Path,
+) -> None:
     """Everything TensorBoard shows for a run (scalars, series, grids, figures, histograms, HParams, text).
 
     A [low, high] interval in `metrics` becomes two scalars, `<key>_low` and `<key>_high` (scalars and
@@ -82,8 +103,9 @@ def log_run(logger: RunLogger, cfg: Config, header: dict[str, Any], metrics: dic
     grids["abs_diff_x4"] = to_grid((images["quantized"][:n] - images["fp32"][:n]).abs().mul(4).sub(1))
     for tag, grid in grids.items():
         logger.image(f"samples/{tag}", grid)
-    logger.image("samples/real_fp32_quantized_absdiff", torch.cat(
-        [grids[k] for k in ("real", "fp32", "quantized", "abs_diff_x4")], dim=2))
+    logger.image(
+        "samples/real_fp32_quantized_absdiff", torch.cat([grids[k] for k in ("real", "fp32", "quantized", "abs_diff_x4")], dim=2)
+    )
     for name in FIGURES:
         if (out_dir / name).is_file():
             logger.image(f"figures/{Path(name).stem}", png_tensor(out_dir / name))

@@ -3,6 +3,7 @@
 Figures are plain functions of dicts, so any stage can save one next to the results: e.g. a
 per-layer sensitivity study calls `save_bar_plot({layer: value}, run_dir / "sensitivity.png", ...)`.
 """
+
 from __future__ import annotations
 
 import json
@@ -109,9 +110,14 @@ def versions() -> dict[str, str]:
 
     import diffquant
 
-    return {"diffquant": diffquant.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "hydra": hydra.__version__, "python": platform.python_version(),
-            "quantized_engine": torch.backends.quantized.engine}
+    return {
+        "diffquant": diffquant.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "hydra": hydra.__version__,
+        "python": platform.python_version(),
+        "quantized_engine": torch.backends.quantized.engine,
+    }
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -150,16 +156,24 @@ def source_provenance(package_file: Path | None = None, dist_name: str = "diffqu
         commit = _git(["rev-parse", "HEAD"], Path(top))
         status = _git(["status", "--porcelain", "--untracked-files=no"], Path(top))
         if commit:
-            return {"git_commit": commit, "dirty": None if status is None else bool(status), "source": "git checkout",
-                    "diffquant_version": diffquant.__version__}
+            return {
+                "git_commit": commit,
+                "dirty": None if status is None else bool(status),
+                "source": "git checkout",
+                "diffquant_version": diffquant.__version__,
+            }
     commit = "unknown"
     try:
         direct_url = json.loads(importlib.metadata.distribution(dist_name).read_text("direct_url.json") or "{}")
         commit = direct_url.get("vcs_info", {}).get("commit_id") or "unknown"
     except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
         pass
-    return {"git_commit": commit, "dirty": None, "source": "pip direct_url.json" if commit != "unknown" else "unknown",
-            "diffquant_version": diffquant.__version__}
+    return {
+        "git_commit": commit,
+        "dirty": None,
+        "source": "pip direct_url.json" if commit != "unknown" else "unknown",
+        "diffquant_version": diffquant.__version__,
+    }
 
 
 def git_commit() -> str:

@@ -1,4 +1,5 @@
 """TensorBoard logging for one run: scalars, series, image grids, histograms, custom scalars, HParams, text."""
+
 from __future__ import annotations
 
 import re
@@ -65,10 +66,12 @@ class RunLogger:
         """Custom Scalars dashboard: {category: {chart: [exact tags]}}, each chart overlays its tags."""
         if self.writer is None:
             return
-        self.writer.add_custom_scalars({
-            category: {chart: ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]] for chart, tags in charts.items()}
-            for category, charts in layout.items()
-        })
+        self.writer.add_custom_scalars(
+            {
+                category: {chart: ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]] for chart, tags in charts.items()}
+                for category, charts in layout.items()
+            }
+        )
 
     def hparams(self, params: dict[str, Any], metrics: dict[str, float | None]) -> None:
         """HParams entry for this run; the metric tags refer to scalars logged in this same run."""

@@ -1,4 +1,5 @@
 """The Hydra callback that writes the sweep summary when a multirun ends (registered in conf/hydra/default.yaml)."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,10 @@ class SummaryCallback(Callback):
             records, paths = write_summary(sweep_dir)
         except Exception as exc:  # noqa: BLE001 - the jobs' results are on disk; `diffquant-summary` can retry
             log.exception("Could not write the sweep summary of %s", sweep_dir)
-            print(f"diffquant: the sweep summary failed ({type(exc).__name__}: {exc}); "
-                  f"retry with: diffquant-summary {sweep_dir}", file=sys.stderr)
+            print(
+                f"diffquant: the sweep summary failed ({type(exc).__name__}: {exc}); retry with: diffquant-summary {sweep_dir}",
+                file=sys.stderr,
+            )
             return
         failed = [r.job for r in records if r.status != "ok"]
         message = f"Sweep summary: {len(records)} jobs, {len(records) - len(failed)} ok"

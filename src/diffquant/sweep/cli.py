@@ -1,4 +1,5 @@
 """`diffquant-summary DIR`: rebuild summary.csv / .md / .png from any folder of runs (a sweep, or many)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"diffquant-summary: error: {args.dir} is not a folder", file=sys.stderr)
         sys.exit(2)
     if not find_job_dirs(args.dir):
-        print(f"diffquant-summary: error: no runs under {args.dir} (looked for .hydra/overrides.yaml, "
-              "results.json, status.json)", file=sys.stderr)
+        print(
+            f"diffquant-summary: error: no runs under {args.dir} (looked for .hydra/overrides.yaml, results.json, status.json)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     _, paths = write_summary(args.dir, args.out)
     print(paths[1].read_text(), end="")

@@ -5,6 +5,7 @@ written atomically. In a multirun a failing job logs its traceback, records the 
 NaN, so the launcher goes on with the other jobs; a single run re-raises (exit code 2 for a
 DiffquantError).
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,10 @@ def finished_results(job: JobInfo) -> Optional[dict[str, Any]]:
 
 def write_status(job: JobInfo, status: str, seconds: float, value: float, error: Optional[str] = None) -> None:
     """status.json of the job (atomically): status, error, the objective returned to the sweeper, overrides, seconds."""
-    atomic_write_json({"status": status, "error": error, "objective": value, "overrides": job.overrides,
-                       "seconds": round(seconds, 3)}, job.dir / STATUS_FILE)
+    atomic_write_json(
+        {"status": status, "error": error, "objective": value, "overrides": job.overrides, "seconds": round(seconds, 3)},
+        job.dir / STATUS_FILE,
+    )
 
 
 def run_job(task: Callable[[], dict[str, Any]], job: JobInfo) -> float:

@@ -3,6 +3,7 @@
 The middle panel is eval/fid_cls_delta (quantized − FP32 from the same noise) with its 95 % paired
 bootstrap interval as error bars; lines are nudged apart on the x axis so their bars stay readable.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -18,9 +19,11 @@ from diffquant.reporting.results import save_figure  # noqa: E402
 from diffquant.sweep.summary import JobRecord  # noqa: E402
 
 DELTA = "eval/fid_cls_delta"
-PANELS = (("eval/fid_cls", "fid_cls (lower is better)", "eval/fid_cls_fp32"),
-          (DELTA, "fid_cls − FP32, same noise (95 % paired interval)", None),
-          ("eval/psnr_vs_fp32", "PSNR vs FP32 samples, dB (higher is better)", None))
+PANELS = (
+    ("eval/fid_cls", "fid_cls (lower is better)", "eval/fid_cls_fp32"),
+    (DELTA, "fid_cls − FP32, same noise (95 % paired interval)", None),
+    ("eval/psnr_vs_fp32", "PSNR vs FP32 samples, dB (higher is better)", None),
+)
 KEY_PARTS = ("quant", "backend", "quant.weight_bits", "quant.act_bits")
 
 
@@ -75,7 +78,9 @@ def plot_summary(records: list[JobRecord], path: Path) -> None:
         else:
             ax.text(0.5, 0.5, "no completed jobs with this metric", ha="center", va="center", transform=ax.transAxes)
     failed = sum(r.status != "ok" for r in records)
-    fig.suptitle(f"{len(ok)} completed jobs" + (f", {failed} failed or incomplete (see summary.md)" if failed else ""), fontsize=10)
+    fig.suptitle(
+        f"{len(ok)} completed jobs" + (f", {failed} failed or incomplete (see summary.md)" if failed else ""), fontsize=10
+    )
     save_figure(fig, path)
 
 
@@ -84,8 +89,11 @@ def plot_deltas(ax: plt.Axes, lines: dict[str, list[JobRecord]]) -> None:
     labels = sorted(lines)
     for i, label in enumerate(labels):
         nudge = 0.08 * (i - (len(labels) - 1) / 2)
-        points = sorted((r.weight_bits, r.metrics[DELTA], r.metrics.get(f"{DELTA}_ci95_low"), r.metrics.get(f"{DELTA}_ci95_high"))
-                        for r in lines[label] if r.metrics.get(DELTA) is not None)
+        points = sorted(
+            (r.weight_bits, r.metrics[DELTA], r.metrics.get(f"{DELTA}_ci95_low"), r.metrics.get(f"{DELTA}_ci95_high"))
+            for r in lines[label]
+            if r.metrics.get(DELTA) is not None
+        )
         if not points:
             continue
         xs, ys = [p[0] + nudge for p in points], [p[1] for p in points]

@@ -7,6 +7,7 @@ the overrides, method, bits, backend and execution (from results.json, or from t
 still running, or killed). A [low, high] interval becomes two columns, `<key>_low` and `<key>_high`;
 the `sig` column marks significance (`SIG_LEGEND`, docs/uncertainty.md).
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,15 +26,38 @@ from diffquant.sweep.job import RESULTS_FILE, STATUS_FILE, defining_overrides, e
 from diffquant.evaluation.uncertainty import interval_scalars, paired_difference, read_bootstrap
 
 DELTA = "eval/fid_cls_delta"
-FIRST_METRICS = ("eval/fid_cls", "eval/fid_cls_fp32", DELTA, f"{DELTA}_ci95_low", f"{DELTA}_ci95_high", "eval/fid_cls_floor",
-                 "eval/psnr_vs_fp32", "eval/mse_vs_fp32", "eval/eps_rel_err")
+FIRST_METRICS = (
+    "eval/fid_cls",
+    "eval/fid_cls_fp32",
+    DELTA,
+    f"{DELTA}_ci95_low",
+    f"{DELTA}_ci95_high",
+    "eval/fid_cls_floor",
+    "eval/psnr_vs_fp32",
+    "eval/mse_vs_fp32",
+    "eval/eps_rel_err",
+)
 SIG_VS_FP32, SIG_VS_BEST = "*", "†"
-SIG_LEGEND = (f"Column sig: `{SIG_VS_FP32}` the 95 % paired-bootstrap interval of {DELTA} (quantized − FP32, same noise) "
-              f"excludes 0; `{SIG_VS_BEST}` eval/fid_cls differs from the best row's (lowest eval/fid_cls among ok quantized "
-              "jobs{best}): the 95 % interval of the per-replicate differences delta_row − delta_best excludes 0, given "
-              "only between jobs with the same noise, N, B and bootstrap seed; no mark: not significant or not comparable.")
-HEADER = ("job", "overrides", "method", "weight_bits", "act_bits", "backend", "execution", "status", "error",
-          "objective", "seconds", "weight_bytes_est")
+SIG_LEGEND = (
+    f"Column sig: `{SIG_VS_FP32}` the 95 % paired-bootstrap interval of {DELTA} (quantized − FP32, same noise) "
+    f"excludes 0; `{SIG_VS_BEST}` eval/fid_cls differs from the best row's (lowest eval/fid_cls among ok quantized "
+    "jobs{best}): the 95 % interval of the per-replicate differences delta_row − delta_best excludes 0, given "
+    "only between jobs with the same noise, N, B and bootstrap seed; no mark: not significant or not comparable."
+)
+HEADER = (
+    "job",
+    "overrides",
+    "method",
+    "weight_bits",
+    "act_bits",
+    "backend",
+    "execution",
+    "status",
+    "error",
+    "objective",
+    "seconds",
+    "weight_bytes_est",
+)
 
 
 @dataclass
@@ -188,14 +212,21 @@ def to_markdown(records: list[JobRecord], title: str) -> str:
     for row, record in zip(rows, records):
         row["overrides"] = " ".join(o for o in record.overrides if o not in common)
     counts = {s: sum(r.status == s for r in records) for s in ("ok", "failed", "incomplete")}
-    lines = [f"# Sweep summary: {title}", "",
-             f"{len(records)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['incomplete']} incomplete.", ""]
+    lines = [
+        f"# Sweep summary: {title}",
+        "",
+        f"{len(records)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['incomplete']} incomplete.",
+        "",
+    ]
     scored = [r for r in records if r.status == "ok" and isinstance(r.objective, (int, float)) and math.isfinite(r.objective)]
     quantized = [r for r in scored if r.method != "fp32"] or scored  # FP32 is the reference, not a candidate
     if quantized:
         best = min(quantized, key=lambda r: r.objective)
-        lines += [f"Best objective (eval/fid_cls within the size budget): {best.objective:.4g} (job {best.job}: "
-                  f"{' '.join(best.overrides) or 'defaults'}).", ""]
+        lines += [
+            f"Best objective (eval/fid_cls within the size budget): {best.objective:.4g} (job {best.job}: "
+            f"{' '.join(best.overrides) or 'defaults'}).",
+            "",
+        ]
     best = best_row(records)
     lines += [SIG_LEGEND.format(best=f": job {best.job}" if best is not None else ""), ""]
     if common:

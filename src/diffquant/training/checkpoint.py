@@ -4,6 +4,7 @@ A checkpoint holds everything the next step depends on: model, EMA, optimizer, L
 global RNG states, the named generators that draw batches, timesteps and noise, the step and the
 loss history. It is written atomically and carries a key; a file made for another run is ignored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,21 +42,36 @@ class Checkpointer:
             return self.keep_final
         return self.every > 0 and done_steps % self.every == 0
 
-    def save(self, state: TrainState, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    def save(
+        self,
+        state: TrainState,
+        model: nn.Module,
+        ema: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> None:
         """Write the full state atomically (a kill mid-write leaves the previous checkpoint intact)."""
         blob: dict[str, Any] = {
-            "key": self.key, "step": state.step, "losses": list(state.losses),
-            "model": model.state_dict(), "ema": None if ema is None else ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "key": self.key,
+            "step": state.step,
+            "losses": list(state.losses),
+            "model": model.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "generators": {name: g.get_state() for name, g in self.generators.items()},
         }
         atomic_torch_save(blob, self.path)
 
-    def restore(self, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler) -> TrainState:
+    def restore(
+        self,
+        model: nn.Module,
+        ema: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> TrainState:
         """Load the last checkpoint into the given objects; a missing, unreadable or foreign file starts at step 0."""
         log = logging.getLogger("diffquant")
         blob = load_or_none(self.path, "Training checkpoint", "starting from step 0", weights_only=False)

@@ -4,6 +4,7 @@
 (`train.batch_size` per process), gradients are averaged by DDP (gloo on CPU, NCCL on GPUs), and only
 rank 0 writes artefacts and goes on to quantize and evaluate. Without torchrun this is a no-op.
 """
+
 from __future__ import annotations
 
 import hashlib

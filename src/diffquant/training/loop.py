@@ -1,4 +1,5 @@
 """One training loop for FP32 diffusion training and quantization-aware fine-tuning."""
+
 from __future__ import annotations
 
 import copy
@@ -175,8 +176,11 @@ class NonFiniteError(DiffquantError):
     """Training stopped on a NaN/Inf loss or weight; the last good checkpoint (if any) is kept."""
 
     def __init__(self, tag: str, what: str, step: int, checkpointer: Checkpointer | None) -> None:
-        kept = (f"; the last good checkpoint {checkpointer.path} is kept" if checkpointer is not None
-                and checkpointer.path.is_file() else "")
+        kept = (
+            f"; the last good checkpoint {checkpointer.path} is kept"
+            if checkpointer is not None and checkpointer.path.is_file()
+            else ""
+        )
         setting = "quant.qat.lr" if tag == "qat" else f"{tag}.lr"
         super().__init__(f"{tag}: {what} at step {step}; lower {setting} or check the data{kept}")
         self.step = step

@@ -1,4 +1,5 @@
 """quant/execution/compiling.py: GroupNorm from per-channel statistics (numerics), the graph rewrite, and compiled models per instance."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,8 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffquant.quant.execution.compiling import (compile_fp32, export_graph, group_norm_channel_stats, merge_sibling_linears,
-                                 rewrite_group_norms, rewrite_quantized_silus, silu_rational)
+from diffquant.quant.execution.compiling import (
+    compile_fp32,
+    export_graph,
+    group_norm_channel_stats,
+    merge_sibling_linears,
+    rewrite_group_norms,
+    rewrite_quantized_silus,
+    silu_rational,
+)
 from diffquant.models.unet import UNet
 
 

@@ -1,4 +1,5 @@
 """Fast eager int8 execution: bit-identical dynamic quantization, GroupNorm on channels_last, fused wrappers."""
+
 from __future__ import annotations
 
 import warnings
@@ -19,8 +20,15 @@ def inputs(seed: int) -> list[torch.Tensor]:
     """Tensors of the kinds a layer sees: both memory formats, one-signed, tiny and flat ranges, linear inputs."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(8, 16, 16, 16, generator=gen) * 3 + 0.5
-    return [x, x.contiguous(memory_format=torch.channels_last), x.abs(), -x.abs(), x * 1e-6,
-            torch.zeros_like(x), torch.randn(256, 128, generator=gen)]
+    return [
+        x,
+        x.contiguous(memory_format=torch.channels_last),
+        x.abs(),
+        -x.abs(),
+        x * 1e-6,
+        torch.zeros_like(x),
+        torch.randn(256, 128, generator=gen),
+    ]
 
 
 @pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack"])

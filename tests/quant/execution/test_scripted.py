@@ -1,4 +1,5 @@
 """Scripted int8 execution: frozen TorchScript graphs per input shape, bit-identical to the eager int8 model."""
+
 from __future__ import annotations
 
 import copy
@@ -17,16 +18,25 @@ from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
 from helpers import calibration_context
 
-CASES = [("fbgemm", "unet", True, False), ("x86", "unet", False, True), ("qnnpack", "unet", True, False),
-         ("fbgemm", "dit", True, False)]
+CASES = [
+    ("fbgemm", "unet", True, False),
+    ("x86", "unet", False, True),
+    ("qnnpack", "unet", True, False),
+    ("fbgemm", "dit", True, False),
+]
 
 
-def quantized(arch: str, engine: str, dynamic: bool, symmetric: bool, script: bool) -> tuple[nn.Module, nn.Module, Tensor, Tensor]:
+def quantized(
+    arch: str, engine: str, dynamic: bool, symmetric: bool, script: bool
+) -> tuple[nn.Module, nn.Module, Tensor, Tensor]:
     """(float model, its W8A8 PTQ int8 model, calibration x, t) for a small UNet or DiT."""
     set_engine(engine)
     torch.manual_seed(0)
-    model = (UNet(base_channels=16, channel_mults=(1, 2), image_size=16, groups=4) if arch == "unet" else
-             build_model("dit", 1, 16, patch_size=4, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)).eval()
+    model = (
+        UNet(base_channels=16, channel_mults=(1, 2), image_size=16, groups=4)
+        if arch == "unet"
+        else build_model("dit", 1, 16, patch_size=4, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)
+    ).eval()
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 16, 16, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
     plan = QuantPlan(QuantSpec(symmetric=symmetric), dynamic_input=dynamic, script=script)
@@ -35,10 +45,14 @@ def quantized(arch: str, engine: str, dynamic: bool, symmetric: bool, script: bo
     return model, out.model, x, t
 
 
-@pytest.mark.parametrize(("engine", "arch", "dynamic", "symmetric"), CASES,
-                         ids=["fbgemm-dynamic", "x86-static", "qnnpack-dynamic", "dit-fbgemm-dynamic"])
-def test_scripted_int8_is_bit_identical_to_eager_at_every_shape_and_range(engine: str, arch: str, dynamic: bool,
-                                                                           symmetric: bool) -> None:
+@pytest.mark.parametrize(
+    ("engine", "arch", "dynamic", "symmetric"),
+    CASES,
+    ids=["fbgemm-dynamic", "x86-static", "qnnpack-dynamic", "dit-fbgemm-dynamic"],
+)
+def test_scripted_int8_is_bit_identical_to_eager_at_every_shape_and_range(
+    engine: str, arch: str, dynamic: bool, symmetric: bool
+) -> None:
     _, scripted, x, t = quantized(arch, engine, dynamic, symmetric, script=True)
     assert isinstance(scripted, ScriptedInt8) and len(scripted._graphs) == 1  # traced at the warm-up batch (16)
     with torch.no_grad():

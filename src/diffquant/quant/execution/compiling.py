@@ -20,6 +20,7 @@ compiled the same way. Profiling unet_tiny at batch 64 (16x16, 4 channels per gr
   frozen weights inside (7 % faster per int8 forward than `torch.compile` with the C++ wrapper,
   bit-identical output). No Dynamo cache is involved, so no compiled graph can serve another model.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,7 @@ import torch
 from torch import Tensor, nn
 
 
-def group_norm_channel_stats(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None,
-                             eps: float = 1e-5) -> Tensor:
+def group_norm_channel_stats(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """`F.group_norm` for 4-D input from per-channel statistics (vectorizes over channels_last).
 
     Each channel's pixels are shifted by its first pixel before the sums, so the variance keeps
@@ -40,8 +40,9 @@ def group_norm_channel_stats(x: Tensor, num_groups: int, weight: Tensor | None, 
     """
     n, c = x.shape[:2]
     per_group = c // num_groups
-    members = (torch.arange(c, device=x.device)[:, None] // per_group
-               == torch.arange(num_groups, device=x.device)[None]).to(x.dtype)  # (C, G)
+    members = (torch.arange(c, device=x.device)[:, None] // per_group == torch.arange(num_groups, device=x.device)[None]).to(
+        x.dtype
+    )  # (C, G)
     shift = x[:, :, :1, :1]
     centred = x - shift
     moments = torch.cat([centred.mean((2, 3)), (centred * centred).mean((2, 3))])  # (2N, C)
@@ -59,16 +60,23 @@ def group_norm_channel_stats(x: Tensor, num_groups: int, weight: Tensor | None, 
     return x * scale[:, :, None, None] + offset[:, :, None, None]
 
 
-def _group_norm_node(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
-                     eps: float = 1e-5, cudnn_enabled: bool = True) -> Tensor:
+def _group_norm_node(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    cudnn_enabled: bool = True,
+) -> Tensor:
     """`aten.group_norm`'s signature, computed by `group_norm_channel_stats` for 4-D input."""
     if x.dim() != 4:
         return torch.ops.aten.group_norm.default(x, num_groups, weight, bias, eps, cudnn_enabled)
     return group_norm_channel_stats(x, num_groups, weight, bias, eps)
 
 
-def replace_calls(graph: torch.fx.GraphModule, selected: Callable[[torch.fx.Node], bool],
-                  replacement: Callable[..., Tensor]) -> int:
+def replace_calls(
+    graph: torch.fx.GraphModule, selected: Callable[[torch.fx.Node], bool], replacement: Callable[..., Tensor]
+) -> int:
     """In place: every selected `call_function` node calls `replacement` with its arguments instead; returns how many."""
     nodes = [n for n in graph.graph.nodes if n.op == "call_function" and selected(n)]
     for node in nodes:
@@ -107,8 +115,11 @@ def merge_sibling_linears(graph: torch.fx.GraphModule) -> int:
             silus[key] = node
     groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
     for node in graph.graph.nodes:
-        if node.target is torch.ops.aten.linear.default and all(isinstance(a, torch.fx.Node) and a.op == "get_attr"
-                                                                for a in node.args[1:3]) and len(node.args) == 3:
+        if (
+            node.target is torch.ops.aten.linear.default
+            and all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in node.args[1:3])
+            and len(node.args) == 3
+        ):
             groups.setdefault(node.args[0], []).append(node)
     merged = 0
     for index, nodes in enumerate(g for g in groups.values() if len(g) > 1):
@@ -157,9 +168,13 @@ def rewrite_quantized_silus(graph: torch.fx.GraphModule) -> int:
     Only there: the result is rounded to an 8-bit grid at once, whose half step (here ~0.02) dwarfs
     the approximation's error; a SiLU whose float result is used elsewhere stays exact.
     """
+
     def quantized_only(node: torch.fx.Node) -> bool:
-        return node.target is torch.ops.aten.silu.default and bool(node.users) and all(
-            str(user.target).startswith("quantized_decomposed.quantize_per_tensor") for user in node.users)
+        return (
+            node.target is torch.ops.aten.silu.default
+            and bool(node.users)
+            and all(str(user.target).startswith("quantized_decomposed.quantize_per_tensor") for user in node.users)
+        )
 
     return replace_calls(graph, quantized_only, silu_rational)
 

@@ -12,6 +12,7 @@ time went besides the int8 convolutions, which emit channels_last tensors:
 - The x86 engine runs its oneDNN kernels only for weights with zero points 0 (symmetric); affine
   weights fall back to FBGEMM's kernels, 1.7-1.9x slower per convolution: a warning says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,12 @@ class ChannelsLastGroupNorm(nn.GroupNorm):
     min_pixels = 256  # below 16x16 ATen's kernel is as fast
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[2] * x.shape[3] < self.min_pixels or x.is_contiguous() \
-                or not x.is_contiguous(memory_format=torch.channels_last):
+        if (
+            x.dim() != 4
+            or x.shape[2] * x.shape[3] < self.min_pixels
+            or x.is_contiguous()
+            or not x.is_contiguous(memory_format=torch.channels_last)
+        ):
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         n, c, h, w = x.shape
         g = self.num_groups
@@ -113,5 +118,6 @@ def speed_up_int8(model: nn.Module) -> nn.Module:
     if torch.backends.quantized.engine == "x86" and has_weight_zero_points(model):
         logging.getLogger("diffquant").warning(
             "backend=x86 with affine weights (quant.symmetric=false) runs FBGEMM's int8 convolutions; its faster oneDNN "
-            "kernels need symmetric weights: quant.symmetric=true (measured 1.7-1.9x faster convolutions here)")
+            "kernels need symmetric weights: quant.symmetric=true (measured 1.7-1.9x faster convolutions here)"
+        )
     return model

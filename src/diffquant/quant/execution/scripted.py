@@ -14,6 +14,7 @@ is checked against the eager model on its first input and must agree bit for bit
 fails or disagrees is not used: the model runs eagerly and a warning says why.
 `backend.torchscript=false` runs every int8 model eagerly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,9 @@ class ScriptedInt8(nn.Module):
             graph, why = trace_frozen(self.eager, args)
             self.trace_seconds += time.perf_counter() - start
             if graph is None:
-                logging.getLogger("diffquant").warning("int8 model at input shapes %s runs eagerly (slower): its "
-                                                       "TorchScript trace is unusable: %s", list(key), why)
+                logging.getLogger("diffquant").warning(
+                    "int8 model at input shapes %s runs eagerly (slower): its TorchScript trace is unusable: %s", list(key), why
+                )
             self._graphs[key] = graph
         return self._graphs[key]
 
