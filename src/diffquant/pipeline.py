@@ -14,26 +14,26 @@ from typing import Any
 import torch
 
 from diffquant.cache.artifacts import file_key, get_classifier, get_fp32_model
+from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, load_if_readable
 from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.training.distributed import DistInfo
 from diffquant.errors import DiffquantError
-from diffquant.quant.machine import cpu_info
-from diffquant.evaluation.stage import EvalInputs, evaluate_and_report
 from diffquant.evaluation.features import require_extractor
+from diffquant.evaluation.stage import EvalInputs, evaluate_and_report
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
 from diffquant.quant.coverage import mac_fraction
 from diffquant.quant.engine import Int8Numerics, require_exact, resolve_int8_numerics, set_engine
+from diffquant.quant.machine import cpu_info
+from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.size import state_dict_bytes
-from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
 from diffquant.reporting.results import save_figure, sensitivity_figure, source_provenance
-from diffquant.cache.lock import cache_lock
 from diffquant.reporting.tensorboard import RunLogger
+from diffquant.training.distributed import DistInfo
 from diffquant.training.loop import TrainSettings
 
 

@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from diffquant.config import register_configs, to_config
-from diffquant.training.distributed import init_distributed, shutdown
 from diffquant.errors import DiffquantError
+from diffquant.training.distributed import init_distributed, shutdown
 
 
 # The configs ship inside the package (package data); the checkout's top-level conf/ links here.

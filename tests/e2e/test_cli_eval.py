@@ -16,9 +16,9 @@ from test_cli import diffquant
 
 from diffquant.config import to_config
 from diffquant.errors import DiffquantError
-from diffquant.quant.machine import cpu_info
-from diffquant.quant.engine import resolve_int8_numerics
 from diffquant.evaluation.uncertainty import interval_scalars
+from diffquant.quant.engine import resolve_int8_numerics
+from diffquant.quant.machine import cpu_info
 
 PREFIXES = ("train/", "eval/", "model/", "perf/")
 

@@ -10,8 +10,6 @@ import torch
 
 from diffquant.evaluation.compare import sample_features, sample_metrics
 from diffquant.evaluation.features import FeatureSpace, Reference
-from diffquant.metrics.fid import feature_statistics, frechet_distance
-from diffquant.metrics.paired import bootstrap_indices, indices_digest
 from diffquant.evaluation.uncertainty import (
     floor_images,
     floor_metrics,
@@ -20,6 +18,8 @@ from diffquant.evaluation.uncertainty import (
     read_bootstrap,
     write_bootstrap,
 )
+from diffquant.metrics.fid import feature_statistics, frechet_distance
+from diffquant.metrics.paired import bootstrap_indices, indices_digest
 
 
 def flat_space() -> FeatureSpace:

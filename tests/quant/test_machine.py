@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from diffquant.quant.machine import cpu_info, pinned_threads
 from diffquant.models.unet import UNet
-from diffquant.quant.inspect import activation_ranges
 from diffquant.quant.engine import set_engine
+from diffquant.quant.inspect import activation_ranges
+from diffquant.quant.machine import cpu_info, pinned_threads
 from diffquant.quant.strategies import QuantPlan, calibrate, prepare_fake_quant
 from helpers import calibration_context, machine_spec
 

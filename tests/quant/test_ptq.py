@@ -12,8 +12,8 @@ from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
-from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices
 from diffquant.quant import engine as engine_mod
+from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices
 from diffquant.quant.engine import SCHEMES, require_exact, resolve_int8_numerics, set_engine, supported_engines
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.size import state_dict_bytes

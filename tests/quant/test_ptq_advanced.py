@@ -10,6 +10,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, NoopObserver
 
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData, pick_indices_normal
 from diffquant.quant.engine import set_engine
@@ -17,7 +18,6 @@ from diffquant.quant.observers import PercentileObserver
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct, units_for
 from diffquant.quant.split import SplitFakeQuantize
-from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
 from helpers import machine_spec
 

@@ -9,10 +9,10 @@ from torch.ao.nn import quantized as nnq
 from diffquant.data.datasets import iterate_batches, load_dataset
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.models.unet import UNet
+from diffquant.quant import strategies
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant import strategies
 from diffquant.quant.strategies import QATStrategy, QuantContext, QuantPlan, prepare_fake_quant
 from diffquant.training.loop import TrainSettings
 

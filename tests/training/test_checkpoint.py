@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffquant.training.checkpoint import Checkpointer
 from diffquant.data.datasets import iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.errors import DiffquantError
 from diffquant.models.unet import UNet
+from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.loop import TrainSettings, epsilon_loss, train_diffusion
 
 SETTINGS = TrainSettings(steps=12, lr=2e-3, warmup_steps=3, ema_decay=0.9, log_every=1, schedule="cosine")

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, config_hash, load_checkpoint, load_or_none
-from diffquant.training.checkpoint import Checkpointer
 from diffquant.config import Config
-from diffquant.training.distributed import DistInfo, check_replicas_equal, state_digest
 from diffquant.data.datasets import DataSplit, iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
@@ -27,8 +26,9 @@ from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classi
 from diffquant.models import build_model
 from diffquant.models import model_kwargs as arch_kwargs
 from diffquant.models.diffusers_unet import pretrained_key
-from diffquant.cache.lock import cache_lock
 from diffquant.reporting.tensorboard import RunLogger
+from diffquant.training.checkpoint import Checkpointer
+from diffquant.training.distributed import DistInfo, check_replicas_equal, state_digest
 from diffquant.training.loop import TrainSettings, epsilon_loss, train_diffusion
 
 

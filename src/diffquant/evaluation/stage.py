@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, config_hash, load_if_readable
 from diffquant.config import Config
 from diffquant.data.datasets import DataSplit
@@ -32,14 +33,6 @@ from diffquant.evaluation.compare import (
     time_first_batch,
 )
 from diffquant.evaluation.features import FeatureSpace, build_spaces, images_fingerprint, reference_statistics
-from diffquant.metrics.classifier import DigitClassifier
-from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
-from diffquant.quant.inspect import activation_ranges, layer_inputs
-from diffquant.quant.execution.scripted import ScriptedInt8
-from diffquant.reporting.results import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
-from diffquant.cache.lock import cache_lock
-from diffquant.reporting.tensorboard import RunLogger
-from diffquant.reporting.dashboards import log_run
 from diffquant.evaluation.trajectory import mean_over_steps, trajectory_eps_mse
 from diffquant.evaluation.uncertainty import (
     BOOTSTRAP_FILE,
@@ -49,6 +42,13 @@ from diffquant.evaluation.uncertainty import (
     paired_metrics,
     write_bootstrap,
 )
+from diffquant.metrics.classifier import DigitClassifier
+from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
+from diffquant.quant.execution.scripted import ScriptedInt8
+from diffquant.quant.inspect import activation_ranges, layer_inputs
+from diffquant.reporting.dashboards import log_run
+from diffquant.reporting.results import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
+from diffquant.reporting.tensorboard import RunLogger
 
 
 @dataclass

@@ -14,19 +14,19 @@ lowering of the int8 conv fails here). Needs the optional extra `inductor` (torc
 
 from __future__ import annotations
 
-import importlib.util
 import copy
+import importlib.util
 import time
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from diffquant.quant.execution.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.errors import DiffquantError
-from diffquant.quant.machine import pinned_threads
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
+from diffquant.quant.execution.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
+from diffquant.quant.machine import pinned_threads
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan, resolve_plan
 from diffquant.quant.wrap import is_skipped, quantizable_types

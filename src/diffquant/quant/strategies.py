@@ -8,28 +8,28 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.ao import quantization as tq
 
-from diffquant.training.checkpoint import Checkpointer
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
-from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
-from diffquant.quant.execution.fast_int8 import speed_up_int8
 from diffquant.quant.calibration import CalibrationData, run_calibration
 from diffquant.quant.coverage import edge_layers
+from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
+from diffquant.quant.execution.fast_int8 import speed_up_int8
+from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
-from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.sensitivity import layer_sensitivity
 from diffquant.quant.split import apply_split_shortcut, concat_splits
 from diffquant.quant.wrap import fuse, wrap_layers
+from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.loop import TrainSettings, distillation_loss, train_diffusion, trajectory_distillation_loss
 
 

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torchvision.io import ImageReadMode, decode_png, read_file
 
 from diffquant.config import Config
-from diffquant.reporting.tensorboard import RunLogger, to_grid
 from diffquant.evaluation.uncertainty import interval_scalars
+from diffquant.reporting.tensorboard import RunLogger, to_grid
 
 FIGURES = ("samples.png", "eps_rel_err.png", "traj_eps_mse.png", "act_ranges.png")
 

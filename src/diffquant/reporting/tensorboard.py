@@ -43,7 +43,7 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_image(tag, grid, 0)
 
-    def figure(self, tag: str, fig: "object") -> None:
+    def figure(self, tag: str, fig: object) -> None:
         """A matplotlib figure as an image (the figure stays open for saving to disk)."""
         if self.writer is not None:
             self.writer.add_figure(tag, fig, 0, close=False)

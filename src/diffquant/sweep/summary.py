@@ -22,8 +22,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from diffquant.cache.store import atomic_write_text
-from diffquant.sweep.job import RESULTS_FILE, STATUS_FILE, defining_overrides, estimated_weight_bytes
 from diffquant.evaluation.uncertainty import interval_scalars, paired_difference, read_bootstrap
+from diffquant.sweep.job import RESULTS_FILE, STATUS_FILE, defining_overrides, estimated_weight_bytes
 
 DELTA = "eval/fid_cls_delta"
 FIRST_METRICS = (

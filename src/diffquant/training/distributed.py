@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch import distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)

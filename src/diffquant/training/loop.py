@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffquant.training.checkpoint import Checkpointer, TrainState
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.training.distributed import wrap_for_training
 from diffquant.errors import DiffquantError
+from diffquant.training.checkpoint import Checkpointer, TrainState
+from diffquant.training.distributed import wrap_for_training
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffquant.models.unet import UNet
 from diffquant.quant.execution.compiling import (
     compile_fp32,
     export_graph,
@@ -18,7 +19,6 @@ from diffquant.quant.execution.compiling import (
     rewrite_quantized_silus,
     silu_rational,
 )
-from diffquant.models.unet import UNet
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])

@@ -13,8 +13,8 @@ from diffquant.models import build_model
 from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
-from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.execution.scripted import ScriptedInt8
+from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
 from helpers import calibration_context
 

@@ -16,7 +16,7 @@ time went besides the int8 convolutions, which emit channels_last tensors:
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ SMALL_SCALE = 6.1e-5  # ATen's SMALL_SCALE_THRESHOLD in ChooseQuantizationParams
 SMALL_INPUT = 16384  # below this many elements ATen's one-call op beats aminmax + Python arithmetic
 
 
-def choose_qparams(lo: float, hi: float, qmax: int, small_scale: float = SMALL_SCALE) -> Optional[Tuple[float, int]]:
+def choose_qparams(lo: float, hi: float, qmax: int, small_scale: float = SMALL_SCALE) -> Optional[tuple[float, int]]:
     """ATen's `ChooseQuantizationParams` for the grid [0, qmax] in double precision, as ATen computes it.
 
     None where ATen would clamp a scale below 6.1e-5 (a near-constant tensor): let ATen decide.
