@@ -180,6 +180,7 @@ def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStr
         q.dynamic_input,
         script=cfg.backend.torchscript,
         keep_float=tuple(q.keep_float),
+        simulate=q.simulate,
     )
     recon = (
         None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
@@ -216,6 +217,10 @@ def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStr
     if cfg.backend.engine == "x86_inductor" and method != "fp32":  # PT2E: a PTQ flow of its own
         if method != "ptq":
             raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={method}")
+        if q.simulate:
+            raise DiffquantError(
+                "quant.simulate=true needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor compiles int8"
+            )
         method = "ptq_inductor"
     if method != "fp32" and (plan.runs_int8 or method == "ptq_inductor"):
         require_exact(numerics, cfg.backend.int8_scheme)

@@ -243,3 +243,19 @@ def test_a_saturating_scheme_is_refused_with_one_line(monkeypatch) -> None:
     require_exact(resolve_int8_numerics("fbgemm", "auto"), "auto")  # the exact scheme passes
     with pytest.raises(DiffquantError, match="backend.int8_scheme"):
         resolve_int8_numerics("fbgemm", "w9a9")
+
+
+def test_simulate_keeps_fake_quantization_and_lifts_the_refusal(monkeypatch, compose_cfg) -> None:
+    """quant.simulate=true: a W8A8 plan stays fake-quantized, so a scheme that saturates here is not refused."""
+    from diffquant.config import to_config
+    from diffquant.pipeline import build_strategy
+
+    monkeypatch.setattr(engine_mod, "scheme_is_exact", lambda engine, scheme: scheme.name != "w8a8")
+    numerics = resolve_int8_numerics("fbgemm", "w8a8")
+    with pytest.raises(DiffquantError, match="backend.int8_scheme=w8a8"):
+        build_strategy(to_config(compose_cfg("backend.int8_scheme=w8a8")), numerics)
+    strategy = build_strategy(to_config(compose_cfg("backend.int8_scheme=w8a8", "quant.simulate=true")), numerics)
+    assert strategy.plan.simulate and not strategy.plan.runs_int8
+    assert strategy.plan.spec.weight_range() == (-128, 127)  # the full 8-bit grid is what gets simulated
+    with pytest.raises(DiffquantError, match="quant.simulate=true needs an eager engine"):
+        build_strategy(to_config(compose_cfg("backend=x86_inductor", "quant.simulate=true")), numerics)

@@ -87,6 +87,7 @@ class QuantConfig:
     split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
     dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)
     sensitivity: bool = True  # write the per-layer SQNR report
+    simulate: bool = False  # keep fake quantization where int8 kernels could run (any scheme's numerics on any CPU)
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
     qat: QATConfig = field(default_factory=QATConfig)

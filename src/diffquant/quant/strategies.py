@@ -76,6 +76,7 @@ class QuantPlan:
     script: bool = False  # run a converted int8 model as frozen TorchScript graphs (`scripted.ScriptedInt8`)
     keep_float: tuple[str, ...] = ()  # roles kept in float (`coverage.ROLES`: input / output layer), found per model
     kept_float: tuple[str, ...] = ()  # the layer names those roles resolved to (`resolve_plan`)
+    simulate: bool = False  # fake quantization even where the plan could run int8 kernels (`quant.simulate`)
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -84,8 +85,8 @@ class QuantPlan:
 
     @property
     def runs_int8(self) -> bool:
-        """Real int8 kernels need W8A8 everywhere and one activation scale per tensor (no split)."""
-        return self.spec.is_int8 and all(b == 8 for _, b in self.layer_bits) and not self.split_shortcut
+        """Real int8 kernels need W8A8 everywhere and one activation scale per tensor (no split), unless simulated."""
+        return self.spec.is_int8 and all(b == 8 for _, b in self.layer_bits) and not self.split_shortcut and not self.simulate
 
 
 def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantPlan:
