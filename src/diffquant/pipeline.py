@@ -197,7 +197,7 @@ def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStr
     warmup = min(cfg.eval.batch_size, cfg.eval.num_samples)  # compiled / scripted models get ready at this batch
     builders = {
         "fp32": FP32Strategy,
-        "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity, warmup),
+        "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity, warmup, bias_rounds=q.bias_correction),
         "ptq_inductor": lambda: InductorPTQStrategy(plan, r.method, warmup),
         "qat": lambda: QATStrategy(
             plan,

@@ -87,6 +87,7 @@ class QuantConfig:
     split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
     dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)
     sensitivity: bool = True  # write the per-layer SQNR report
+    bias_correction: int = 0  # empirical bias correction passes after calibration (PTQ); 0: off
     simulate: bool = False  # keep fake quantization where int8 kernels could run (any scheme's numerics on any CPU)
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
@@ -94,6 +95,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
+        check_range("quant.bias_correction", self.bias_correction, 0, 10)
         self.spec(SCHEMES["w8a8"])  # QuantSpec validates bits, granularity and observer
         for role in self.keep_float:
             check_choice("quant.keep_float", role, ROLES)

@@ -7,6 +7,7 @@ calibrates, fine-tunes with fake quantization through the shared training loop, 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -18,12 +19,14 @@ from torch.ao import quantization as tq
 
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
+from diffquant.quant.bias_correction import correct_bias
 from diffquant.quant.calibration import CalibrationData, run_calibration
 from diffquant.quant.coverage import edge_layers
 from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.execution.fast_int8 import speed_up_int8
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
+from diffquant.quant.machine import pinned_threads
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.sensitivity import layer_sensitivity
@@ -161,6 +164,8 @@ class PTQStrategy:
     recon_samples: int = 256
     sensitivity: bool = False
     warmup_batch: int = 64  # the evaluation's sampling batch: a scripted int8 model is traced at it here
+    bias_rounds: int = 0  # empirical bias correction passes (`bias_correction.correct_bias`); 0: none
+    bias_samples: int = 256  # calibration pairs of that pass (one forward over all of them)
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
@@ -171,6 +176,20 @@ class PTQStrategy:
         if self.recon is not None:
             subset = ctx.calibration().subset(self.recon_samples, seed=0)
             recon_loss = reconstruct(qmodel, model, wrapped, subset, self.recon, ctx.progress)
+        if self.bias_rounds:
+            with pinned_threads(1):  # the same sums in the same order whatever the thread count
+                shifts = correct_bias(
+                    qmodel,
+                    model,
+                    wrapped,
+                    fused,
+                    ctx.calibration().subset(self.bias_samples, seed=2),
+                    self.bias_rounds,
+                    ctx.calib_batch_size,
+                )
+            logging.getLogger("diffquant").info(
+                "Bias correction: mean |shift| per round %s", ", ".join(f"{s:.2e}" for s in shifts)
+            )
         report_start, rows = time.perf_counter(), []
         if self.sensitivity:  # on the fake-quant model, before conversion (same numerics as int8, see tests)
             rows = layer_sensitivity(qmodel, model, wrapped, fused, ctx.calibration().subset(128, seed=1))
