@@ -103,6 +103,7 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 200  # steps between resumable checkpoints (0: none)
     bf16: bool = False  # bf16 autocast of the forward pass (useful on GPUs, device=cuda)
+    bundled: bool = True  # use the FP32 model shipped with diffquant when this exact config has one (cache/bundled.py)
 
     def __post_init__(self) -> None:
         check_range("train.steps", self.steps, 1)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffquant.cache.bundled import bundled_model, install_bundled
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, config_hash, load_checkpoint, load_or_none
 from diffquant.config import Config
@@ -58,6 +59,7 @@ def fp32_key_parts(cfg: Config) -> dict[str, Any]:
     parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("dataset", "diffusion", "train")}
     parts["model"] = {"arch": cfg.model.arch, **model_kwargs(cfg)}  # only the fields the architecture reads
     parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
+    parts["train"].pop("bundled")  # a bundled model is the one this config trains
     parts["seed"] = cfg.seed
     return parts
 
@@ -93,6 +95,17 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
             _load_state(model, ckpt, "paths.cache_dir")
             log.info("Reusing the cached FP32 model %s (no training)", path)
             return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
+        bundled = bundled_model(key) if cfg.train.bundled else None
+        if bundled is not None and info.is_main:
+            install_bundled(bundled, path)
+            ckpt = load_cache_entry(path, key)
+            if ckpt is not None:
+                _load_state(model, ckpt, "the bundled FP32 model")
+                log.info(
+                    "Using the bundled FP32 model %s for this configuration (no training; train.bundled=false trains)",
+                    bundled.name,
+                )
+                return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
         state_path = entry / "train_state.pt"
         ema, losses = _train_fp32(cfg, data, diffusion, logger, key, state_path, info)
         if info.is_main:
