@@ -21,7 +21,7 @@ medians over `repeats` rounds after one warm-up round (compiling happens there a
 apart).
 
 glibc malloc returns large blocks to the OS and page-faults them back on every step of a sampling
-loop (300-430k faults per batch-64 run, FP32 30-40 % slower); unless `allocator=default`, the
+loop (hundreds of thousands of faults per run, FP32 markedly slower); unless `allocator=default`, the
 script re-executes itself with the settings below and prints what it ran with.
 """
 

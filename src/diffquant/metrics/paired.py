@@ -180,7 +180,7 @@ def _counts(indices: np.ndarray, n: int) -> np.ndarray:
 @contextmanager
 def single_threaded() -> Iterator[None]:
     """torch, BLAS and OpenMP at one thread: a replicate's problems are small (a few hundred rows), so threads
-    only add synchronisation, and on a busy 2-core machine they made the replicates 25x slower."""
+    only add synchronisation, and on a busy 2-core machine they made the replicates far slower."""
     from threadpoolctl import threadpool_limits
 
     previous = torch.get_num_threads()

@@ -2,7 +2,7 @@
 
 A diffusion model's inputs change range with the timestep: x_T ~ N(0, 1) spans ±4 while the
 last steps see x_t ≈ x_0 in [-1, 1] with noise of std 0.01-0.1. One static scale fitted to the
-whole trajectory is 3-4x too coarse at the end, where errors are amplified by 1/σ_t. Sampling
+whole trajectory is several times too coarse at the end, where errors are amplified by 1/σ_t. Sampling
 batches share one t, so a per-call scale is a per-timestep scale. The layer's output keeps its
 calibrated static scale; the int8 kernels are unchanged.
 """

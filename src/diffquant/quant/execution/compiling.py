@@ -1,24 +1,21 @@
 """Compiling a model for the CPU with AOTInductor: frozen weights, no Dynamo, and a GroupNorm it vectorizes.
 
 Shared by the FP32 baseline (`benchmarks/speed.py`) and `backend=x86_inductor`, so both are
-compiled the same way. Profiling unet_tiny at batch 64 (16x16, 4 channels per group) showed:
+compiled the same way. What profiling unet_tiny showed (figures: docs/results/2026-11-26-int8-profile.md):
 - Inductor lowers `group_norm` on channels_last activations to reductions over 4 channels at a
-  time (16-lane vectors masked to 4), twice (mean, then variance): 40 % of the int8 model's time
+  time (16-lane vectors masked to 4), twice (mean, then variance): most of the int8 model's time
   outside the convolutions. `group_norm_channel_stats` reduces every channel over the pixels with
   full vectors (channels are the contiguous axis), combines the channels of a group with two tiny
-  matrix products, and normalizes in one fused multiply-add: 14 -> 12 ms per int8 forward, and
-  faster FP32 too.
-- SiLU (exp, then a division) made up about 70 % of each fused GroupNorm -> SiLU -> quantize
-  loop. Where its result is rounded to 8 bits at once, `silu_rational` computes it with one
-  division and no exp (relative error 6e-6, far below half a quantization step): ~1.5 % per int8
-  forward. FP32 keeps the exact SiLU.
+  matrix products, and normalizes in one fused multiply-add, for int8 and FP32 alike.
+- SiLU (exp, then a division) dominated each fused GroupNorm -> SiLU -> quantize loop. Where its
+  result is rounded to 8 bits at once, `silu_rational` computes it with one division and no exp
+  (its error is far below half a quantization step). FP32 keeps the exact SiLU.
 - Each residual block projected the same SiLU(time embedding) with its own small GEMM:
-  `merge_sibling_linears` makes them one (exact): 2.7 % per int8 forward.
-- `torch.compile`'s Python wrapper, Dynamo's guards and its entry cost 1-1.5 ms per call; its C++
-  wrapper without module guards removed most of that, AOTInductor the rest: `AotCompiled` exports
-  the graph at each input shape and compiles it ahead of time into a shared library with the
-  frozen weights inside (7 % faster per int8 forward than `torch.compile` with the C++ wrapper,
-  bit-identical output). No Dynamo cache is involved, so no compiled graph can serve another model.
+  `merge_sibling_linears` makes them one (exact).
+- `torch.compile`'s Python wrapper, Dynamo's guards and its entry cost a fixed overhead per call;
+  its C++ wrapper without module guards removed most of that, AOTInductor the rest: `AotCompiled`
+  exports the graph at each input shape and compiles it ahead of time into a shared library with
+  the frozen weights inside (bit-identical output). No Dynamo cache is involved, so no compiled graph can serve another model.
 """
 
 from __future__ import annotations

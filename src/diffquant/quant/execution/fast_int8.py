@@ -1,16 +1,16 @@
 """Fast eager execution of a converted int8 model: the same numerics, fewer copies and calls.
 
-Profiling the default UNet's int8 sampling (batch 64, fbgemm and x86 engines) showed where the
-time went besides the int8 convolutions, which emit channels_last tensors:
+Profiling the default UNet's int8 sampling (fbgemm and x86 engines; docs/results/2026-11-26-int8-profile.md)
+showed where the time went besides the int8 convolutions, which emit channels_last tensors:
 - `torch.quantize_per_tensor_dynamic` copies a channels_last input to contiguous before it reads
   its range: one full float copy per layer. `quantize_dynamic` computes the identical scale and
   zero point from one `aminmax` over the tensor as it lies in memory.
-- `nn.GroupNorm` on channels_last input runs 2-3x slower than on contiguous input.
+- `nn.GroupNorm` on channels_last input runs several times slower than on contiguous input.
   `ChannelsLastGroupNorm` computes the group statistics with two reductions over the
   contiguous channel axis and normalizes in one fused multiply-add, in channels_last.
 - `QuantWrapper` calls three modules per layer; `Int8Wrapper` dequantizes inline.
 - The x86 engine runs its oneDNN kernels only for weights with zero points 0 (symmetric); affine
-  weights fall back to FBGEMM's kernels, 1.7-1.9x slower per convolution: a warning says so.
+  weights fall back to FBGEMM's slower kernels: a warning says so.
 """
 
 from __future__ import annotations
@@ -118,6 +118,6 @@ def speed_up_int8(model: nn.Module) -> nn.Module:
     if torch.backends.quantized.engine == "x86" and has_weight_zero_points(model):
         logging.getLogger("diffquant").warning(
             "backend=x86 with affine weights (quant.symmetric=false) runs FBGEMM's int8 convolutions; its faster oneDNN "
-            "kernels need symmetric weights: quant.symmetric=true (measured 1.7-1.9x faster convolutions here)"
+            "kernels need symmetric weights: quant.symmetric=true"
         )
     return model

@@ -3,8 +3,8 @@
 PyTorch's eager-mode quantization tutorials deploy a converted model the same way
 (`torch.jit.trace` / `torch.jit.script`, then `torch.jit.freeze`). The graph drops the Python around the operator
 calls (module calls, wrappers, range arithmetic), and freezing folds constants and merges repeated
-work (the 11 SiLUs of the time embedding become one). On the default UNet, x86 with static scales:
-3.3 -> 1.4 ms per forward at batch 1, 16.8 -> 12.2 ms at batch 64.
+work (the SiLUs of the time embedding, one per block, become one). The gain per forward is largest
+at small batches, where Python overhead dominates (docs/results/2026-11-26-int8-profile.md).
 
 `torch.jit.trace` records one execution: Python values derived from shapes become constants, so
 each input shape gets its own graph, and Python control flow that depends on tensor values would
