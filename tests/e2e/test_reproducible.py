@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
+
+from helpers import TINY_OVERRIDES
 
 
 def run(tmp_path: Path, name: str, cache: Path, threads: int) -> dict[str, object]:

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TINY_OVERRIDES
 from test_cli import diffquant
+
+from helpers import TINY_OVERRIDES
 
 RESUME = ("train.steps=200", "train.checkpoint_every=20")
 

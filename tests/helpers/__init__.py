@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from diffquant.quant.strategies import QuantContext
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The tiny run of CLI tests is the shipped preset itself (conf/experiment/tiny.yaml), not a copy.
+TINY_OVERRIDES = ["experiment=tiny"]
 SELECTABLE_GROUPS = ("model", "dataset", "quant", "backend", "diffusion", "train", "sampler", "eval", "logger", "paths")
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
 from torch import nn
 from torch.ao.nn import quantized as nnq
 
@@ -25,7 +24,7 @@ from diffquant.quant.engine import set_engine
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from helpers import calibration_context
+from helpers import TINY_OVERRIDES, calibration_context
 
 diffusers = pytest.importorskip("diffusers")
 UNET_TINY = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=8)

@@ -56,3 +56,17 @@ def test_build_model_and_config_roundtrip() -> None:
     rebuilt.load_state_dict(model.state_dict())
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 400])
     torch.testing.assert_close(rebuilt(x, t), model(x, t))
+
+
+def test_seeded_tiny_unet_reproduces_its_expected_slice() -> None:
+    """Regression (diffusers style): a change to the architecture, its init or its numerics shows up here."""
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, image_size=8, base_channels=8, channel_mults=(1, 2), groups=4).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 1, 8, 8, generator=gen), torch.tensor([10, 500])
+    with torch.no_grad():
+        out = model(x, t)
+    expected_row = torch.tensor([-0.13697, -0.13651, 0.10391, 0.24855, -0.09508, 0.26735, 0.21785, -0.14189])
+    expected_col = torch.tensor([-0.05843, -0.32827, -0.11164, 0.14326])
+    torch.testing.assert_close(out[0, 0, 3, :], expected_row, atol=2e-4, rtol=0)
+    torch.testing.assert_close(out[1, 0, :4, 5], expected_col, atol=2e-4, rtol=0)

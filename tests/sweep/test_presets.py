@@ -8,11 +8,11 @@ import subprocess
 from typing import Any
 
 import pytest
-from conftest import CONF_DIR, TINY_OVERRIDES
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from diffquant.config import register_configs, to_config
+from helpers import CONF_DIR
 
 REPO = CONF_DIR.parent
 GRID_SIZES = {"bits": 8, "qconfig": 12, "methods": 6, "backends": 6}
@@ -69,10 +69,6 @@ def test_experiments_validate_and_set_only_what_differs(compose_cfg, name: str) 
     for key, value in _leaves(raw).items():
         assert OmegaConf.select(cfg, key) == value
         assert OmegaConf.select(base, key) != value, f"experiment={name} sets {key} to its default"
-
-
-def test_tiny_experiment_matches_the_tests_tiny_overrides(compose_cfg) -> None:
-    assert compose_cfg("experiment=tiny") == compose_cfg(*TINY_OVERRIDES)
 
 
 def test_slurm_launcher_preset_documents_its_knobs() -> None:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import CONF_DIR, TINY_OVERRIDES
+
+from helpers import CONF_DIR, TINY_OVERRIDES
 
 MULTIRUN_SH = CONF_DIR.parent / "multirun.sh"
 TRAINED = "Training the FP32 model"

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import TINY_OVERRIDES
 
 from diffquant.training.distributed import DistInfo, state_digest
+from helpers import TINY_OVERRIDES
 
 
 def free_port() -> int:
