@@ -213,15 +213,18 @@ def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStr
             warmup,
         ),
     }
-    method = q.method
-    if cfg.backend.engine == "x86_inductor" and method != "fp32":  # PT2E: a PTQ flow of its own
-        if method != "ptq":
-            raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={method}")
-        if q.simulate:
-            raise DiffquantError(
-                "quant.simulate=true needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor compiles int8"
-            )
-        method = "ptq_inductor"
+    inductor = cfg.backend.engine == "x86_inductor"
+    if inductor and q.method != "fp32" and q.flow != "pt2e":  # conf/quant_backend/ has no file for this pair
+        raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={q.method}")
+    if q.flow == "pt2e" and not (inductor and q.method == "ptq"):
+        raise DiffquantError(
+            f"quant.flow=pt2e needs quant=ptq with backend=x86_inductor; got quant={q.method} backend={cfg.backend.engine}"
+        )
+    if q.flow == "pt2e" and q.simulate:
+        raise DiffquantError(
+            "quant.simulate=true needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor compiles int8"
+        )
+    method = "ptq_inductor" if q.flow == "pt2e" else q.method
     if method != "fp32" and (plan.runs_int8 or method == "ptq_inductor"):
         require_exact(numerics, cfg.backend.int8_scheme)
     return builders[method]()

@@ -75,6 +75,7 @@ class QATConfig:
 @dataclass
 class QuantConfig:
     method: str = "fp32"
+    flow: str = "eager"  # eager (torch.ao wrappers) | pt2e (torchao export; set by quant_backend/ptq_x86_inductor.yaml)
     weight_bits: int = 8
     act_bits: Optional[int] = 8  # null: activations stay float (weight-only quantization)
     granularity: str = "per_channel"
@@ -95,6 +96,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
+        check_choice("quant.flow", self.flow, ("eager", "pt2e"))
         check_range("quant.bias_correction", self.bias_correction, 0, 10)
         self.spec(SCHEMES["w8a8"])  # QuantSpec validates bits, granularity and observer
         for role in self.keep_float:
