@@ -11,11 +11,11 @@ matmuls included), so `model/int8_mac_fraction` says how much of the arithmetic 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from diffquant.errors import check_choice
 from diffquant.quant.wrap import quantizable_types
@@ -78,6 +78,17 @@ def _inside(name: str, outer: set[str]) -> bool:
     return any(name.startswith(f"{o}.") for o in outer)
 
 
+def cpu_attention_formulas() -> dict[object, Callable[..., int]]:
+    """FLOP formulas the counter lacks: scaled_dot_product_attention's CPU kernel (DiT, nn.MultiheadAttention)."""
+
+    def flash_cpu(
+        query_shape: tuple[int, ...], key_shape: tuple[int, ...], value_shape: tuple[int, ...], *_: object, **__: object
+    ) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: flash_cpu}
+
+
 def layer_macs(model: nn.Module, x: Tensor, t: Tensor) -> tuple[dict[str, int], int]:
     """Multiply-accumulates per named module and in total (FLOPs / 2) of one forward at (x, t)."""
     # nn.MultiheadAttention's inference fast path is one fused op the counter does not count: take the
@@ -85,7 +96,7 @@ def layer_macs(model: nn.Module, x: Tensor, t: Tensor) -> tuple[dict[str, int], 
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, depth=None, custom_mapping=cpu_attention_formulas()) as counter:
             model(x, t)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
