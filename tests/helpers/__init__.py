@@ -48,7 +48,9 @@ def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Gener
 
 
 def model_spec(target: str, **kwargs: object) -> Component:
-    """A `model` component for `target` with these constructor arguments (the data adds channels and size)."""
-    from diffquant.components import Component
+    """A `model` component for `target` with these constructor arguments (the data adds channels and size if taken)."""
+    from diffquant.components import Component, import_target, signature_of
 
-    return Component("model", target, dict(kwargs), name=target.rsplit(".", 1)[-1], supplied=("in_channels", "image_size"))
+    names = signature_of(import_target(target, "model._target_"), target).names
+    supplied = tuple(n for n in ("in_channels", "image_size") if n in names)
+    return Component("model", target, dict(kwargs), name=target.rsplit(".", 1)[-1], supplied=supplied)
