@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffquant.errors import DiffquantError
@@ -218,3 +218,16 @@ def validate_fields(group: str, schema: type, values: Mapping[str, Any]) -> dict
     assert isinstance(merged, dict)
     obj = schema(**merged)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in asdict(obj).items()}
+
+
+def plain_node(cfg: DictConfig, group: str) -> dict[str, Any]:
+    """The group's node as plain values, interpolations resolved, `???` kept as the string."""
+    node = cfg.get(group)
+    if not isinstance(node, DictConfig):
+        raise DiffquantError(f"{group}={node!r} is not a config node; pick a file ({group}=<name>) or set {group}._target_")
+    try:
+        plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        raise DiffquantError(f"{group}: {str(exc).splitlines()[0]}") from None
+    assert isinstance(plain, dict)
+    return {str(k): v for k, v in plain.items()}

@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from diffquant.components import Component, explicit_keys, make_component
+from diffquant.components import Component, explicit_keys, make_component, plain_node
 from diffquant.data.schemas import dataset_schemas
 from diffquant.errors import DiffquantError, check_choice, check_device, check_range, check_writable_dir
 from diffquant.models.schemas import model_schemas
@@ -267,19 +267,6 @@ def to_config(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> Con
     assert isinstance(obj, Config)
     values = {f.name: getattr(obj, f.name) for f in fields(Config)}
     return Config(**{**values, "model": model, "dataset": dataset})
-
-
-def plain_node(cfg: DictConfig, group: str) -> dict[str, Any]:
-    """The group's node as plain values, interpolations resolved, `???` kept as the string."""
-    node = cfg.get(group)
-    if not isinstance(node, DictConfig):
-        raise DiffquantError(f"{group}={node!r} is not a config node; pick a file ({group}=<name>) or set {group}._target_")
-    try:
-        plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
-    except OmegaConfBaseException as exc:
-        raise DiffquantError(f"{group}: {str(exc).splitlines()[0]}") from None
-    assert isinstance(plain, dict)
-    return {str(k): v for k, v in plain.items()}
 
 
 def check_known_keys(node: DictConfig, prefix: str = "") -> None:
