@@ -42,14 +42,17 @@ def test_a_custom_file_without_a_target_says_what_to_set(compose_cfg, group: str
         to_config(compose_cfg(f"{group}=custom"))
 
 
+MODEL_FILES = [stem for group, stem in group_options() if group == "model" and stem != "custom"]
+
+
 @pytest.mark.parametrize(
-    ("quant", "backend"),
-    list(itertools.product(["fp32", "ptq", "qat"], ["fbgemm", "qnnpack", "x86"])),
+    ("quant", "backend", "model"),
+    list(itertools.product(["fp32", "ptq", "qat"], ["fbgemm", "qnnpack", "x86"], MODEL_FILES)),
     ids=lambda v: str(v),
 )
-def test_quant_backend_product_composes(compose_cfg, quant: str, backend: str) -> None:
-    cfg = to_config(compose_cfg(f"quant={quant}", f"backend={backend}"))
-    assert (cfg.quant.method, cfg.backend.engine) == (quant, backend)
+def test_quant_backend_model_product_composes(compose_cfg, quant: str, backend: str, model: str) -> None:
+    cfg = to_config(compose_cfg(f"quant={quant}", f"backend={backend}", f"model={model}"))
+    assert (cfg.quant.method, cfg.backend.engine, cfg.model.name) == (quant, backend, model)
     assert cfg.backend.int8_scheme == "auto"  # the machine's self-test decides the 8-bit grids
 
 
