@@ -85,6 +85,7 @@ def test_defaults_are_the_documented_experiment(compose_cfg) -> None:
             "dataset.imagesize=8 is not a parameter of diffquant.data.datasets.load_digits; did you mean dataset.image_size?",
         ),
         ("+model.in_channels=3", "model.in_channels=3 cannot be set: diffquant passes the data's channels"),
+        ("model=diffusers_unet model.pretrained=/x model.checkpoint=/y.pt", "model.pretrained and model.checkpoint are both set"),
         (
             "model._target_=helpers.custom_model.SkipNett",
             "module 'helpers.custom_model' has no attribute 'SkipNett'; did you mean",
@@ -93,7 +94,7 @@ def test_defaults_are_the_documented_experiment(compose_cfg) -> None:
 )
 def test_bad_values_name_the_setting(compose_cfg, override: str, message: str) -> None:
     with pytest.raises(DiffquantError) as info:
-        to_config(compose_cfg(override))
+        to_config(compose_cfg(*override.split(" ")))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
