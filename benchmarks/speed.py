@@ -34,7 +34,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 
 TUNED_MALLOC = {
@@ -80,7 +80,7 @@ from diffquant.config import Config, register_configs, to_config  # noqa: E402
 from diffquant.diffusion.samplers import ddim_sample  # noqa: E402
 from diffquant.diffusion.schedule import GaussianDiffusion  # noqa: E402
 from diffquant.metrics.quality import relative_error  # noqa: E402
-from diffquant.models import build_model, model_kwargs  # noqa: E402
+from diffquant.models import build_model  # noqa: E402
 from diffquant.pipeline import build_strategy  # noqa: E402
 from diffquant.quant.calibration import collect_trajectory  # noqa: E402
 from diffquant.quant.engine import resolve_int8_numerics, set_engine  # noqa: E402
@@ -122,7 +122,8 @@ def compose_config(overrides: list[str]) -> Config:
             compose(
                 config_name="config",
                 overrides=["progress=false", f"paths.output_dir={ROOT / 'outputs' / 'benchmarks' / 'speed'}", *overrides],
-            )
+            ),
+            overrides,
         )
 
 
@@ -175,13 +176,12 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
     batches = [int(b) for b in opts["batch"].split(",")]
     steps, repeats = int(opts["steps"]), int(opts["repeats"])
     torch.manual_seed(cfg.seed)
-    model = build_model(
-        cfg.model.arch, cfg.dataset.channels, cfg.dataset.image_size, **model_kwargs(cfg.model.arch, asdict(cfg.model))
-    ).eval()
+    channels, size = cfg.dataset.kwargs["channels"], cfg.dataset.kwargs["image_size"]
+    model = build_model(cfg.model, channels, size).eval()
     diffusion = GaussianDiffusion.from_config(
         cfg.diffusion.schedule, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
     )
-    shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    shape = (channels, size, size)
     calib_noise = torch.randn(int(opts["calib_samples"]), *shape, generator=torch.Generator().manual_seed(1))
     calib = collect_trajectory(
         partial(ddim_sample, model, diffusion, steps=cfg.sampler.steps), cfg.sampler.steps, cfg.quant.calib.timesteps, calib_noise

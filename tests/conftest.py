@@ -23,6 +23,7 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
             return compose(
                 config_name="config",
                 overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
+                return_hydra_config=True,  # to_config reads the command line from it (explicit vs inherited keys)
             )
 
     return _compose

@@ -145,6 +145,53 @@ CASES = [
         ("quant.skip=[*]",),
         r"quant\.skip=\['\*'\] and quant\.keep_float \(layers conv_in, conv_out\) leaves no Conv2d / Linear layer to quantize",
     ),
+    # components chosen by `_target_`: a target that does not import, a model that is not an ε-network, a bad loader
+    Bad(
+        "model-target-no-module",
+        ("model._target_=no_such_pkg.nets.Net",),
+        r"model\._target_=no_such_pkg\.nets\.Net: no module named 'no_such_pkg' \(is its package installed, or on PYTHONPATH\?\)",
+    ),
+    Bad(
+        "model-target-no-attribute",
+        ("model._target_=helpers.custom_model.SkipNett",),
+        r"model\._target_=helpers\.custom_model\.SkipNett: module 'helpers\.custom_model' has no attribute 'SkipNett'; "
+        r"did you mean helpers\.custom_model\.SkipNet\?",
+    ),
+    Bad("model-target-missing", ("model=custom",), r"model\._target_ is not set; give model\._target_=package\.module\.Name"),
+    Bad(
+        "model-key-not-a-parameter",
+        ("model._target_=helpers.custom_model.SkipNet", "+model.layers=3"),
+        r"model\.layers=3 is not a parameter of helpers\.custom_model\.SkipNet; it takes: width, heads",
+    ),
+    Bad(
+        "model-forward-without-t",
+        ("model._target_=helpers.bad_components.NoTimestep",),
+        r"model\._target_=helpers\.bad_components\.NoTimestep: a probe forward on x_t \(2, 1, 8, 8\), t \(2,\) failed "
+        r"\(TypeError: .*\); expected forward\(x_t, t\)",
+    ),
+    Bad(
+        "model-returns-other-shape",
+        ("model._target_=helpers.bad_components.HalfSize",),
+        r"model\._target_=helpers\.bad_components\.HalfSize returned shape \(2, 1, 4, 4\) for x_t of shape \(2, 1, 8, 8\); "
+        r"expected forward\(x_t, t\)",
+    ),
+    Bad(
+        "dataset-target-no-attribute",
+        ("dataset._target_=diffquant.data.datasets.load_digitz",),
+        r"dataset\._target_=diffquant\.data\.datasets\.load_digitz: module 'diffquant\.data\.datasets' has no attribute "
+        r"'load_digitz'; did you mean diffquant\.data\.datasets\.load_digits\?",
+    ),
+    Bad(
+        "dataset-out-of-range",
+        ("dataset._target_=helpers.bad_components.load_unscaled",),
+        r"dataset\._target_=helpers\.bad_components\.load_unscaled train images lie in \[.*\]; expected values in \[-1, 1\]",
+    ),
+    Bad(
+        "dataset-mixed-sizes",
+        ("dataset._target_=helpers.bad_components.load_mixed_sizes",),
+        r"dataset\._target_=helpers\.bad_components\.load_mixed_sizes train images have mixed sizes \(1x8x8, 1x16x16\); "
+        r"expected one size",
+    ),
     Bad(
         "inception-extra-missing",
         ("eval.fid.extractor=inception",),
@@ -166,11 +213,17 @@ def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
 
 
 def cli_args(tmp: Path, run_dir: str, *overrides: str) -> list[str]:
-    """Arguments of a tiny run into `tmp/run_dir` with the shared cache; `{tmp}` in overrides is filled in."""
+    """Arguments of a tiny run into `tmp/run_dir` with the shared cache; `{tmp}` in overrides is filled in.
+
+    A case that picks its own model or data set (`model._target_=`, `model=custom`) drops the tiny
+    UNet's or digits' keys: typed on the command line, keys its target does not take are errors.
+    """
+    own = {g for g in ("model", "dataset") for o in overrides if o.startswith((f"{g}._target_=", f"{g}=custom"))}
+    tiny = [o for o in TINY_OVERRIDES if o.split(".")[0] not in own]
     return [
         f"hydra.run.dir={tmp / run_dir}",
         f"paths.cache_dir={tmp / 'cache'}",
-        *TINY_OVERRIDES,
+        *tiny,
         *(o.replace("{tmp}", str(tmp)) for o in overrides),
     ]
 

@@ -1,6 +1,8 @@
 """Typed schemas behind every config group, registered in Hydra's ConfigStore; validation lives here.
 
-The `quant` and `backend` schemas live in quant/config.py and are re-exported from here.
+The `quant` and `backend` schemas live in quant/config.py and are re-exported from here. The `model`
+and `dataset` groups name a class or function by `_target_` (`components.py`); the built-in targets'
+schemas live in models/schemas.py and data/schemas.py.
 
 Types are checked by OmegaConf at compose time; ranges and choices are checked in `__post_init__`
 when `to_config` turns the composed DictConfig into these dataclasses.
@@ -9,74 +11,37 @@ when `to_config` turns the composed DictConfig into these dataclasses.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Optional
+from types import MappingProxyType
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from diffquant.data.datasets import DATASET_NAMES
+from diffquant.components import Component, explicit_keys, make_component, plain_node
+from diffquant.data.schemas import dataset_schemas
 from diffquant.errors import DiffquantError, check_choice, check_device, check_range, check_writable_dir
-from diffquant.models import ARCHS
+from diffquant.models.schemas import model_schemas
 from diffquant.quant.config import BackendConfig, CalibConfig, QATConfig, QuantConfig, ReconConfig  # noqa: F401
 
-
-@dataclass
-class ModelConfig:
-    name: str = "unet_tiny"
-    arch: str = "unet"
-    base_channels: int = 32
-    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
-    num_res_blocks: int = 1
-    attn_resolutions: list[int] = field(default_factory=list)
-    dropout: float = 0.0
-    groups: int = 8
-    # arch=dit (models/dit.py): tokens are patch_size x patch_size pixel patches
-    patch_size: int = 2
-    hidden_size: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-    checkpoint: Optional[str] = None
-    pretrained: Optional[str] = None  # arch=diffusers: a UNet2DModel folder (or hub id, online); skips FP32 training
-
-    def __post_init__(self) -> None:
-        check_choice("model.arch", self.arch, ARCHS)
-        check_range("model.base_channels", self.base_channels, 1)
-        if self.base_channels % self.groups:
-            raise DiffquantError(f"model.base_channels={self.base_channels} must be divisible by model.groups={self.groups}")
-        check_range("model.patch_size", self.patch_size, 1)
-        check_range("model.depth", self.depth, 1)
-        check_range("model.num_heads", self.num_heads, 1)
-        check_range("model.mlp_ratio", self.mlp_ratio, 0.01)
-        if self.hidden_size % 4 or self.hidden_size % self.num_heads:
-            raise DiffquantError(
-                f"model.hidden_size={self.hidden_size} must be divisible by 4 and by model.num_heads={self.num_heads}"
-            )
-        if self.pretrained and self.arch != "diffusers":
-            raise DiffquantError(
-                f"model.pretrained is only read by model.arch=diffusers (model=diffusers_unet), not arch={self.arch}"
-            )
-        if self.pretrained and self.checkpoint:
-            raise DiffquantError("model.pretrained and model.checkpoint are both set; give one of them")
+# What the pipeline passes to a target that has a parameter of that name (never set in the node).
+MODEL_SUPPLIED = MappingProxyType({"in_channels": "the data's channels", "image_size": "the data's image size"})
+DATASET_SUPPLIED = MappingProxyType({"seed": "the run's seed (set seed=...)"})
+# diffquant's own keys of a group: read by the pipeline, never passed to the target.
+MODEL_OWN_KEYS = ("_target_", "name", "checkpoint")
+DATASET_OWN_KEYS = ("_target_", "name")
 
 
-@dataclass
-class DatasetConfig:
-    name: str = "digits"
-    root: Optional[str] = None
-    image_size: int = 16
-    channels: int = 1
-    download: bool = False
-    holdout_fraction: float = 0.2
-    max_train: Optional[int] = None
+def default_model() -> Component:
+    """`diffquant.models.unet.UNet` with its constructor's defaults (unet_tiny's layout)."""
+    return Component("model", "diffquant.models.unet.UNet", name="unet_tiny", supplied=tuple(MODEL_SUPPLIED))
 
-    def __post_init__(self) -> None:
-        check_choice("dataset.name", self.name, DATASET_NAMES)
-        check_range("dataset.image_size", self.image_size, 4, 256)
-        check_choice("dataset.channels", self.channels, (1, 3))
-        check_range("dataset.holdout_fraction", self.holdout_fraction, 0.01, 0.9)
+
+def default_dataset() -> Component:
+    """`diffquant.data.datasets.load_digits` with its defaults (16x16 digits, 20 % held out)."""
+    return Component("dataset", "diffquant.data.datasets.load_digits", name="digits", supplied=tuple(DATASET_SUPPLIED))
 
 
 @dataclass
@@ -209,8 +174,10 @@ class SweepConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    """A validated run configuration; `model` and `dataset` are `_target_` components (`components.py`)."""
+
+    model: Component = field(default_factory=default_model)
+    dataset: Component = field(default_factory=default_dataset)
     quant: QuantConfig = field(default_factory=QuantConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -249,25 +216,58 @@ def check_trajectory(cfg: Config) -> None:
         )
 
 
+@dataclass
+class ConfigSchema(Config):
+    """The compose-time schema: `model` and `dataset` are free-form `_target_` nodes, validated by `to_config`."""
+
+    model: Any = field(default_factory=dict)
+    dataset: Any = field(default_factory=dict)
+
+
 def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore as `config_schema` (conf/config.yaml lists it first)."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    ConfigStore.instance().store(name="config_schema", node=ConfigSchema)
 
 
-def to_config(cfg: DictConfig) -> Config:
-    """Resolve and validate a composed config into typed dataclasses (range errors become DiffquantError)."""
+def to_config(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> Config:
+    """Resolve and validate a composed config into typed dataclasses (range errors become DiffquantError).
+
+    `overrides` are the command line's (Hydra's task overrides): a `model.` / `dataset.` key typed
+    there that the target does not take is an error, an inherited one is ignored. Left None, they
+    are read from the `hydra` node when the config was composed with it.
+    """
+    if "hydra" in cfg:  # composed with return_hydra_config=True: the command line is in there, the rest is Hydra's
+        overrides = list(cfg.hydra.overrides.task) if overrides is None else overrides
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.pop("hydra")
+    overrides = overrides or []
     check_known_keys(cfg)
+    model = make_component(
+        "model", plain_node(cfg, "model"), explicit_keys(overrides, "model"), model_schemas(), MODEL_SUPPLIED, MODEL_OWN_KEYS
+    )
+    if model.checkpoint and model.kwargs.get("pretrained"):
+        raise DiffquantError("model.pretrained and model.checkpoint are both set; give one of them")
+    dataset = make_component(
+        "dataset",
+        plain_node(cfg, "dataset"),
+        explicit_keys(overrides, "dataset"),
+        dataset_schemas(),
+        DATASET_SUPPLIED,
+        DATASET_OWN_KEYS,
+    )
     try:
         obj = OmegaConf.to_object(cfg)
+        if isinstance(obj, dict):  # composed without the schema (e.g. a bare OmegaConf.create)
+            obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ConfigSchema), cfg))
     except OmegaConfBaseException as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, DiffquantError) else None
         if cause is not None:
             raise cause from None
         raise DiffquantError(str(exc).splitlines()[0]) from None
-    if isinstance(obj, dict):  # composed without the schema (e.g. a bare OmegaConf.create)
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
     assert isinstance(obj, Config)
-    return obj
+    values = {f.name: getattr(obj, f.name) for f in fields(Config)}
+    return Config(**{**values, "model": model, "dataset": dataset})
 
 
 def check_known_keys(node: DictConfig, prefix: str = "") -> None:
@@ -280,8 +280,6 @@ def check_known_keys(node: DictConfig, prefix: str = "") -> None:
         if key in names:
             if isinstance(value, DictConfig):
                 check_known_keys(value, f"{prefix}{key}.")
-            continue
-        if not prefix and key == "hydra":  # composed with return_hydra_config=True
             continue
         guess = difflib.get_close_matches(str(key), names, n=1)
         hint = (

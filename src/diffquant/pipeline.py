@@ -17,7 +17,8 @@ from diffquant.cache.artifacts import file_key, get_classifier, get_fp32_model
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, load_if_readable
 from diffquant.config import Config
-from diffquant.data.datasets import iterate_batches, load_dataset
+from diffquant.data.datasets import iterate_batches
+from diffquant.data.loading import load_data
 from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
@@ -49,21 +50,14 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     require_extractor(cfg.eval.fid.extractor)  # a missing optional extra fails before any training
     torch.manual_seed(cfg.seed)
 
-    data = load_dataset(
-        cfg.dataset.name,
-        root=cfg.dataset.root,
-        image_size=cfg.dataset.image_size,
-        channels=cfg.dataset.channels,
-        download=cfg.dataset.download,
-        holdout_fraction=cfg.dataset.holdout_fraction,
-        seed=cfg.seed,
-        max_train=cfg.dataset.max_train,
-    )
+    data = load_data(cfg.dataset, cfg.seed)  # validated: float [N, C, S, S] in [-1, 1]
     log.info(
-        "Data %s: %d train / %d held-out images of %dx%d",
+        "Data %s (%s): %d train / %d held-out images of %dx%dx%d",
         cfg.dataset.name,
+        cfg.dataset.target,
         len(data.train_images),
         len(data.test_images),
+        data.channels,
         data.image_size,
         data.image_size,
     )
@@ -99,6 +93,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             state_path=fp32.entry_dir / f"qat_state_{state_key}.pt",
             state_key=state_key,
             checkpoint_every=q.qat.checkpoint_every,
+            example=(torch.zeros(2, data.channels, data.image_size, data.image_size), torch.tensor([0, 1])),
         )
         log.info("Quantizing: method=%s W%dA%d engine=%s", q.method, q.weight_bits, q.act_bits, cfg.backend.engine)
         outcome = strategy.quantize(fp32.model, ctx)

@@ -42,9 +42,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     info = init_distributed(cfg.device)  # torchrun: join the process group; else rank 0 of 1
     try:
         if not info.is_main:  # the other ranks train with rank 0 and leave the run's files to it
-            validate_then_run(cfg)
+            validate_then_run(cfg, job.overrides)
             return None
-        return run_job(lambda: validate_then_run(cfg), job)
+        return run_job(lambda: validate_then_run(cfg, job.overrides), job)
     except DiffquantError as exc:  # a single run only: run_job records a sweep job's failure and returns NaN
         logging.getLogger("diffquant").error("%s", exc)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the debug switch: the traceback as well as the line
@@ -55,9 +55,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         shutdown()
 
 
-def validate_then_run(cfg: DictConfig) -> dict[str, Any]:
-    """Validate the config before importing the pipeline: a bad setting fails without paying for those imports."""
-    config = to_config(cfg)
+def validate_then_run(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """Validate the config before importing the pipeline: a bad setting fails without paying for those imports.
+
+    `overrides` (the command line's) tell a `model.` / `dataset.` key typed there from one inherited.
+    """
+    config = to_config(cfg, overrides)
     from diffquant.pipeline import run_experiment
 
     return run_experiment(config)

@@ -12,18 +12,17 @@ from diffquant.cache.lock import cache_lock, lock_path
 # Loads the data, meets the other process at a barrier (two marker files), then asks for the classifier.
 WORKER = """
 import logging, sys, time
+from dataclasses import replace
 from pathlib import Path
 from diffquant.cache.artifacts import get_classifier
-from diffquant.config import Config, DatasetConfig, EvalConfig, PathsConfig
-from diffquant.data.datasets import load_dataset
+from diffquant.config import Config, EvalConfig, PathsConfig, default_dataset
+from diffquant.data.loading import load_data
 
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 cache, me, other = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-cfg = Config(dataset=DatasetConfig(image_size=8), eval=EvalConfig(classifier_steps=80),
-             paths=PathsConfig(cache_dir=cache), progress=False)
-d = cfg.dataset
-data = load_dataset(d.name, root=d.root, image_size=d.image_size, channels=d.channels, download=d.download,
-                    holdout_fraction=d.holdout_fraction, seed=cfg.seed, max_train=d.max_train)
+dataset = replace(default_dataset(), kwargs={"image_size": 8})
+cfg = Config(dataset=dataset, eval=EvalConfig(classifier_steps=80), paths=PathsConfig(cache_dir=cache), progress=False)
+data = load_data(cfg.dataset, cfg.seed)
 me.touch()
 while not other.exists():
     time.sleep(0.005)

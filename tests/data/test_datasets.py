@@ -1,4 +1,4 @@
-"""load_dataset on bundled digits and on tiny fake MNIST / CIFAR-10 folders in torchvision's format."""
+"""The built-in loaders on bundled digits and on tiny fake MNIST / CIFAR-10 folders in torchvision's format."""
 
 import os
 import pickle
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffquant.data.datasets import DataSplit, iterate_batches, load_dataset
+from diffquant.data.datasets import DataSplit, iterate_batches, load_cifar10, load_digits, load_fashion_mnist, load_mnist
 from diffquant.errors import DiffquantError
+
+LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10}
 
 
 def write_fake_mnist(root: Path, n_train: int = 12, n_test: int = 6, folder: str = "MNIST") -> None:
@@ -61,7 +63,7 @@ def skip_cifar_md5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_digits_shapes_range_and_split() -> None:
-    split = load_dataset("digits", root=None, image_size=16, channels=1, holdout_fraction=0.2)
+    split = load_digits(image_size=16, channels=1, holdout_fraction=0.2)
     n_test = round(1797 * 0.2)
     assert split.train_images.shape == (1797 - n_test, 1, 16, 16)
     assert split.test_images.shape == (n_test, 1, 16, 16)
@@ -72,16 +74,16 @@ def test_digits_shapes_range_and_split() -> None:
 
 
 def test_digits_native_size_keeps_pixel_values() -> None:
-    split = load_dataset("digits", root=None, image_size=8, channels=1)
+    split = load_digits(image_size=8, channels=1)
     values = torch.cat([split.train_images, split.test_images]).unique()
     expected = torch.arange(17, dtype=torch.float32) / 16 * 2 - 1  # levels 0..16 mapped to [-1, 1]
     assert torch.allclose(values, expected)
 
 
 def test_digits_split_is_seeded() -> None:
-    a = load_dataset("digits", root=None, image_size=8, channels=1, seed=3)
-    b = load_dataset("digits", root=None, image_size=8, channels=1, seed=3)
-    c = load_dataset("digits", root=None, image_size=8, channels=1, seed=4)
+    a = load_digits(image_size=8, channels=1, seed=3)
+    b = load_digits(image_size=8, channels=1, seed=3)
+    c = load_digits(image_size=8, channels=1, seed=4)
     assert torch.equal(a.train_images, b.train_images) and torch.equal(a.test_labels, b.test_labels)
     assert not torch.equal(a.test_images, c.test_images)
     assert a.train_images.shape == c.train_images.shape
@@ -89,17 +91,17 @@ def test_digits_split_is_seeded() -> None:
 
 def test_digits_rejects_three_channels() -> None:
     with pytest.raises(DiffquantError, match="dataset.channels"):
-        load_dataset("digits", root=None, image_size=16, channels=3)
+        load_digits(image_size=16, channels=3)
 
 
 def test_max_train_truncates_both_splits() -> None:
-    split = load_dataset("digits", root=None, image_size=8, channels=1, max_train=50)
+    split = load_digits(image_size=8, channels=1, max_train=50)
     assert split.train_images.shape[0] == 50 and split.test_images.shape[0] == 50
 
 
 def test_mnist_native_size(tmp_path: Path) -> None:
     write_fake_mnist(tmp_path)
-    split = load_dataset("mnist", root=str(tmp_path), image_size=28, channels=1)
+    split = load_mnist(root=str(tmp_path), image_size=28, channels=1)
     assert split.train_images.shape == (12, 1, 28, 28) and split.test_images.shape == (6, 1, 28, 28)
     assert split.train_labels.tolist() == [i % 10 for i in range(12)]
     assert split.train_images[5, 0, 5, 3] == 1.0  # 255 -> 1.0
@@ -109,7 +111,7 @@ def test_mnist_native_size(tmp_path: Path) -> None:
 
 def test_mnist_resized_to_three_channels(tmp_path: Path) -> None:
     write_fake_mnist(tmp_path)
-    split = load_dataset("mnist", root=str(tmp_path), image_size=32, channels=3, max_train=4)
+    split = load_mnist(root=str(tmp_path), image_size=32, channels=3, max_train=4)
     assert split.train_images.shape == (4, 3, 32, 32) and split.test_images.shape == (4, 3, 32, 32)
     assert torch.equal(split.train_images[:, 0], split.train_images[:, 2])
     assert split.train_images.min() >= -1.0 and split.train_images.max() <= 1.0
@@ -118,18 +120,18 @@ def test_mnist_resized_to_three_channels(tmp_path: Path) -> None:
 
 def test_fashion_mnist_reads_its_own_folder(tmp_path: Path) -> None:
     write_fake_mnist(tmp_path, n_train=10, n_test=4, folder="FashionMNIST")
-    split = load_dataset("fashion_mnist", root=str(tmp_path), image_size=16, channels=1)
+    split = load_fashion_mnist(root=str(tmp_path), image_size=16, channels=1)
     assert split.train_images.shape == (10, 1, 16, 16) and split.test_images.shape == (4, 1, 16, 16)
     assert split.train_labels.tolist() == [i % 10 for i in range(10)] and split.test_labels.tolist() == [0, 1, 2, 3]
     assert split.train_images.min() == -1.0 and -1.0 < split.train_images.max() <= 1.0
     write_fake_mnist(tmp_path / "mnist_only")
     with pytest.raises(DiffquantError, match="FashionMNIST files"):  # MNIST's folder is not Fashion-MNIST's
-        load_dataset("fashion_mnist", root=str(tmp_path / "mnist_only"), image_size=28, channels=1)
+        load_fashion_mnist(root=str(tmp_path / "mnist_only"), image_size=28, channels=1)
 
 
 def test_cifar10_rgb_layout(tmp_path: Path, skip_cifar_md5: None) -> None:
     write_fake_cifar10(tmp_path)
-    split = load_dataset("cifar10", root=str(tmp_path), image_size=32, channels=3)
+    split = load_cifar10(root=str(tmp_path), image_size=32, channels=3)
     assert split.train_images.shape == (10, 3, 32, 32) and split.test_images.shape == (4, 3, 32, 32)
     assert split.train_labels.tolist() == [(2 + i) % 10 for i in range(10)]
     assert torch.equal(split.train_images[:, :, 2, 5], torch.tensor([[1.0, -1.0, -1.0]] * 10))
@@ -138,10 +140,10 @@ def test_cifar10_rgb_layout(tmp_path: Path, skip_cifar_md5: None) -> None:
 
 def test_cifar10_to_grayscale_uses_luminance(tmp_path: Path, skip_cifar_md5: None) -> None:
     write_fake_cifar10(tmp_path)
-    split = load_dataset("cifar10", root=str(tmp_path), image_size=32, channels=1)
+    split = load_cifar10(root=str(tmp_path), image_size=32, channels=1)
     assert split.test_images.shape == (4, 1, 32, 32)
     assert split.test_images[0, 0, 2, 5].item() == pytest.approx(0.299 * 2 - 1, abs=1e-6)
-    small = load_dataset("cifar10", root=str(tmp_path), image_size=16, channels=1)
+    small = load_cifar10(root=str(tmp_path), image_size=16, channels=1)
     assert small.train_images.shape == (10, 1, 16, 16)
 
 
@@ -151,26 +153,21 @@ def test_missing_root_explains_the_fix(tmp_path: Path, name: str, root: str | No
     if root == "missing":
         root = str(tmp_path / "missing")
     with pytest.raises(DiffquantError, match="dataset.root") as info:
-        load_dataset(name, root=root, image_size=28, channels=1)
+        LOADERS[name](root=root, image_size=28, channels=1)
     assert "download" in str(info.value)
 
 
 def test_empty_root_wraps_torchvision_error(tmp_path: Path) -> None:
     with pytest.raises(DiffquantError, match="Dataset not found") as info:
-        load_dataset("mnist", root=str(tmp_path), image_size=28, channels=1)
+        load_mnist(root=str(tmp_path), image_size=28, channels=1)
     assert "dataset.root" in str(info.value) and "dataset.download=true" in str(info.value)
 
 
 def test_cifar10_checksum_mismatch_is_wrapped(tmp_path: Path) -> None:
     write_fake_cifar10(tmp_path)  # real md5 check: the fake files count as corrupted
     with pytest.raises(DiffquantError, match="corrupted") as info:
-        load_dataset("cifar10", root=str(tmp_path), image_size=32, channels=3)
+        load_cifar10(root=str(tmp_path), image_size=32, channels=3)
     assert "dataset.root" in str(info.value) and "CIFAR10" in str(info.value)
-
-
-def test_unknown_name_lists_choices() -> None:
-    with pytest.raises(DiffquantError, match="digits, mnist, fashion_mnist, cifar10, image_folder"):
-        load_dataset("imagenet", root=None, image_size=16, channels=1)
 
 
 def test_datasplit_properties_and_validation() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffquant.data.datasets import load_dataset
+from diffquant.data.image_folder import load_image_folder
 from diffquant.errors import DiffquantError
 
 
@@ -25,8 +25,7 @@ def write_png(path: Path, value: int, size: tuple[int, int] = (8, 8), mode: str 
 
 
 def load(root: Path | str | None, image_size: int = 8, channels: int = 1, holdout: float = 0.25):
-    return load_dataset(
-        "image_folder",
+    return load_image_folder(
         root=None if root is None else str(root),
         image_size=image_size,
         channels=channels,

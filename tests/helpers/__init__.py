@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from diffquant.components import Component
     from diffquant.quant.qconfig import QuantSpec
     from diffquant.quant.strategies import QuantContext
 
@@ -46,3 +47,12 @@ def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Gener
         generator=generator if generator is not None else torch.Generator(),
         progress=False,
     )
+
+
+def model_spec(target: str, **kwargs: object) -> Component:
+    """A `model` component for `target` with these constructor arguments (the data adds channels and size if taken)."""
+    from diffquant.components import Component, import_target, signature_of
+
+    names = signature_of(import_target(target, "model._target_"), target).names
+    supplied = tuple(n for n in ("in_channels", "image_size") if n in names)
+    return Component("model", target, dict(kwargs), name=target.rsplit(".", 1)[-1], supplied=supplied)

@@ -41,7 +41,12 @@ def run_forked(calls: list[CliCall], folder: Path, timeout: float = 300) -> dict
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "calls.json"
     spec.write_text(json.dumps([asdict(c) for c in calls]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).resolve().parents[1])  # test-only user packages (helpers.custom_model) import in the CLI
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, (tests, os.environ.get("PYTHONPATH")))),
+    }
     driver = subprocess.run(
         [sys.executable, __file__, str(spec)], capture_output=True, text=True, timeout=timeout, cwd=folder, env=env
     )

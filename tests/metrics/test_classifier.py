@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from diffquant.data.datasets import load_dataset
+from diffquant.data.datasets import load_digits
 from diffquant.metrics.classifier import DigitClassifier, accuracy, extract_features, train_classifier
 
 
 @pytest.fixture(scope="module")
 def digits16():
-    return load_dataset("digits", root=None, image_size=16, channels=1, seed=0)
+    return load_digits(image_size=16, channels=1, holdout_fraction=0.1, seed=0)
 
 
 def test_learns_held_out_digits(digits16) -> None:

@@ -53,9 +53,9 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
-    from diffquant.data.datasets import load_dataset
+    from diffquant.data.datasets import load_digits
 
-    return load_dataset("digits", root=None, image_size=16, channels=1, holdout_fraction=0.2, seed=0).test_images[:8]
+    return load_digits(image_size=16, channels=1, holdout_fraction=0.2, seed=0).test_images[:8]
 
 
 def test_identical_sets_give_zero_and_shifts_grow(extractor, digits) -> None:

@@ -17,14 +17,13 @@ from torch.ao.nn import quantized as nnq
 
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
-from diffquant.models import build_model
-from diffquant.models.diffusers_unet import pretrained_key
+from diffquant.models import build_model, weights_key
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from helpers import TINY_OVERRIDES, calibration_context
+from helpers import TINY_OVERRIDES, calibration_context, model_spec
 
 diffusers = pytest.importorskip("diffusers")
 UNET_TINY = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=8)
@@ -49,7 +48,8 @@ def save_random_unet(folder: Path, seed: int = 0) -> nn.Module:
 
 
 def build(pretrained: str | None, channels: int = 1, size: int = 8) -> nn.Module:
-    return build_model("diffusers", channels, size, **{**UNET_TINY, "pretrained": pretrained})
+    spec = model_spec("diffquant.models.diffusers_unet.build_diffusers_unet", **UNET_TINY, pretrained=pretrained)
+    return build_model(spec, channels, size)
 
 
 def test_built_from_the_unet_fields_it_matches_unet_tiny() -> None:
@@ -65,10 +65,10 @@ def test_pretrained_folder_loads_the_saved_weights(tmp_path: Path) -> None:
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), unet(x, t).sample, rtol=0, atol=0)
-    key = pretrained_key(str(tmp_path / "m"), model)
-    assert key.startswith("pretrained-") and key == pretrained_key(str(tmp_path / "m"), model)
+    key = weights_key(model)
+    assert key.startswith("pretrained-") and key == weights_key(build(str(tmp_path / "m")))
     save_random_unet(tmp_path / "other", seed=1)
-    assert pretrained_key(str(tmp_path / "other"), model) != key  # the key follows the folder's files
+    assert weights_key(build(str(tmp_path / "other"))) != key  # the key follows the loaded weights
 
 
 def test_pipeline_folder_with_a_unet_subfolder_loads(tmp_path: Path) -> None:

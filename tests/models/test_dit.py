@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -16,8 +18,9 @@ from diffquant.models.dit import DiT, sincos_pos_embed
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from helpers import calibration_context
+from helpers import calibration_context, model_spec
 
+DIT = "diffquant.models.dit.DiT"
 TINY = dict(patch_size=2, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
 
@@ -77,7 +80,7 @@ def test_output_depends_on_timestep() -> None:
 
 def test_w8a8_ptq_converts_every_projection_to_int8() -> None:
     set_engine("fbgemm")
-    model = trained_like(build_model("dit", 1, 8, **TINY))
+    model = trained_like(build_model(model_spec(DIT, **TINY), 1, 8))
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(32, 1, 8, 8, generator=gen), torch.randint(0, 1000, (32,), generator=gen)
     ctx = calibration_context(x, t, gen)
@@ -94,17 +97,12 @@ def test_w8a8_ptq_converts_every_projection_to_int8() -> None:
 
 def test_dit_s_composes_and_its_fields_key_the_cache(compose_cfg) -> None:
     cfg = to_config(compose_cfg("model=dit_s"))
-    assert (cfg.model.arch, cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.patch_size) == (
-        "dit",
-        384,
-        12,
-        6,
-        2,
-    )
+    assert cfg.model.target == DIT
+    assert cfg.model.kwargs == dict(patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0)
     deeper = to_config(compose_cfg("model=dit_s", "model.depth=6"))
-    unet_field = to_config(compose_cfg("model=dit_s", "model.base_channels=64"))
-    assert fp32_key(deeper) != fp32_key(cfg)
-    assert fp32_key(unet_field) == fp32_key(cfg)  # fields DiT does not read do not key its cache
+    inherited = to_config(compose_cfg("model=dit_s", "experiment=tiny"))  # tiny sets UNet fields DiT ignores
+    assert fp32_key(deeper, 1, 16) != fp32_key(cfg, 1, 16)
+    assert inherited.model == cfg.model  # fields DiT does not read neither reach it nor key its cache
 
 
 @pytest.mark.parametrize(
@@ -112,15 +110,20 @@ def test_dit_s_composes_and_its_fields_key_the_cache(compose_cfg) -> None:
     [
         (["model.hidden_size=30"], "model.hidden_size=30 must be divisible by 4 and by model.num_heads=6"),
         (["model.depth=0"], "model.depth=0 is out of range"),
-        (["model.pretrained=/x"], "model.pretrained is only read by model.arch=diffusers"),
+        (["+model.pretrained=/x"], "model.pretrained='/x' is not a parameter of diffquant.models.dit.DiT; it takes: patch_size"),
+        (["+model.base_channels=64"], "model.base_channels=64 is not a parameter of diffquant.models.dit.DiT"),
     ],
-    ids=["hidden-size", "depth", "pretrained"],
+    ids=["hidden-size", "depth", "pretrained", "unet-field-typed"],
 )
 def test_bad_dit_settings_name_the_setting(compose_cfg, overrides: list[str], message: str) -> None:
-    with pytest.raises(DiffquantError, match=message):
+    with pytest.raises(DiffquantError, match=re.escape(message)):
         to_config(compose_cfg("model=dit_s", *overrides))
 
 
 def test_patch_size_must_divide_the_image() -> None:
-    with pytest.raises(DiffquantError, match="model.patch_size=3 does not divide dataset.image_size=8"):
-        build_model("dit", 1, 8, **{**TINY, "patch_size": 3})
+    with pytest.raises(
+        DiffquantError,
+        match=r"model._target_=diffquant.models.dit.DiT failed when called \(ValueError: "
+        r"image_size=8 is not divisible by patch_size=3\)",
+    ):
+        build_model(model_spec(DIT, **{**TINY, "patch_size": 3}), 1, 8)

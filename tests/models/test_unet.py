@@ -7,6 +7,7 @@ import torch
 
 from diffquant.models import build_model
 from diffquant.models.unet import UNet, timestep_embedding
+from helpers import model_spec
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_timestep_embedding_values() -> None:
 
 
 def test_build_model_and_config_roundtrip() -> None:
-    model = build_model("unet", in_channels=1, image_size=8, base_channels=8, groups=4, channel_mults=(1, 2))
+    model = build_model(model_spec("diffquant.models.unet.UNet", base_channels=8, groups=4, channel_mults=(1, 2)), 1, 8)
     rebuilt = UNet(
         **{
             **model.config,

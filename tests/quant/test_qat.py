@@ -6,7 +6,7 @@ import torch
 from torch.ao.nn import qat as nnqat
 from torch.ao.nn import quantized as nnq
 
-from diffquant.data.datasets import iterate_batches, load_dataset
+from diffquant.data.datasets import iterate_batches, load_digits
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.models.unet import UNet
 from diffquant.quant import strategies
@@ -28,7 +28,7 @@ def test_prepare_inserts_fake_quant_modules() -> None:
 
 def test_qat_loss_falls_observers_freeze_and_convert() -> None:
     set_engine("fbgemm")
-    data = load_dataset("digits", root=None, image_size=8, channels=1)
+    data = load_digits(image_size=8, channels=1, holdout_fraction=0.1)
     torch.manual_seed(0)
     model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8)
     d = GaussianDiffusion(make_betas("linear", 1000))

@@ -24,9 +24,7 @@ from diffquant.data.datasets import DataSplit, iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
-from diffquant.models import build_model
-from diffquant.models import model_kwargs as arch_kwargs
-from diffquant.models.diffusers_unet import pretrained_key
+from diffquant.models import build_model, probe_model, weights_key
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.distributed import DistInfo, check_replicas_equal, state_digest
@@ -44,20 +42,20 @@ class FP32Artifact:
     losses: list[float]
 
 
-def model_kwargs(cfg: Config) -> dict[str, Any]:
-    """The build kwargs of the configured architecture (the fields it reads, see `models.ARCH_FIELDS`)."""
-    return arch_kwargs(cfg.model.arch, dataclasses.asdict(cfg.model))
-
-
-def fp32_key(cfg: Config) -> str:
+def fp32_key(cfg: Config, in_channels: int, image_size: int) -> str:
     """Hash of everything that determines the trained FP32 weights."""
-    return config_hash(fp32_key_parts(cfg))
+    return config_hash(fp32_key_parts(cfg, in_channels, image_size))
 
 
-def fp32_key_parts(cfg: Config) -> dict[str, Any]:
-    """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash)."""
-    parts = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("dataset", "diffusion", "train")}
-    parts["model"] = {"arch": cfg.model.arch, **model_kwargs(cfg)}  # only the fields the architecture reads
+def fp32_key_parts(cfg: Config, in_channels: int, image_size: int) -> dict[str, Any]:
+    """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash).
+
+    A model or data set enters as its `_target_` import path and the arguments actually passed to
+    it, so two user models never share an entry and keys the target ignores do not split one.
+    """
+    parts: dict[str, Any] = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("diffusion", "train")}
+    parts["model"] = cfg.model.key(in_channels=in_channels, image_size=image_size)
+    parts["dataset"] = cfg.dataset.key(seed=cfg.seed)
     parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
     parts["train"].pop("bundled")  # a bundled model is the one this config trains
     parts["seed"] = cfg.seed
@@ -72,18 +70,20 @@ def file_key(path: str | Path, length: int = 16) -> str:
 def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger) -> FP32Artifact:
     """Load `model.checkpoint`, or the cached FP32 model, or train it and cache it."""
     log = logging.getLogger("diffquant")
-    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+    model = build_model(cfg.model, data.channels, data.image_size)
+    probe_model(model, cfg.model.target, data.channels, data.image_size)  # before any training or cache write
     if cfg.model.checkpoint:
         ckpt = load_checkpoint(cfg.model.checkpoint, "model.checkpoint")
         key = "ckpt-" + file_key(cfg.model.checkpoint)
         log.info("Using the FP32 checkpoint model.checkpoint=%s", cfg.model.checkpoint)
         _load_state(model, ckpt, "model.checkpoint")
         return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, ckpt.get("losses", []))
-    if cfg.model.pretrained:  # build_model loaded the weights (diffusers from_pretrained): no training
-        key = pretrained_key(cfg.model.pretrained, model)
-        log.info("Using the pretrained FP32 model model.pretrained=%s", cfg.model.pretrained)
+    pretrained = cfg.model.kwargs.get("pretrained")
+    if pretrained:  # the factory loaded the weights (diffusers from_pretrained): no training
+        key = weights_key(model)
+        log.info("Using the pretrained FP32 model model.pretrained=%s", pretrained)
         return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, [])
-    key = fp32_key(cfg)
+    key = fp32_key(cfg, data.channels, data.image_size)
     entry = Path(cfg.paths.cache_dir) / "fp32" / key
     path = entry / "model.pt"
     info = DistInfo.from_env()
@@ -113,9 +113,9 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
                 cache_blob(
                     ema.state_dict(),
                     key,
-                    model_config={"arch": cfg.model.arch, **model_kwargs(cfg)},
+                    model_config=cfg.model.key(in_channels=data.channels, image_size=data.image_size),
                     losses=losses,
-                    config=fp32_key_parts(cfg),
+                    config=fp32_key_parts(cfg, data.channels, data.image_size),
                 ),
                 path,
             )
@@ -136,7 +136,7 @@ def _train_fp32(
     )
     generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)  # each rank draws its own batches
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model.arch, data.channels, data.image_size, **model_kwargs(cfg))
+    model = build_model(cfg.model, data.channels, data.image_size)
     t = cfg.train
     settings = TrainSettings(
         steps=t.steps,
@@ -202,7 +202,7 @@ def cache_blob(state_dict: dict[str, Any], key: str, **fields: Any) -> dict[str,
 def get_classifier(cfg: Config, data: DataSplit) -> tuple[DigitClassifier, float, bool]:
     """The feature classifier for fid_cls (cached per data set, steps and seed) and its held-out accuracy."""
     log = logging.getLogger("diffquant")
-    key = config_hash({"dataset": dataclasses.asdict(cfg.dataset), "steps": cfg.eval.classifier_steps, "seed": cfg.seed})
+    key = config_hash({"dataset": cfg.dataset.key(seed=cfg.seed), "steps": cfg.eval.classifier_steps, "seed": cfg.seed})
     path = Path(cfg.paths.cache_dir) / "classifier" / key / "model.pt"
     with cache_lock(path, "feature classifier"):
         ckpt = load_cache_entry(path, key)

@@ -1,5 +1,10 @@
-"""Image datasets as in-memory tensors in [-1, 1]: bundled digits, torchvision MNIST / Fashion-MNIST / CIFAR-10,
-and any folder of images (`data/image_folder.py`)."""
+"""Built-in data set loaders (`dataset._target_`): bundled digits, torchvision MNIST / Fashion-MNIST / CIFAR-10.
+
+Each returns a `DataSplit` of in-memory tensors in [-1, 1]; any folder of images is `data/image_folder.py`.
+A loader takes its settings as keyword arguments from the `dataset` node (and `seed` from the run).
+"""
+
+from __future__ import annotations
 
 import os
 import pickle
@@ -9,15 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits as sklearn_digits
 from torch import Tensor
 from torchvision import datasets as tv_datasets
 
-from diffquant.data.image_folder import load_image_folder
 from diffquant.errors import DiffquantError
-
-DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder")
-TORCHVISION_SETS = {"mnist": tv_datasets.MNIST, "fashion_mnist": tv_datasets.FashionMNIST, "cifar10": tv_datasets.CIFAR10}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is ambiguous
@@ -52,39 +53,47 @@ class DataSplit:
         return int(torch.cat([self.train_labels, self.test_labels]).max().item()) + 1
 
 
-def load_dataset(
-    name: str,
-    *,
-    root: str | None,
-    image_size: int,
-    channels: int,
-    download: bool = False,
-    holdout_fraction: float = 0.1,
-    seed: int = 0,
-    max_train: int | None = None,
+def load_digits(
+    image_size: int = 16, channels: int = 1, holdout_fraction: float = 0.2, max_train: int | None = None, seed: int = 0
 ) -> DataSplit:
-    """Load `name` resized to `image_size` with `channels` channels, scaled to [-1, 1].
+    """scikit-learn's bundled 8x8 digits, resized to `image_size`, split at random (seeded) with `holdout_fraction` held out."""
+    if channels != 1:
+        raise DiffquantError(f"dataset.channels={channels} but dataset=digits is grayscale; set dataset.channels=1.")
+    bunch = sklearn_digits()
+    images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0
+    labels = torch.from_numpy(bunch.target).long()
+    return keep_first(random_split(_to_signed(_resize(images, image_size)), labels, holdout_fraction, seed), max_train)
 
-    `digits` and `image_folder` are split at random (seeded) with `holdout_fraction` held out;
-    `mnist`, `fashion_mnist` and `cifar10` use their official train / test sets. `max_train` keeps the first images of each split.
-    """
-    if image_size < 1:
-        raise DiffquantError(f"dataset.image_size={image_size} must be a positive integer.")
-    if channels not in (1, 3):
-        raise DiffquantError(f"dataset.channels={channels} is not supported; use 1 or 3.")
-    if max_train is not None and max_train < 1:
-        raise DiffquantError(f"dataset.max_train={max_train} must be positive or null (keep all).")
-    if name == "digits":
-        split = _load_digits(image_size, channels, holdout_fraction, seed)
-    elif name in TORCHVISION_SETS:
-        split = _load_torchvision(name, root, image_size, channels, download)
-    elif name == "image_folder":
-        images, labels = load_image_folder(root, image_size, channels)
-        split = random_split(images, labels, holdout_fraction, seed)
-    else:
-        raise DiffquantError(f"dataset.name={name!r} is unknown; choose one of: {', '.join(DATASET_NAMES)}.")
+
+def load_mnist(
+    root: str | None, image_size: int = 28, channels: int = 1, download: bool = False, max_train: int | None = None
+) -> DataSplit:
+    """torchvision MNIST from `root` (its official train / test split)."""
+    return keep_first(_load_torchvision("mnist", tv_datasets.MNIST, root, image_size, channels, download), max_train)
+
+
+def load_fashion_mnist(
+    root: str | None, image_size: int = 28, channels: int = 1, download: bool = False, max_train: int | None = None
+) -> DataSplit:
+    """torchvision Fashion-MNIST from `root` (its official train / test split)."""
+    return keep_first(
+        _load_torchvision("fashion_mnist", tv_datasets.FashionMNIST, root, image_size, channels, download), max_train
+    )
+
+
+def load_cifar10(
+    root: str | None, image_size: int = 32, channels: int = 3, download: bool = False, max_train: int | None = None
+) -> DataSplit:
+    """torchvision CIFAR-10 from `root` (its official train / test split)."""
+    return keep_first(_load_torchvision("cifar10", tv_datasets.CIFAR10, root, image_size, channels, download), max_train)
+
+
+def keep_first(split: DataSplit, max_train: int | None) -> DataSplit:
+    """The first `max_train` images of each split (all of them for None)."""
     if max_train is None:
         return split
+    if max_train < 1:
+        raise DiffquantError(f"dataset.max_train={max_train} must be positive or null (keep all).")
     return DataSplit(
         split.train_images[:max_train],
         split.train_labels[:max_train],
@@ -103,15 +112,6 @@ def iterate_batches(images: Tensor, batch_size: int, generator: torch.Generator)
         yield images[torch.randint(0, n, (size,), generator=generator)]
 
 
-def _load_digits(image_size: int, channels: int, holdout_fraction: float, seed: int) -> DataSplit:
-    if channels != 1:
-        raise DiffquantError(f"dataset.channels={channels} but dataset=digits is grayscale; set dataset.channels=1.")
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0
-    labels = torch.from_numpy(bunch.target).long()
-    return random_split(_to_signed(_resize(images, image_size)), labels, holdout_fraction, seed)
-
-
 def random_split(images: Tensor, labels: Tensor, holdout_fraction: float, seed: int) -> DataSplit:
     """A seeded random train / held-out split with `holdout_fraction` (at least one image each) held out."""
     if not 0.0 < holdout_fraction < 1.0:
@@ -123,8 +123,9 @@ def random_split(images: Tensor, labels: Tensor, holdout_fraction: float, seed: 
     return DataSplit(images[train], labels[train], images[test], labels[test])
 
 
-def _load_torchvision(name: str, root: str | None, image_size: int, channels: int, download: bool) -> DataSplit:
-    dataset_cls = TORCHVISION_SETS[name]
+def _load_torchvision(
+    name: str, dataset_cls: type, root: str | None, image_size: int, channels: int, download: bool
+) -> DataSplit:
     guidance = (
         f"Point dataset.root at a folder holding the torchvision {dataset_cls.__name__} files, "
         "or set dataset.download=true to fetch them (needs internet)."

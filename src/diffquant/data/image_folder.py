@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
+from diffquant.data.datasets import DataSplit, keep_first, random_split
 from diffquant.errors import DiffquantError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -56,7 +57,20 @@ def read_image(path: Path, image_size: int, channels: int) -> Tensor:
     return TF.pil_to_tensor(img)
 
 
-def load_image_folder(root: str | None, image_size: int, channels: int) -> tuple[Tensor, Tensor]:
+def load_image_folder(
+    root: str | None,
+    image_size: int = 32,
+    channels: int = 3,
+    holdout_fraction: float = 0.1,
+    max_train: int | None = None,
+    seed: int = 0,
+) -> DataSplit:
+    """The images of `root` split at random (seeded) with `holdout_fraction` held out (`dataset=image_folder`)."""
+    images, labels = read_image_folder(root, image_size, channels)
+    return keep_first(random_split(images, labels, holdout_fraction, seed), max_train)
+
+
+def read_image_folder(root: str | None, image_size: int, channels: int) -> tuple[Tensor, Tensor]:
     """All images of `root` as float32 [N, channels, image_size, image_size] in [-1, 1] and int64 labels [N]."""
     if not root:
         raise DiffquantError(f"dataset.root is not set (dataset=image_folder). Point it at {LAYOUT}.")

@@ -97,8 +97,15 @@ def sampler_steps(cfg: Config) -> int:
     return cfg.diffusion.num_timesteps if cfg.sampler.name == "ddpm" else cfg.sampler.steps
 
 
+def split_description(loader_kwargs: dict[str, Any], seed: int) -> str:
+    """How the held-out split was made: a seeded random fraction, or the loader's own split."""
+    if "holdout_fraction" in loader_kwargs:
+        return f"holdout_fraction {loader_kwargs['holdout_fraction']}, split seed {seed}"
+    return "the loader's own held-out split"
+
+
 def eval_protocol(
-    cfg: Config, spaces: list[FeatureSpace], num_reference: int, classifier_acc: float, num_floor: int
+    cfg: Config, spaces: list[FeatureSpace], num_reference: int, classifier_acc: float, num_floor: int, image_size: int
 ) -> dict[str, Any]:
     """Everything a metric value depends on; values are comparable only under an identical protocol."""
     ev = cfg.eval
@@ -123,8 +130,8 @@ def eval_protocol(
         "extractors": extractors,
         "num_generated": ev.total_samples,
         "num_reference": num_reference,
-        "reference_set": f"{cfg.dataset.name} held-out split, {num_reference} images of {cfg.dataset.image_size}x"
-        f"{cfg.dataset.image_size} (holdout_fraction {cfg.dataset.holdout_fraction}, split seed {cfg.seed})",
+        "reference_set": f"{cfg.dataset.name} held-out split, {num_reference} images of {image_size}x{image_size} "
+        f"({split_description(cfg.dataset.kwargs, cfg.seed)})",
         "sampler": cfg.sampler.name,
         "sampler_steps": sampler_steps(cfg),
         "eta": cfg.sampler.eta,
@@ -220,7 +227,7 @@ def evaluate_and_report(
     traj = trajectory_eps_mse(inputs.sample, fp32_run, q_run, noise[: ev.traj_num_samples], ev.batch_size)
 
     spaces = build_spaces(ev.fid.extractor, inputs.classifier, ev.fid.batch_size, cfg.progress)
-    cache_dir, data_key = Path(cfg.paths.cache_dir), {"dataset": dataclasses.asdict(cfg.dataset), "seed": cfg.seed}
+    cache_dir, data_key = Path(cfg.paths.cache_dir), {"dataset": cfg.dataset.key(seed=cfg.seed), "seed": cfg.seed}
     refs = {s.name: reference_statistics(s, data.test_images, cache_dir, data_key)[0] for s in spaces}
     features = sample_features(spaces, fp32_samples, q_samples)
     seed = bootstrap_seed(list(ev.seeds))
@@ -247,7 +254,9 @@ def evaluate_and_report(
         "fp32_samples_sha256": images_fingerprint(fp32_samples),
     }
     extra = {**extra, "bootstrap": write_bootstrap(out_dir / BOOTSTRAP_FILE, deltas, pairing), "perf_context": sampled.context}
-    protocol = eval_protocol(cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc, int(real.shape[0]))
+    protocol = eval_protocol(
+        cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc, int(real.shape[0]), data.image_size
+    )
     probed = inputs.q_model.eager if isinstance(inputs.q_model, ScriptedInt8) else inputs.q_model  # hooks need Python
     ranges = activation_ranges(probed)
     probe_x, probe_t = probe.mixed_batch(ev.act_probe_images)

@@ -1,45 +1,55 @@
-"""Model factory for the architectures in `conf/model/`: which fields of the `model` group each one reads.
+"""Build the `model._target_` network and check, with one probe forward, that it is an ε-network `forward(x_t, t)`.
 
-The `model` group is one flat schema (`config.ModelConfig`); `model_kwargs(arch, fields)` keeps the
-fields an architecture uses, so its cache key and checkpoint depend on those and nothing else.
+Built-in targets: `unet.UNet`, `dit.DiT`, `diffusers_unet.build_diffusers_unet` (schemas in `schemas.py`).
+Any other class or factory returning an `nn.Module` works the same way: its keyword arguments come
+from the `model` node, `in_channels` and `image_size` from the data when it takes them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import torch
+from torch import Tensor, nn
 
-from torch import nn
+from diffquant.components import Component
+from diffquant.errors import DiffquantError
+from diffquant.training.distributed import state_digest
 
-from diffquant.errors import DiffquantError, check_choice
-from diffquant.models.dit import DiT
-from diffquant.models.unet import UNet
-
-UNET_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "attn_resolutions", "dropout", "groups")
-ARCH_FIELDS: dict[str, tuple[str, ...]] = {
-    "unet": UNET_FIELDS,
-    "dit": ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio"),
-    # A diffusers UNet2DModel: loaded from `pretrained`, or built from the UNet fields and trained.
-    "diffusers": (*UNET_FIELDS, "pretrained"),
-}
-ARCHS = tuple(ARCH_FIELDS)
+EXPECTED = "forward(x_t, t) taking images [B, C, H, W] and integer timesteps [B], returning a tensor shaped like x_t"
 
 
-def model_kwargs(arch: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The build kwargs of `arch` taken from the `model` group's fields (lists become tuples)."""
-    check_choice("model.arch", arch, ARCHS)
-    return {k: tuple(fields[k]) if isinstance(fields[k], list) else fields[k] for k in ARCH_FIELDS[arch]}
+def build_model(spec: Component, in_channels: int, image_size: int) -> nn.Module:
+    """Call the target with the node's arguments (and the data's channels / size where it takes them)."""
+    model = spec.build(in_channels=in_channels, image_size=image_size)
+    if not isinstance(model, nn.Module):
+        raise DiffquantError(
+            f"model._target_={spec.target} returned a {type(model).__name__}; expected an nn.Module with {EXPECTED}"
+        )
+    return model
 
 
-def build_model(arch: str, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
-    """Construct an ε-prediction network `forward(x_t, t) -> ε̂`; kwargs are the architecture's own fields."""
-    check_choice("model.arch", arch, ARCHS)
-    if arch == "dit":
-        if image_size % kwargs.get("patch_size", 2):
-            raise DiffquantError(f"model.patch_size={kwargs['patch_size']} does not divide dataset.image_size={image_size}")
-        return DiT(in_channels=in_channels, image_size=image_size, **kwargs)
-    if arch == "diffusers":
-        from diffquant.models.diffusers_unet import build_diffusers_unet  # the optional extra, imported on use
+def probe_model(model: nn.Module, target: str, in_channels: int, image_size: int) -> None:
+    """One forward on a tiny batch in eval mode (no state changes): the signature and output shape must fit."""
+    x = torch.randn(2, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1], dtype=torch.long)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x, t)
+    except Exception as exc:  # noqa: BLE001 - user code: any failure of the probe is one line
+        detail = " ".join(str(exc).split())[:300]
+        raise DiffquantError(
+            f"model._target_={target}: a probe forward on x_t {tuple(x.shape)}, t {tuple(t.shape)} failed "
+            f"({type(exc).__name__}: {detail}); expected {EXPECTED}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+        raise DiffquantError(f"model._target_={target} returned {got} for x_t of shape {tuple(x.shape)}; expected {EXPECTED}")
+    if not out.is_floating_point():
+        raise DiffquantError(f"model._target_={target} returned {out.dtype} values; expected float ε predictions")
 
-        return build_diffusers_unet(in_channels=in_channels, image_size=image_size, **kwargs)
-    return UNet(in_channels=in_channels, image_size=image_size, **kwargs)
+
+def weights_key(model: nn.Module) -> str:
+    """Cache key of a model whose factory loads its weights (`model.pretrained`): a digest of those weights."""
+    return "pretrained-" + state_digest(model.state_dict())[:16]

@@ -2,13 +2,12 @@
 
 `model.pretrained` names a local folder holding the model's `config.json` and weights (or a pipeline
 folder with a `unet/` sub-folder), or a hub id when online; the FP32 stage then uses those weights
-as they are. Without it, a UNet2DModel is built from the UNet fields of the `model` group and trained.
-diffusers is imported only here, when this architecture is used.
+as they are (the FP32 cache key is a digest of the loaded weights). Without it, a UNet2DModel is built
+from the UNet fields of the `model` group and trained. diffusers is imported only here, when this model is used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import re
@@ -39,7 +38,7 @@ def _diffusers(pretrained: str | None) -> ModuleType:
         return importlib.import_module("diffusers")
     except ImportError:
         raise DiffquantError(
-            f"model.arch=diffusers (model.pretrained={pretrained!r}) needs the optional extra: pip install -e '.[diffusers]'"
+            f"model._target_=diffquant.models.diffusers_unet.build_diffusers_unet (model.pretrained={pretrained!r}) needs the optional extra: pip install -e '.[diffusers]'"
         ) from None
 
 
@@ -60,20 +59,6 @@ def model_folder(pretrained: str) -> Path | None:
             "UNet2DModel.save_pretrained (or a hub id such as google/ddpm-cifar10-32, online only)"
         )
     return None
-
-
-def pretrained_key(pretrained: str, model: nn.Module) -> str:
-    """Cache key of a pretrained model: SHA-256 over a local folder's files (names and bytes), else over the weights."""
-    digest, folder = hashlib.sha256(), model_folder(pretrained)
-    if folder is not None:
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
-            digest.update(file.read_bytes())
-    else:
-        digest.update(pretrained.encode())
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    return "pretrained-" + digest.hexdigest()[:16]
 
 
 def load_pretrained(pretrained: str, in_channels: int, image_size: int) -> DiffusersUNet:

@@ -11,11 +11,11 @@ matmuls included), so `model/int8_mac_fraction` says how much of the arithmetic 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from diffquant.errors import check_choice
 from diffquant.quant.wrap import quantizable_types
@@ -59,10 +59,47 @@ def edge_layers(model: nn.Module, roles: Iterable[str], x: Tensor, t: Tensor) ->
     return list(dict.fromkeys(name for role in roles for name in picked[role]))
 
 
+def uncalled_layers(model: nn.Module, x: Tensor, t: Tensor) -> list[str]:
+    """Quantizable layers the forward never calls as modules: their parent reads the weights directly.
+
+    nn.MultiheadAttention is one: it passes `out_proj.weight` to a functional kernel, so swapping
+    `out_proj` for a quant -> layer -> dequant wrapper would break it. Such layers stay float.
+    """
+    called = set(call_order(model, x, t)[0])
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and isinstance(module, quantizable_types()) and name not in called and not _inside(name, called)
+    ]
+
+
+def _inside(name: str, outer: set[str]) -> bool:
+    """True if `name` is a child of one of the `outer` modules (the Conv2d inside a called ConvReLU2d)."""
+    return any(name.startswith(f"{o}.") for o in outer)
+
+
+def cpu_attention_formulas() -> dict[object, Callable[..., int]]:
+    """FLOP formulas the counter lacks: scaled_dot_product_attention's CPU kernel (DiT, nn.MultiheadAttention)."""
+
+    def flash_cpu(
+        query_shape: tuple[int, ...], key_shape: tuple[int, ...], value_shape: tuple[int, ...], *_: object, **__: object
+    ) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: flash_cpu}
+
+
 def layer_macs(model: nn.Module, x: Tensor, t: Tensor) -> tuple[dict[str, int], int]:
     """Multiply-accumulates per named module and in total (FLOPs / 2) of one forward at (x, t)."""
-    with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
-        model(x, t)
+    # nn.MultiheadAttention's inference fast path is one fused op the counter does not count: take the
+    # composite path, so attention's matmuls appear in the total (the fraction would overstate int8's share).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, depth=None, custom_mapping=cpu_attention_formulas()) as counter:
+            model(x, t)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     counts = counter.get_flop_counts()
     prefix = f"{type(model).__name__}."
     per_module = {name[len(prefix) :]: sum(ops.values()) // 2 for name, ops in counts.items() if name.startswith(prefix)}

@@ -21,7 +21,7 @@ from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.quant.bias_correction import correct_bias
 from diffquant.quant.calibration import CalibrationData, run_calibration
-from diffquant.quant.coverage import edge_layers
+from diffquant.quant.coverage import edge_layers, uncalled_layers
 from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.execution.fast_int8 import speed_up_int8
 from diffquant.quant.execution.scripted import ScriptedInt8
@@ -51,6 +51,7 @@ class QuantContext:
     state_path: Path | None = None  # QAT: where its resumable checkpoint lives (keyed by `state_key`)
     state_key: str = ""
     checkpoint_every: int = 0
+    example: tuple[Tensor, Tensor] | None = None  # one small (x, t) batch for probe forwards (else 2 calibration pairs)
 
 
 @dataclass
@@ -79,12 +80,13 @@ class QuantPlan:
     script: bool = False  # run a converted int8 model as frozen TorchScript graphs (`scripted.ScriptedInt8`)
     keep_float: tuple[str, ...] = ()  # roles kept in float (`coverage.ROLES`: input / output layer), found per model
     kept_float: tuple[str, ...] = ()  # the layer names those roles resolved to (`resolve_plan`)
+    uncalled: tuple[str, ...] = ()  # layers the forward never calls as modules (`coverage.uncalled_layers`): float
     simulate: bool = False  # fake quantization even where the plan could run int8 kernels (`quant.simulate`)
 
     @property
     def float_layers(self) -> tuple[str, ...]:
         """Name patterns of the layers that stay float: `skip` and the resolved `keep_float` roles."""
-        return (*self.skip, *self.kept_float)
+        return (*self.skip, *self.kept_float, *self.uncalled)
 
     @property
     def runs_int8(self) -> bool:
@@ -93,10 +95,15 @@ class QuantPlan:
 
 
 def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantPlan:
-    """The plan with its `keep_float` roles resolved to this model's layer names (one probe forward)."""
-    if not plan.keep_float:
-        return plan
-    return replace(plan, kept_float=tuple(edge_layers(model, plan.keep_float, *ctx.calibration().cycled(2))), keep_float=())
+    """The plan with its `keep_float` roles resolved to this model's layer names, and its uncalled layers (probe forwards)."""
+    x, t = ctx.example if ctx.example is not None else ctx.calibration().cycled(2)
+    uncalled = tuple(uncalled_layers(model, x, t))
+    if uncalled:
+        logging.getLogger("diffquant").info(
+            "Kept in float, never called as modules (their parent reads the weights): %s", ", ".join(uncalled)
+        )
+    kept = tuple(edge_layers(model, plan.keep_float, x, t)) if plan.keep_float else plan.kept_float
+    return replace(plan, kept_float=kept, keep_float=(), uncalled=uncalled)
 
 
 def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn.Module, list[str], list[list[str]]]:

@@ -63,9 +63,12 @@ def wrap_layers(
     names of the wrapped layers.
     """
     targets: list[tuple[str, nn.Module]] = []
+    covered: list[str] = []  # quantizable layers wrapped or skipped: the layers inside them (a ConvReLU2d's Conv2d) are theirs
     for name, mod in model.named_modules():
-        inside_target = any(name.startswith(f"{outer}.") for outer, _ in targets)  # e.g. the Conv2d of a ConvReLU2d
-        if name and not inside_target and isinstance(mod, quantizable_types()) and not is_skipped(name, skip):
+        if not name or not isinstance(mod, quantizable_types()) or any(name.startswith(f"{outer}.") for outer in covered):
+            continue
+        covered.append(name)
+        if not is_skipped(name, skip):
             targets.append((name, mod))
     for name, mod in targets:
         wrapper = QuantWrapper(mod)

@@ -45,7 +45,9 @@ def hparams_of(cfg: Config, header: dict[str, Any]) -> dict[str, Any]:
     params.update(
         {
             "model": cfg.model.name,
+            "model._target_": cfg.model.target,
             "dataset": cfg.dataset.name,
+            "dataset._target_": cfg.dataset.target,
             "sampler": cfg.sampler.name,
             "sampler.steps": cfg.sampler.steps,
             "eval.fid.extractor": cfg.eval.fid.extractor,
@@ -117,4 +119,4 @@ def log_run(
     logger.custom_scalars(overlay_layout([*(t for t, v in metrics.items() if v is not None), *series]))
     logger.hparams(hparams_of(cfg, header), metrics)
     logger.text("protocol", "```\n" + json.dumps(protocol, indent=2) + "\n```")
-    logger.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "\n```")
+    logger.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg))) + "\n```")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from diffquant.models import build_model
+from diffquant.models.dit import DiT
 from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
@@ -35,7 +35,7 @@ def quantized(
     model = (
         UNet(base_channels=16, channel_mults=(1, 2), image_size=16, groups=4)
         if arch == "unet"
-        else build_model("dit", 1, 16, patch_size=4, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)
+        else DiT(in_channels=1, image_size=16, patch_size=4, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)
     ).eval()
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(16, 1, 16, 16, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
