@@ -10,23 +10,13 @@ import torch
 
 from diffquant.cache import artifacts, bundled
 from diffquant.config import to_config
-from diffquant.data.datasets import load_dataset
+from diffquant.data.loading import load_data
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
 from diffquant.reporting.tensorboard import RunLogger
 
 
 def tiny_fp32(cfg, tmp_path: Path) -> artifacts.FP32Artifact:
-    d = cfg.dataset
-    data = load_dataset(
-        d.name,
-        root=d.root,
-        image_size=d.image_size,
-        channels=d.channels,
-        download=d.download,
-        holdout_fraction=d.holdout_fraction,
-        seed=cfg.seed,
-        max_train=d.max_train,
-    )
+    data = load_data(cfg.dataset, cfg.seed)
     diffusion = GaussianDiffusion(make_betas(cfg.diffusion.schedule, cfg.diffusion.num_timesteps))
     return artifacts.get_fp32_model(cfg, data, diffusion, RunLogger(tmp_path / "tb", False))
 
@@ -57,7 +47,7 @@ def test_a_bundled_model_replaces_training_for_its_own_config_only(compose_cfg, 
     with pytest.raises(AssertionError, match="trained although"):  # another config: its own key, no bundle
         tiny_fp32(other, tmp_path)
     off = to_config(compose_cfg("experiment=tiny", "train.bundled=false", f"paths.cache_dir={tmp_path / 'cache4'}"))
-    assert artifacts.fp32_key(off) == trained.key  # the switch does not change what the config trains
+    assert artifacts.fp32_key(off, 1, 8) == trained.key  # the switch does not change what the config trains
     with pytest.raises(AssertionError, match="trained although"):
         tiny_fp32(off, tmp_path)
 
