@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from diffquant.quant.calibration import CalibrationData
+from diffquant.quant.capture import run_hooked
 
 
 def _channel_dims(out: Tensor) -> tuple[list[int], int]:
@@ -38,14 +39,9 @@ def channel_means(model: nn.Module, modules: dict[str, str], data: CalibrationDa
 
         return record
 
-    handles = [model.get_submodule(name).register_forward_hook(hook(key)) for key, name in modules.items()]
-    try:
-        model.eval()
-        for x, t in data.batches(batch_size):
-            model(x, t)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(
+        model, data, batch_size, [model.get_submodule(name).register_forward_hook(hook(key)) for key, name in modules.items()]
+    )
     return {key: (sums[key] / counts[key]).float() for key in sums}
 
 

@@ -6,8 +6,21 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from diffquant.quant.calibration import CalibrationData
+
+
+@torch.no_grad()
+def run_hooked(model: nn.Module, data: CalibrationData, batch_size: int, handles: list[RemovableHandle]) -> None:
+    """Run `model` in eval mode over `data` in batches, then remove the hooks `handles` (also on error)."""
+    try:
+        model.eval()
+        for x, t in data.batches(batch_size):
+            model(x, t)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -27,13 +40,7 @@ def capture(
             )
         if outputs:
             handles.append(module.register_forward_hook(lambda _m, _a, out, rec=record: rec["out"].append(out.detach())))
-    try:
-        model.eval()
-        for x, t in data.batches(batch_size):
-            model(x, t)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, data, batch_size, handles)
     return {
         name: {
             "args": [torch.cat(list(col)) for col in zip(*rec["args"])] if rec["args"] else [],
