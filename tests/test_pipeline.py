@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from diffquant.config import to_config
 from diffquant.pipeline import run_experiment
 
 
+@pytest.mark.slow
 def test_run_experiment_in_process_writes_what_it_returns(compose_cfg, tmp_path) -> None:
     cfg = to_config(compose_cfg("experiment=tiny", "logger.tensorboard=true"))
     results = run_experiment(cfg)

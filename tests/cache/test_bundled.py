@@ -21,6 +21,7 @@ def tiny_fp32(cfg, tmp_path: Path) -> artifacts.FP32Artifact:
     return artifacts.get_fp32_model(cfg, data, diffusion, RunLogger(tmp_path / "tb", False))
 
 
+@pytest.mark.slow
 def test_a_bundled_model_replaces_training_for_its_own_config_only(compose_cfg, tmp_path, monkeypatch) -> None:
     cfg = to_config(compose_cfg("experiment=tiny", f"paths.cache_dir={tmp_path / 'cache'}"))
     trained = tiny_fp32(cfg, tmp_path)

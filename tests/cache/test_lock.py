@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from diffquant.cache.lock import cache_lock, lock_path
 
 # Loads the data, meets the other process at a barrier (two marker files), then asks for the classifier.
@@ -31,6 +33,7 @@ print(f"RESULT acc={acc:.6f} cached={cached}")
 """
 
 
+@pytest.mark.slow
 def test_two_processes_build_a_cache_entry_once(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a small machine: no thread oversubscription

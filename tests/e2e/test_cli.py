@@ -14,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from helpers import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
+
 METRIC_KEYS = {
     "eval/fid_cls",
     "eval/fid_cls_fp32",
@@ -137,7 +139,6 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_every_method_on_every_backend_completes(tmp_path: Path) -> None:
     proc = diffquant(
         tmp_path,

@@ -20,6 +20,8 @@ from diffquant.evaluation.uncertainty import interval_scalars
 from diffquant.quant.engine import resolve_int8_numerics
 from diffquant.quant.machine import cpu_info
 
+pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
+
 PREFIXES = ("train/", "eval/", "model/", "perf/")
 
 

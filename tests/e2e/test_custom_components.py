@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
+
 TESTS_DIR = Path(__file__).resolve().parents[1]
 USER_MODEL = ("model._target_=helpers.custom_model.SkipNet", "+model.width=16")
 USER_DATA = ("dataset._target_=helpers.custom_model.load_blobs",)

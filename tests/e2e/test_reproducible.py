@@ -19,6 +19,8 @@ import pytest
 
 from helpers import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
+
 
 def run(tmp_path: Path, name: str, cache: Path, threads: int) -> dict[str, object]:
     """The real CLI with the tiny model on `threads` threads; its results.json."""
@@ -34,7 +36,6 @@ def quality(results: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in results["metrics"].items() if not k.startswith("perf/")}
 
 
-@pytest.mark.slow
 def test_one_and_two_threads_give_identical_metrics_cached_or_not(tmp_path: Path) -> None:
     first = run(tmp_path, "one_thread", tmp_path / "cache", threads=1)
     warm = run(tmp_path, "two_threads_cached", tmp_path / "cache", threads=2)  # every artefact from the cache

@@ -11,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_cli import diffquant
 
 from helpers import TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
 
 RESUME = ("train.steps=200", "train.checkpoint_every=20")
 

@@ -58,6 +58,7 @@ def digits() -> torch.Tensor:
     return load_digits(image_size=16, channels=1, holdout_fraction=0.2, seed=0).test_images[:8]
 
 
+@pytest.mark.slow
 def test_identical_sets_give_zero_and_shifts_grow(extractor, digits) -> None:
     """8 digits: the same set twice gives FID 0; brightening it by 0.25, 0.5, 1 gives a growing FID."""
     shifts = (0.25, 0.5, 1.0)

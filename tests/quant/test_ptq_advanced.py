@@ -132,6 +132,7 @@ def test_brecq_units_are_blocks_and_loose_layers() -> None:
     assert units_for(qmodel, wrapped, ReconSettings(method="adaround")) == wrapped
 
 
+@pytest.mark.slow
 def test_brecq_and_sensitivity_through_the_strategy() -> None:
     set_engine("fbgemm")
     model = tiny_unet()

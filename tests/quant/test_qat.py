@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.ao.nn import qat as nnqat
 from torch.ao.nn import quantized as nnq
@@ -55,6 +56,7 @@ def test_qat_loss_falls_observers_freeze_and_convert() -> None:
     assert isinstance(out.model.conv_in.module, nnq.Conv2d)
 
 
+@pytest.mark.slow
 def test_observers_frozen_after_configured_step(monkeypatch) -> None:
     set_engine("fbgemm")
     model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8)
@@ -101,6 +103,7 @@ def test_distillation_loss_is_zero_when_student_equals_teacher() -> None:
     assert trajectory_distillation_loss(model)(other, pairs).item() > 0.0
 
 
+@pytest.mark.slow
 def test_data_free_qat_trains_on_trajectory_pairs() -> None:
     set_engine("fbgemm")
     torch.manual_seed(0)

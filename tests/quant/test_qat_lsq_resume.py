@@ -75,6 +75,7 @@ def test_lsq_swaps_quantizers_and_groups_their_learning_rate() -> None:
     assert len(groups[1]["params"]) == 2 * swapped
 
 
+@pytest.mark.slow
 def test_lsq_qat_learns_step_sizes_and_converts_to_int8() -> None:
     set_engine("fbgemm")
     strategy = QATStrategy(
@@ -95,6 +96,7 @@ def test_lsq_qat_learns_step_sizes_and_converts_to_int8() -> None:
     assert not torch.allclose(after, before["conv_in.module.weight_fake_quant"].double().float())
 
 
+@pytest.mark.slow
 def test_interrupted_qat_resumes_from_its_step(tmp_path: Path) -> None:
     set_engine("fbgemm")
     strategy = QATStrategy(

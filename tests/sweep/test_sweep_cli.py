@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import CONF_DIR, TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
 
 MULTIRUN_SH = CONF_DIR.parent / "multirun.sh"
 TRAINED = "Training the FP32 model"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffquant.training.distributed import DistInfo, state_digest
@@ -21,6 +22,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_trains_identical_replicas_and_writes_one_checkpoint(tmp_path: Path) -> None:
     cmd = [
         sys.executable,

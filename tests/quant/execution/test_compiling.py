@@ -98,6 +98,7 @@ def test_only_silus_that_are_quantized_at_once_are_rewritten() -> None:
     assert replace_calls(graph, lambda n: False, silu_rational) == 0
 
 
+@pytest.mark.slow
 def test_each_compiled_model_runs_its_own_weights() -> None:
     """The weights are frozen into each compiled library: a second model of the same class must not reuse the first's."""
     x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 10)
@@ -113,6 +114,7 @@ def test_each_compiled_model_runs_its_own_weights() -> None:
     assert not torch.allclose(outputs[0], outputs[1])
 
 
+@pytest.mark.slow
 def test_aot_compiled_compiles_once_per_shape_and_accepts_strided_inputs() -> None:
     torch.manual_seed(0)
     model = UNet(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
