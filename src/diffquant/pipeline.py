@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from diffquant.cache.artifacts import file_key, get_classifier, get_fp32_model
+from diffquant.cache.artifacts import get_classifier, get_fp32_model
 from diffquant.cache.lock import cache_lock
-from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, load_if_readable
+from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, file_key, load_if_readable
 from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches
 from diffquant.data.loading import load_data

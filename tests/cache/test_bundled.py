@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffquant.cache import artifacts, bundled
+from diffquant.cache.store import file_key
 from diffquant.config import to_config
 from diffquant.data.loading import load_data
 from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
@@ -29,7 +30,7 @@ def test_a_bundled_model_replaces_training_for_its_own_config_only(compose_cfg, 
     folder = tmp_path / "bundle"
     made = bundled.make_bundle(trained.entry_dir / "model.pt", "diffquant experiment=tiny", folder)
     manifest = json.loads((folder / f"fp32-{trained.key}.json").read_text())
-    assert manifest["sha256"] == bundled.file_sha256(made) and manifest["key"] == trained.key
+    assert manifest["sha256"] == file_key(made, length=64) and manifest["key"] == trained.key
     assert manifest["machine"]["model"] and manifest["command"] == "diffquant experiment=tiny"
 
     monkeypatch.setattr(bundled, "bundle_dir", lambda: folder)
@@ -57,7 +58,7 @@ def test_a_tampered_bundle_is_not_used(tmp_path) -> None:
     folder = tmp_path / "bundle"
     folder.mkdir()
     (folder / "fp32-abc.pt").write_bytes(b"weights")
-    (folder / "fp32-abc.json").write_text(json.dumps({"sha256": bundled.file_sha256(folder / "fp32-abc.pt")}))
+    (folder / "fp32-abc.json").write_text(json.dumps({"sha256": file_key(folder / "fp32-abc.pt", length=64)}))
     assert bundled.bundled_model("abc", folder) == folder / "fp32-abc.pt"
     assert bundled.bundled_model("other", folder) is None
     (folder / "fp32-abc.pt").write_bytes(b"weights, changed")

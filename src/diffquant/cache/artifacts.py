@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from torch import nn
 
 from diffquant.cache.bundled import bundled_model, install_bundled
 from diffquant.cache.lock import cache_lock
-from diffquant.cache.store import atomic_torch_save, config_hash, load_checkpoint, load_or_none
+from diffquant.cache.store import atomic_torch_save, config_hash, file_key, load_checkpoint, load_or_none
 from diffquant.config import Config
 from diffquant.data.datasets import DataSplit, iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion
@@ -60,11 +59,6 @@ def fp32_key_parts(cfg: Config, in_channels: int, image_size: int) -> dict[str, 
     parts["train"].pop("bundled")  # a bundled model is the one this config trains
     parts["seed"] = cfg.seed
     return parts
-
-
-def file_key(path: str | Path, length: int = 16) -> str:
-    """SHA-256 of a checkpoint file's bytes, shortened to `length` hex digits (the cache key of a given checkpoint)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
 
 
 def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger) -> FP32Artifact:

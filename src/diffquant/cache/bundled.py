@@ -9,7 +9,6 @@ and only when its bytes match the manifest; `train.bundled=false` trains instead
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -20,17 +19,12 @@ from pathlib import Path
 
 import torch
 
-from diffquant.cache.store import atomic_write_json
+from diffquant.cache.store import atomic_copy, atomic_write_json, file_key
 
 
 def bundle_dir() -> Path:
     """The package folder that holds bundled FP32 models."""
     return Path(str(resources.files("diffquant") / "pretrained"))
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def bundled_model(key: str, folder: Path | None = None) -> Path | None:
@@ -40,18 +34,15 @@ def bundled_model(key: str, folder: Path | None = None) -> Path | None:
     if not (model.is_file() and manifest.is_file()):
         return None
     expected = json.loads(manifest.read_text())["sha256"]
-    if file_sha256(model) != expected:
+    if file_key(model, length=64) != expected:
         logging.getLogger("diffquant").warning("Bundled FP32 model %s fails its SHA-256 check; training instead", model)
         return None
     return model
 
 
 def install_bundled(model: Path, entry_path: Path) -> None:
-    """Copy a bundled model into its cache entry (temporary file, then rename)."""
-    entry_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry_path.with_suffix(".bundled.tmp")
-    shutil.copyfile(model, tmp)
-    tmp.replace(entry_path)
+    """Copy a bundled model into its cache entry (atomically, like every cache write)."""
+    atomic_copy(model, entry_path)
 
 
 def make_bundle(entry_path: Path, command: str, folder: Path) -> Path:
@@ -65,7 +56,7 @@ def make_bundle(entry_path: Path, command: str, folder: Path) -> Path:
 
     manifest = {
         "key": key,
-        "sha256": file_sha256(target),
+        "sha256": file_key(target, length=64),
         "command": command,
         "config": blob.get("config"),
         "machine": cpu_info().as_dict(),

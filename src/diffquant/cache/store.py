@@ -21,6 +21,11 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def file_key(path: str | Path, length: int = 16) -> str:
+    """SHA-256 of a file's bytes, shortened to `length` hex digits (64: the whole digest)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,6 +43,11 @@ def _atomic_write(path: Path, write: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save that never leaves a half-written file at `path`."""
     _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> None:
+    """Copy a file so that readers of `path` see either nothing / the old file or the complete copy."""
+    _atomic_write(Path(path), lambda handle: handle.write(Path(source).read_bytes()))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
