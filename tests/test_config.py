@@ -7,6 +7,7 @@ import itertools
 import logging
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from diffquant.components import import_target, signature_of
@@ -14,6 +15,9 @@ from diffquant.config import DATASET_OWN_KEYS, MODEL_OWN_KEYS, MODEL_SUPPLIED, C
 from diffquant.data.schemas import dataset_schemas
 from diffquant.errors import DiffquantError
 from diffquant.models.schemas import model_schemas
+from diffquant.quant.config import QuantConfig
+from diffquant.quant.engine import SCHEMES
+from diffquant.quant.qconfig import make_qconfig
 from helpers import CONF_DIR, group_options
 
 # `custom` files start empty (`_target_: ???`): composed with a target, as their comment says.
@@ -60,8 +64,27 @@ def test_defaults_are_the_documented_experiment(compose_cfg) -> None:
     cfg = to_config(compose_cfg())
     assert (cfg.model.name, cfg.dataset.name, cfg.quant.method, cfg.backend.engine) == ("unet_tiny", "digits", "ptq", "fbgemm")
     assert (cfg.model.target, cfg.dataset.target) == ("diffquant.models.unet.UNet", "diffquant.data.datasets.load_digits")
-    assert (cfg.quant.weight_bits, cfg.quant.act_bits, cfg.quant.granularity, cfg.quant.symmetric) == (8, 8, "per_channel", False)
+    assert (cfg.quant.weight_bits, cfg.quant.act_bits, cfg.quant.granularity, cfg.quant.symmetric) == (8, 8, "per_channel", None)
+    assert cfg.quant.bias_correction == 2
     assert cfg.sampler.name == "ddim"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "scheme", "symmetric"),
+    [
+        ({}, "w8a8", True),  # auto: the full 8-bit weight grid is symmetric
+        ({}, "w8a7", True),
+        ({}, "w7a8", False),  # auto: 7-bit weights stay affine
+        ({"weight_bits": 4}, "w8a8", False),  # auto below 8 bits: affine, as before the auto rule
+        ({"symmetric": False}, "w8a8", False),  # an explicit choice wins
+        ({"symmetric": True}, "w7a8", True),
+    ],
+)
+def test_auto_weight_symmetry_follows_the_weight_grid(overrides: dict, scheme: str, symmetric: bool) -> None:
+    quant = QuantConfig(method="ptq", **overrides)
+    assert quant.weight_symmetric(SCHEMES[scheme]) is symmetric
+    qscheme = make_qconfig(quant.spec(SCHEMES[scheme])).weight().qscheme
+    assert qscheme == (torch.per_channel_symmetric if symmetric else torch.per_channel_affine)
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             "backend": cfg.backend.engine,
             "execution": outcome.execution,
             **numerics.as_dict(),
+            "weight_symmetric": q.weight_symmetric(numerics.scheme),
         }
         extra = {
             "fp32_cache_key": fp32.key,
