@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from diffquant.diffusion.samplers import ddim_sample
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.quant.calibration import collect_trajectory
 from diffquant.quant.lsq import to_device
 from diffquant.quant.qconfig import QuantSpec
@@ -69,7 +69,7 @@ def main() -> None:
     arch = MODELS[args.get("model", "unet_tiny")]
     dev = torch.device("cuda")
     make = lambda: UNet(in_channels=channels, image_size=size, **arch)  # noqa: E731
-    diffusion = GaussianDiffusion(make_betas("linear", 1000))
+    diffusion = GaussianDiffusion(linear_betas(1000))
     images = torch.rand(2048, channels, size, size) * 2 - 1
     print(
         f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, model {args.get('model', 'unet_tiny')} "

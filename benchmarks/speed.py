@@ -179,7 +179,7 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
     channels, size = cfg.dataset.kwargs["channels"], cfg.dataset.kwargs["image_size"]
     model = build_model(cfg.model, channels, size).eval()
     diffusion = GaussianDiffusion.from_config(
-        cfg.diffusion.schedule, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
+        cfg.diffusion.target, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
     )
     shape = (channels, size, size)
     calib_noise = torch.randn(int(opts["calib_samples"]), *shape, generator=torch.Generator().manual_seed(1))

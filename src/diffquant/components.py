@@ -5,6 +5,8 @@ keyword arguments; the pipeline adds a few values of its own (`in_channels`, `im
 when the callable has parameters of those names. `choose_keys` holds the one rule for keys the
 callable does not take: typed on the command line, an error; inherited from a group file or a
 preset (the default `model=unet_tiny` under a user's `model._target_=...`), dropped with a log line.
+The `sampler` and `diffusion` groups name a function the same way, with fixed settings
+(diffusion/config.py).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ def import_target(path: str, setting: str) -> Callable[..., Any]:
             raise DiffquantError(f"{setting}={path} is a {type(obj).__name__}, not a class or function")
         return obj
     raise DiffquantError(f"{setting}={path}: no module named {parts[0]!r} (is its package installed, or on PYTHONPATH?)")
+
+
+def import_path(fn: Callable[..., Any]) -> str:
+    """The `_target_` that imports `fn`: its module and qualified name."""
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def signature_of(fn: Callable[..., Any], setting: str) -> Signature:

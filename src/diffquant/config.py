@@ -1,8 +1,9 @@
 """Typed schemas behind every config group, registered in Hydra's ConfigStore; validation lives here.
 
-The `quant` and `backend` schemas live in quant/config.py and are re-exported from here. The `model`
-and `dataset` groups name a class or function by `_target_` (`components.py`); the built-in targets'
-schemas live in models/schemas.py and data/schemas.py.
+The `quant` and `backend` schemas live in quant/config.py, `diffusion` and `sampler` in
+diffusion/config.py; they are re-exported from here. The `model` and `dataset` groups name a class
+or function by `_target_` (`components.py`); the built-in targets' schemas live in models/schemas.py
+and data/schemas.py. `sampler` and `diffusion` name a function by `_target_` too, with fixed settings.
 
 Types are checked by OmegaConf at compose time; ranges and choices are checked in `__post_init__`
 when `to_config` turns the composed DictConfig into these dataclasses.
@@ -22,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffquant.components import Component, explicit_keys, make_component, plain_node
 from diffquant.data.schemas import dataset_schemas
+from diffquant.diffusion.config import DiffusionConfig, SamplerConfig, settle_names
 from diffquant.errors import DiffquantError, check_choice, check_device, check_range, check_writable_dir
 from diffquant.models.schemas import model_schemas
 from diffquant.quant.config import BackendConfig, CalibConfig, QATConfig, QuantConfig, ReconConfig  # noqa: F401
@@ -45,18 +47,6 @@ def default_dataset() -> Component:
 
 
 @dataclass
-class DiffusionConfig:
-    schedule: str = "linear"
-    num_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-    def __post_init__(self) -> None:
-        check_choice("diffusion.schedule", self.schedule, ("linear", "cosine"))
-        check_range("diffusion.num_timesteps", self.num_timesteps, 2)
-
-
-@dataclass
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 128
@@ -75,18 +65,6 @@ class TrainConfig:
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.batch_size", self.batch_size, 1)
         check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
-
-
-@dataclass
-class SamplerConfig:
-    name: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_choice("sampler.name", self.name, ("ddim", "ddpm"))
-        check_range("sampler.steps", self.steps, 1)
-        check_range("sampler.eta", self.eta, 0.0, 1.0)
 
 
 @dataclass
@@ -197,18 +175,15 @@ class Config:
 
 
 def check_trajectory(cfg: Config) -> None:
-    """Cross-field rules of the sampling trajectory: DDIM steps exist, calibration keeps at most one set per step."""
+    """Cross-field rules of the sampling trajectory: its timesteps exist, calibration keeps at most one set per step."""
     T, sampler = cfg.diffusion.num_timesteps, cfg.sampler
-    if sampler.name == "ddim" and sampler.steps > T:
-        raise DiffquantError(
-            f"sampler.steps={sampler.steps} is more than diffusion.num_timesteps={T} "
-            f"(DDIM takes at most one step per timestep); allowed: 1..{T}"
-        )
-    steps, source = (
-        (T, f"diffusion.num_timesteps={T}, sampler=ddpm")
-        if sampler.name == "ddpm"
-        else (sampler.steps, f"sampler.steps={sampler.steps}")
-    )
+    steps = len(sampler.timesteps(T))  # DDIM's timesteps reject sampler.steps > T
+    if steps == T:  # DDPM: every timestep
+        source = f"diffusion.num_timesteps={T}, sampler={sampler.name}"
+    elif steps == sampler.steps:
+        source = f"sampler.steps={sampler.steps}"
+    else:
+        source = f"sampler={sampler.name}, sampler.steps={sampler.steps}, diffusion.num_timesteps={T}"
     if cfg.quant.method != "fp32" and cfg.quant.calib.timesteps > steps:
         raise DiffquantError(
             f"quant.calib.timesteps={cfg.quant.calib.timesteps} is more than the {steps} steps of the "
@@ -243,6 +218,7 @@ def to_config(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> Con
             cfg.pop("hydra")
     overrides = overrides or []
     check_known_keys(cfg)
+    cfg = settle_names(cfg, overrides)
     model = make_component(
         "model", plain_node(cfg, "model"), explicit_keys(overrides, "model"), model_schemas(), MODEL_SUPPLIED, MODEL_OWN_KEYS
     )

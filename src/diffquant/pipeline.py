@@ -19,7 +19,6 @@ from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_h
 from diffquant.config import Config
 from diffquant.data.datasets import iterate_batches
 from diffquant.data.loading import load_data
-from diffquant.diffusion.samplers import ddim_timesteps, get_sampler
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.evaluation.features import require_extractor
@@ -62,7 +61,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         data.image_size,
     )
     diffusion = GaussianDiffusion.from_config(
-        cfg.diffusion.schedule, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
+        cfg.diffusion.target, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
     )
     is_main = DistInfo.from_env().is_main
     logger = RunLogger(out_dir / "tensorboard", cfg.logger.tensorboard and is_main)
@@ -75,8 +74,8 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                 if step % cfg.train.log_every == 0:
                     logger.scalar("train/loss", loss, step)
         classifier, cls_acc, _ = get_classifier(cfg, data)
-        sample = partial(
-            get_sampler(cfg.sampler.name), diffusion=diffusion, steps=cfg.sampler.steps, eta=cfg.sampler.eta, generator=None
+        sample = partial(  # sampler._target_, imported and checked against the call below
+            cfg.sampler.function(), diffusion=diffusion, steps=cfg.sampler.steps, eta=cfg.sampler.eta, generator=None
         )
         calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
         batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
@@ -118,7 +117,9 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             "provenance": {
                 **source_provenance(),
                 "machine": cpu_info().as_dict(),
-                "config_hash": config_hash(dataclasses.asdict(cfg)),
+                "config_hash": config_hash(
+                    {**dataclasses.asdict(cfg), "sampler": cfg.sampler.key(), "diffusion": cfg.diffusion.key()}
+                ),
                 "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint),
             },
         }
@@ -149,7 +150,7 @@ def qat_key(cfg: Config, fp32_key: str) -> str:
         "fp32": fp32_key,
         "quant": dataclasses.asdict(cfg.quant),
         "backend": dataclasses.asdict(cfg.backend),
-        "sampler": dataclasses.asdict(cfg.sampler),
+        "sampler": cfg.sampler.key(),
         "seed": cfg.seed,
     }
     parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
@@ -232,7 +233,7 @@ class CachedCalibration:
     def __init__(self, cfg: Config, entry_dir: Path, sample: Any, channels: int, image_size: int) -> None:
         c = cfg.quant.calib
         self.path = entry_dir / "calib_{}.pt".format(
-            config_hash({"calib": dataclasses.asdict(c), "sampler": dataclasses.asdict(cfg.sampler), "seed": cfg.seed})
+            config_hash({"calib": dataclasses.asdict(c), "sampler": cfg.sampler.key(), "seed": cfg.seed})
         )
         self.cfg, self.sample, self.shape = cfg, sample, (c.num_samples, channels, image_size, image_size)
         self.data: CalibrationData | None = None
@@ -250,7 +251,7 @@ class CachedCalibration:
     def _build(self) -> CalibrationData:
         cfg, c = self.cfg, self.cfg.quant.calib
         T = cfg.diffusion.num_timesteps
-        steps = list(range(T - 1, -1, -1)) if cfg.sampler.name == "ddpm" else ddim_timesteps(T, cfg.sampler.steps)
+        steps = cfg.sampler.timesteps(T)
         keep = (
             pick_indices(len(steps), c.timesteps)
             if c.t_sampling == "uniform"

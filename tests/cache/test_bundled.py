@@ -12,13 +12,14 @@ from diffquant.cache import artifacts, bundled
 from diffquant.cache.store import file_key
 from diffquant.config import to_config
 from diffquant.data.loading import load_data
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.reporting.tensorboard import RunLogger
 
 
 def tiny_fp32(cfg, tmp_path: Path) -> artifacts.FP32Artifact:
     data = load_data(cfg.dataset, cfg.seed)
-    diffusion = GaussianDiffusion(make_betas(cfg.diffusion.schedule, cfg.diffusion.num_timesteps))
+    d = cfg.diffusion
+    diffusion = GaussianDiffusion.from_config(d.target, d.num_timesteps, d.beta_start, d.beta_end)
     return artifacts.get_fp32_model(cfg, data, diffusion, RunLogger(tmp_path / "tb", False))
 
 

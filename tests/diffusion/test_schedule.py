@@ -7,34 +7,35 @@ import math
 import pytest
 import torch
 
-from diffquant.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample, get_sampler
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample, sampler_timesteps
+from diffquant.diffusion.schedule import GaussianDiffusion, cosine_betas, linear_betas, schedule_betas
 from diffquant.errors import DiffquantError
+from helpers.custom_diffusion import plain_sample, trailing_sample
 
 
 def test_linear_betas_match_ddpm() -> None:
-    betas = make_betas("linear", 1000, 1e-4, 0.02)
+    betas = linear_betas(1000, 1e-4, 0.02)
     assert betas.shape == (1000,)
     torch.testing.assert_close(betas[[0, 999]], torch.tensor([1e-4, 0.02], dtype=torch.float64))
     torch.testing.assert_close(betas[1] - betas[0], torch.tensor((0.02 - 1e-4) / 999, dtype=torch.float64))
 
 
 def test_alpha_bar_is_cumulative_product() -> None:
-    d = GaussianDiffusion(make_betas("linear", 10, 0.1, 0.2))
+    d = GaussianDiffusion(linear_betas(10, 0.1, 0.2))
     expected = math.prod(1 - (0.1 + 0.1 * i / 9) for i in range(5))
     assert d.alpha_bar(torch.tensor([4])).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_cosine_alpha_bar_matches_closed_form() -> None:
     T, s = 1000, 0.008
-    d = GaussianDiffusion(make_betas("cosine", T))
+    d = GaussianDiffusion(cosine_betas(T))
     f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     for t in (0, 100, 500, 900):
         assert d.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-6)
 
 
 def test_q_sample_closed_form() -> None:
-    d = GaussianDiffusion(make_betas("linear", 1000))
+    d = GaussianDiffusion(linear_betas(1000))
     x0, noise, t = torch.full((2, 1, 4, 4), 0.5), torch.full((2, 1, 4, 4), -1.0), torch.tensor([0, 999])
     out = d.q_sample(x0, t, noise)
     a = d.alphas_cumprod[[0, 999]].float()
@@ -42,9 +43,18 @@ def test_q_sample_closed_form() -> None:
     torch.testing.assert_close(out, expected.expand_as(out))
 
 
-def test_unknown_schedule_is_a_clear_error() -> None:
-    with pytest.raises(DiffquantError, match="diffusion.schedule='quadratic'.*allowed: linear, cosine"):
-        make_betas("quadratic", 10)
+def test_a_schedule_is_called_by_import_path_and_its_betas_checked() -> None:
+    torch.testing.assert_close(
+        schedule_betas("diffquant.diffusion.schedule.linear_betas", 10, 0.1, 0.2), linear_betas(10, 0.1, 0.2)
+    )
+    with pytest.raises(DiffquantError, match=r"^diffusion\._target_='quadratic' is not an import path"):
+        schedule_betas("quadratic", 10)
+    with pytest.raises(
+        DiffquantError, match=r"^diffusion\._target_=helpers\.custom_diffusion\.short_betas returned torch\.float64 "
+    ):
+        schedule_betas("helpers.custom_diffusion.short_betas", 10)
+    with pytest.raises(DiffquantError, match=r"returned betas in \[0\.1, 1\]; expected each beta in \(0, 1\)$"):
+        schedule_betas("diffquant.diffusion.schedule.linear_betas", 10, 0.1, 1.0)
 
 
 def test_ddim_timesteps_are_even_and_end_at_zero() -> None:
@@ -68,7 +78,7 @@ class Oracle(torch.nn.Module):
 
 @pytest.mark.parametrize("sampler", [ddim_sample, ddpm_sample], ids=["ddim", "ddpm"])
 def test_samplers_recover_x0_with_an_oracle(sampler) -> None:
-    d = GaussianDiffusion(make_betas("linear", 100))
+    d = GaussianDiffusion(linear_betas(100))
     x0 = torch.rand(3, 1, 4, 4) * 2 - 1
     gen = torch.Generator().manual_seed(0)
     out = sampler(Oracle(x0, d), d, torch.randn(3, 1, 4, 4), steps=10, eta=0.0, generator=gen)
@@ -76,7 +86,7 @@ def test_samplers_recover_x0_with_an_oracle(sampler) -> None:
 
 
 def test_sampler_callback_sees_every_step_and_ddim_is_deterministic() -> None:
-    d = GaussianDiffusion(make_betas("linear", 100))
+    d = GaussianDiffusion(linear_betas(100))
     model = Oracle(torch.zeros(2, 1, 4, 4), d)
     seen: list[int] = []
     noise = torch.randn(2, 1, 4, 4)
@@ -84,6 +94,26 @@ def test_sampler_callback_sees_every_step_and_ddim_is_deterministic() -> None:
     b = ddim_sample(model, d, noise, steps=5)
     assert seen == [80, 60, 40, 20, 0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert get_sampler("ddpm") is ddpm_sample
-    with pytest.raises(DiffquantError, match="sampler.name='euler'"):
-        get_sampler("euler")
+    assert sampler_timesteps(ddim_sample, 100, 5) == seen
+
+
+def visited(sampler, d: GaussianDiffusion, steps: int) -> list[int]:
+    """The timesteps `sampler` calls back at, in order."""
+    seen: list[int] = []
+    sampler(Oracle(torch.zeros(1, 1, 2, 2), d), d, torch.randn(1, 1, 2, 2), steps=steps, callback=lambda i, t, x: seen.append(t))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("sampler", "expected"),
+    [
+        (ddim_sample, [9, 6, 3, 0]),
+        (ddpm_sample, list(range(11, -1, -1))),
+        (trailing_sample, [11, 8, 5, 2]),  # a user sampler with its `timesteps` companion
+        (plain_sample, [9, 6, 3, 0]),  # a user sampler without one: DDIM's spacing is assumed, and is what it does
+    ],
+    ids=["ddim", "ddpm", "user-with-companion", "user-without"],
+)
+def test_each_sampler_says_which_timesteps_it_visits(sampler, expected: list[int]) -> None:
+    d = GaussianDiffusion(linear_betas(12))
+    assert sampler_timesteps(sampler, 12, 4) == visited(sampler, d, 4) == expected

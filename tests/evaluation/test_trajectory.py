@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from diffquant.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.evaluation.trajectory import PairedEps, mean_over_steps, trajectory_eps_mse
 
 
@@ -26,7 +26,7 @@ class Scaled(nn.Module):
 
 @pytest.fixture
 def diffusion() -> GaussianDiffusion:
-    return GaussianDiffusion(make_betas("linear", 100))
+    return GaussianDiffusion(linear_betas(100))
 
 
 def test_identical_models_give_zero_at_every_sampler_step(diffusion) -> None:

@@ -36,14 +36,14 @@ def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Gener
     """A QuantContext for PTQ tests: calibration pairs (x, t), no training data, a linear 1000-step schedule."""
     import torch
 
-    from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+    from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
     from diffquant.quant.calibration import CalibrationData
     from diffquant.quant.strategies import QuantContext
 
     return QuantContext(
         calibration=lambda: CalibrationData(x, t),
         train_batches=lambda: iter([]),
-        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        diffusion=GaussianDiffusion(linear_betas(1000)),
         generator=generator if generator is not None else torch.Generator(),
         progress=False,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
 from diffquant.quant.bias_correction import channel_means, correct_bias
@@ -29,7 +29,7 @@ def context(data: CalibrationData) -> QuantContext:
     return QuantContext(
         calibration=lambda: data,
         train_batches=lambda: iter([]),
-        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        diffusion=GaussianDiffusion(linear_betas(1000)),
         generator=torch.Generator(),
         progress=False,
     )

@@ -8,7 +8,7 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
@@ -28,7 +28,7 @@ def tiny_unet() -> UNet:
 
 
 def context(x: torch.Tensor, t: torch.Tensor) -> QuantContext:
-    d = GaussianDiffusion(make_betas("linear", 1000))
+    d = GaussianDiffusion(linear_betas(1000))
     return QuantContext(
         calibration=lambda: CalibrationData(x, t),
         train_batches=lambda: iter([]),

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantize, NoopObserver
 
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData, pick_indices_normal
@@ -33,7 +33,7 @@ def context(n: int = 32) -> QuantContext:
     return QuantContext(
         calibration=lambda: data,
         train_batches=lambda: iter([]),
-        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        diffusion=GaussianDiffusion(linear_betas(1000)),
         generator=gen,
         progress=False,
     )
@@ -103,7 +103,7 @@ def test_adaround_beats_nearest_rounding_on_a_toy_layer() -> None:
     ctx = QuantContext(
         calibration=lambda: data,
         train_batches=lambda: iter([]),
-        diffusion=GaussianDiffusion(make_betas("linear", 10)),
+        diffusion=GaussianDiffusion(linear_betas(10)),
         generator=torch.Generator(),
         progress=False,
     )

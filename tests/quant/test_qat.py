@@ -8,7 +8,7 @@ from torch.ao.nn import qat as nnqat
 from torch.ao.nn import quantized as nnq
 
 from diffquant.data.datasets import iterate_batches, load_digits
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.models.unet import UNet
 from diffquant.quant import strategies
 from diffquant.quant.calibration import CalibrationData
@@ -32,7 +32,7 @@ def test_qat_loss_falls_observers_freeze_and_convert() -> None:
     data = load_digits(image_size=8, channels=1, holdout_fraction=0.1)
     torch.manual_seed(0)
     model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8)
-    d = GaussianDiffusion(make_betas("linear", 1000))
+    d = GaussianDiffusion(linear_betas(1000))
     gen = torch.Generator().manual_seed(0)
     losses: list[float] = []
     ctx = QuantContext(
@@ -75,7 +75,7 @@ def test_observers_frozen_after_configured_step(monkeypatch) -> None:
     ctx = QuantContext(
         calibration=lambda: CalibrationData(x, torch.zeros(16, dtype=torch.long)),
         train_batches=lambda: iter([x] * 10),
-        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        diffusion=GaussianDiffusion(linear_betas(1000)),
         generator=torch.Generator().manual_seed(0),
         progress=False,
     )
@@ -91,7 +91,7 @@ def test_distillation_loss_is_zero_when_student_equals_teacher() -> None:
 
     torch.manual_seed(0)
     model = UNet(base_channels=8, groups=4, channel_mults=(1, 2), image_size=8).eval()
-    d = GaussianDiffusion(make_betas("linear", 1000))
+    d = GaussianDiffusion(linear_betas(1000))
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     distill_only = distillation_loss(model, d, torch.Generator().manual_seed(0), data_weight=0.0, distill_weight=1.0)
     assert distill_only(model, x0).item() == 0.0
@@ -113,7 +113,7 @@ def test_data_free_qat_trains_on_trajectory_pairs() -> None:
     ctx = QuantContext(
         calibration=lambda: pairs,
         train_batches=lambda: iter(()),
-        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        diffusion=GaussianDiffusion(linear_betas(1000)),
         generator=torch.Generator().manual_seed(0),
         progress=False,
         log_scalar=lambda tag, v, step: losses.append(v) if tag == "qat/loss" else None,

@@ -10,7 +10,7 @@ from torch.ao.nn import quantized as nnq
 from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
 
 from diffquant.data.datasets import iterate_batches
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
@@ -40,7 +40,7 @@ def context(state_path: Path | None = None, stop_at: int | None = None) -> Quant
     seen: list[int] = []
     ctx = QuantContext(
         calibration=lambda: CalibrationData(IMAGES[:32], torch.arange(32) * 30),
-        diffusion=GaussianDiffusion(make_betas("linear", 1000)),
+        diffusion=GaussianDiffusion(linear_betas(1000)),
         train_batches=lambda: iterate_batches(IMAGES, 16, batch_gen),
         generator=torch.Generator().manual_seed(2),
         progress=False,

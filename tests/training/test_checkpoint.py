@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from diffquant.data.datasets import iterate_batches
-from diffquant.diffusion.schedule import GaussianDiffusion, make_betas
+from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.errors import DiffquantError
 from diffquant.models.unet import UNet
 from diffquant.training.checkpoint import Checkpointer
@@ -34,7 +34,7 @@ def run(path: Path | None, stop_at: int | None = None, every: int = 4) -> tuple[
         if step == stop_at:
             raise Stop
 
-    loss = epsilon_loss(GaussianDiffusion(make_betas("linear", 100)), gen)
+    loss = epsilon_loss(GaussianDiffusion(linear_betas(100)), gen)
     return train_diffusion(
         model, loss, iterate_batches(IMAGES, 8, gen), SETTINGS, on_step=maybe_stop, progress=False, checkpointer=ckpt
     )

@@ -50,9 +50,10 @@ def fp32_key_parts(cfg: Config, in_channels: int, image_size: int) -> dict[str, 
     """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash).
 
     A model or data set enters as its `_target_` import path and the arguments actually passed to
-    it, so two user models never share an entry and keys the target ignores do not split one.
+    it, so two user models never share an entry and keys the target ignores do not split one. The
+    schedule enters as its settings, plus its import path when it is not the built-in of its name.
     """
-    parts: dict[str, Any] = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("diffusion", "train")}
+    parts: dict[str, Any] = {"diffusion": cfg.diffusion.key(), "train": dataclasses.asdict(cfg.train)}
     parts["model"] = cfg.model.key(in_channels=in_channels, image_size=image_size)
     parts["dataset"] = cfg.dataset.key(seed=cfg.seed)
     parts["train"].pop("checkpoint_every")  # how often to save does not change the weights

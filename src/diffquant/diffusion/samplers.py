@@ -1,28 +1,69 @@
-"""Reverse-process samplers as pure functions with one signature (DDIM, DDPM)."""
+"""Reverse-process samplers as pure functions with one signature (DDIM, DDPM), and the timesteps each visits.
+
+`sampler._target_` names any function called as `sample(model, diffusion=, noise=, steps=, eta=,
+generator=, callback=)`, like `ddim_sample`. Its `timesteps(num_timesteps, steps)` companion (set by
+`@visits`) says which timesteps it feeds the model, in order: calibration keeps pairs at those steps
+and the evaluation protocol counts them. A function without one is taken to visit DDIM's
+`sampler.steps` evenly spaced timesteps.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffquant.components import import_target, signature_of
 from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.errors import DiffquantError
+from diffquant.errors import DiffquantError, check_range
 
 # callback(step_index, t, x_t) is called before each model evaluation; calibration uses it.
 StepCallback = Callable[[int, int, Tensor], None]
+Timesteps = Callable[[int, int], list[int]]  # (num_timesteps, steps) -> the timesteps visited, in order
+F = TypeVar("F", bound=Callable[..., Any])
+# What the pipeline passes after the model (`functools.partial` and the callers in evaluation/, quant/).
+CALLED_WITH = ("diffusion", "noise", "steps", "eta", "generator", "callback")
+EXPECTED = "sample(model, diffusion, noise, steps, eta, generator, callback) like diffquant.diffusion.samplers.ddim_sample"
+
+
+def visits(timesteps: Timesteps) -> Callable[[F], F]:
+    """Record on a sampler which timesteps it visits (read by `sampler_timesteps`)."""
+
+    def mark(fn: F) -> F:
+        fn.timesteps = timesteps  # type: ignore[attr-defined]
+        return fn
+
+    return mark
 
 
 def ddim_timesteps(num_timesteps: int, steps: int) -> list[int]:
     """Evenly spaced timesteps, descending, always ending at t = 0 (as in DDIM's `uniform` skip)."""
-    if not 1 <= steps <= num_timesteps:
-        raise DiffquantError(f"sampler.steps={steps} must be within 1..{num_timesteps} (diffusion.num_timesteps)")
+    check_range("sampler.steps", steps, 1)
+    if steps > num_timesteps:
+        raise DiffquantError(
+            f"sampler.steps={steps} is more than diffusion.num_timesteps={num_timesteps} "
+            f"(DDIM takes at most one step per timestep); allowed: 1..{num_timesteps}"
+        )
     stride = num_timesteps // steps
     return list(range(0, stride * steps, stride))[::-1]
 
 
+def ddpm_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """Every timestep, descending (ancestral sampling ignores `steps`)."""
+    del steps
+    return list(range(num_timesteps - 1, -1, -1))
+
+
+def sampler_timesteps(sample: Callable[..., Any], num_timesteps: int, steps: int) -> list[int]:
+    """The timesteps `sample` feeds the model, in order: its `timesteps` companion, else DDIM's spacing."""
+    timesteps: Timesteps = getattr(sample, "timesteps", ddim_timesteps)
+    return list(timesteps(num_timesteps, steps))
+
+
+@visits(ddim_timesteps)
 @torch.no_grad()
 def ddim_sample(
     model: nn.Module,
@@ -53,6 +94,7 @@ def ddim_sample(
     return x
 
 
+@visits(ddpm_timesteps)
 @torch.no_grad()
 def ddpm_sample(
     model: nn.Module,
@@ -65,10 +107,10 @@ def ddpm_sample(
     progress: bool = False,
 ) -> Tensor:
     """Ancestral DDPM sampling over every timestep (`steps` and `eta` are ignored), posterior variance β̃_t."""
-    del steps, eta
+    del eta
     x = noise
     ac = diffusion.alphas_cumprod
-    for i, t in enumerate(tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="ddpm", disable=not progress, leave=False)):
+    for i, t in enumerate(tqdm(ddpm_timesteps(diffusion.num_timesteps, steps), desc="ddpm", disable=not progress, leave=False)):
         if callback is not None:
             callback(i, t, x)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
@@ -84,9 +126,24 @@ def ddpm_sample(
     return x
 
 
-def get_sampler(name: str) -> Callable[..., Tensor]:
-    """Look up a sampler function by its config name (`ddim` or `ddpm`)."""
-    samplers: dict[str, Callable[..., Tensor]] = {"ddim": ddim_sample, "ddpm": ddpm_sample}
-    if name not in samplers:
-        raise DiffquantError(f"sampler.name={name!r} is not known; allowed: {', '.join(samplers)}")
-    return samplers[name]
+def builtin_samplers() -> dict[str, Callable[..., Tensor]]:
+    """The samplers diffquant ships, by config name: conf/sampler/<name>.yaml names each by `_target_`."""
+    return {"ddim": ddim_sample, "ddpm": ddpm_sample}
+
+
+def load_sampler(target: str) -> Callable[..., Tensor]:
+    """Import `sampler._target_` and check that it takes the model first and the keywords diffquant passes."""
+    fn = import_target(target, "sampler._target_")
+    sig = signature_of(fn, f"sampler._target_={target}")
+    first = sig.names[0] if sig.names else None
+    missing = [] if sig.any_keyword else [k for k in CALLED_WITH if k not in sig.names]
+    extra = [n for n in sig.required if n != first and n not in CALLED_WITH]
+    if first is None or first in CALLED_WITH:
+        problem = "has no model parameter before its keywords"
+    elif missing:
+        problem = f"does not take {', '.join(missing)}"
+    elif extra:
+        problem = f"needs {', '.join(extra)}, which diffquant does not pass"
+    else:
+        return fn
+    raise DiffquantError(f"sampler._target_={target} {problem}; expected {EXPECTED}")

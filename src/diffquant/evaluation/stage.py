@@ -6,7 +6,6 @@ at: results.json (metrics and the evaluation protocol), the PNG figures and the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,8 +70,8 @@ def reference_samples(cfg: Config, entry_dir: Path, seed: int, make: Callable[[]
     """FP32 samples from one seed's evaluation noise, cached next to the FP32 checkpoint per sampler, N and seed."""
     key = config_hash(
         {
-            "sampler": dataclasses.asdict(cfg.sampler),
-            "diffusion": dataclasses.asdict(cfg.diffusion),
+            "sampler": cfg.sampler.key(),
+            "diffusion": cfg.diffusion.key(),
             "n": cfg.eval.num_samples,
             "seed": seed,
         }
@@ -93,8 +92,8 @@ def eval_noise(seeds: list[int], num_samples: int, shape: tuple[int, ...]) -> li
 
 
 def sampler_steps(cfg: Config) -> int:
-    """Model evaluations per sample (DDPM visits every timestep)."""
-    return cfg.diffusion.num_timesteps if cfg.sampler.name == "ddpm" else cfg.sampler.steps
+    """Model evaluations per sample: the timesteps the sampler visits (DDPM: every one)."""
+    return len(cfg.sampler.timesteps(cfg.diffusion.num_timesteps))
 
 
 def split_description(loader_kwargs: dict[str, Any], seed: int) -> str:
