@@ -145,7 +145,8 @@ CASES = [
         ("quant.skip=[*]",),
         r"quant\.skip=\['\*'\] and quant\.keep_float \(layers conv_in, conv_out\) leaves no Conv2d / Linear layer to quantize",
     ),
-    # components chosen by `_target_`: a target that does not import, a model that is not an ε-network, a bad loader
+    # components chosen by `_target_`: a target that does not import, a model that is not an ε-network, a bad loader,
+    # a sampler or schedule that does not import, is mislabelled or returns betas that do not fit
     Bad(
         "model-target-no-module",
         ("model._target_=no_such_pkg.nets.Net",),
@@ -191,6 +192,24 @@ CASES = [
         ("dataset._target_=helpers.bad_components.load_mixed_sizes",),
         r"dataset\._target_=helpers\.bad_components\.load_mixed_sizes train images have mixed sizes \(1x8x8, 1x16x16\); "
         r"expected one size",
+    ),
+    Bad(
+        "sampler-target-no-attribute",
+        ("sampler._target_=diffquant.diffusion.samplers.ddim_sampel",),
+        r"sampler\._target_=diffquant\.diffusion\.samplers\.ddim_sampel: module 'diffquant\.diffusion\.samplers' has no "
+        r"attribute 'ddim_sampel'; did you mean diffquant\.diffusion\.samplers\.ddim_sample\?",
+    ),
+    Bad(
+        "sampler-name-of-another",
+        ("sampler.name=ddpm",),
+        r"sampler\.name='ddpm' is the name of the built-in diffquant\.diffusion\.samplers\.ddpm_sample, not of "
+        r"sampler\._target_=diffquant\.diffusion\.samplers\.ddim_sample; pick sampler=ddpm",
+    ),
+    Bad(
+        "schedule-wrong-length",
+        ("diffusion._target_=helpers.custom_diffusion.short_betas",),
+        r"diffusion\._target_=helpers\.custom_diffusion\.short_betas returned torch\.float64 of shape \(999,\); "
+        r"expected a float tensor of diffusion\.num_timesteps=1000 betas",
     ),
     Bad(
         "inception-extra-missing",

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from diffquant.cache.artifacts import get_classifier, get_fp32_model
 from diffquant.cache.lock import cache_lock
@@ -60,9 +62,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         data.image_size,
         data.image_size,
     )
-    diffusion = GaussianDiffusion.from_config(
-        cfg.diffusion.target, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
-    )
+    diffusion = build_diffusion(cfg)
     is_main = DistInfo.from_env().is_main
     logger = RunLogger(out_dir / "tensorboard", cfg.logger.tensorboard and is_main)
     try:
@@ -74,9 +74,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                 if step % cfg.train.log_every == 0:
                     logger.scalar("train/loss", loss, step)
         classifier, cls_acc, _ = get_classifier(cfg, data)
-        sample = partial(  # sampler._target_, imported and checked against the call below
-            cfg.sampler.function(), diffusion=diffusion, steps=cfg.sampler.steps, eta=cfg.sampler.eta, generator=None
-        )
+        sample = build_sampler(cfg, diffusion)
         calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
         batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
         state_key = qat_key(cfg, fp32.key)
@@ -142,6 +140,17 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         return evaluate_and_report(cfg, inputs, header, model_metrics, extra, logger)
     finally:
         logger.close()
+
+
+def build_diffusion(cfg: Config) -> GaussianDiffusion:
+    """The forward process on the betas of `diffusion._target_` (checked: one per timestep, each in (0, 1))."""
+    d = cfg.diffusion
+    return GaussianDiffusion.from_config(d.target, d.num_timesteps, d.beta_start, d.beta_end)
+
+
+def build_sampler(cfg: Config, diffusion: GaussianDiffusion) -> Callable[..., Tensor]:
+    """`sample(model, noise=..., callback=...)`: the function of `sampler._target_` with the run's steps and eta."""
+    return partial(cfg.sampler.function(), diffusion=diffusion, steps=cfg.sampler.steps, eta=cfg.sampler.eta, generator=None)
 
 
 def qat_key(cfg: Config, fp32_key: str) -> str:
