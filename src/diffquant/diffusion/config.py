@@ -46,9 +46,9 @@ def resolve_target(group: str, label: str, name: str, target: Optional[str], bui
     return paths[name] if target is None else target
 
 
-def key_of(values: dict[str, Any], name: str, builtins: Mapping[str, Callable[..., Any]]) -> dict[str, Any]:
+def key_of(values: dict[str, Any], name: str, target: str, builtins: Mapping[str, Callable[..., Any]]) -> dict[str, Any]:
     """Cache-key fields: every setting, plus `_target_` unless it is the built-in called `name`."""
-    target = values.pop("_target_")
+    values.pop("_target_")
     return values if builtin_paths(builtins).get(name) == target else {**values, "_target_": target}
 
 
@@ -69,19 +69,17 @@ class DiffusionConfig:
     _target_: Optional[str] = None  # the betas function's import path; None: the built-in called `schedule`
 
     def __post_init__(self) -> None:
-        self._target_ = resolve_target("diffusion", "schedule", self.schedule, self._target_, builtin_schedules())
         check_range("diffusion.num_timesteps", self.num_timesteps, 2)
-        load_schedule(self._target_)  # a target that does not import or fit fails here, before any training
+        load_schedule(self.target)  # a target that does not import or fit fails here, before any training
 
     @property
     def target(self) -> str:
-        """The import path of the schedule function."""
-        assert self._target_ is not None  # set by __post_init__
-        return self._target_
+        """The import path of the schedule function (`_target_`, else the built-in called `schedule`)."""
+        return resolve_target("diffusion", "schedule", self.schedule, self._target_, builtin_schedules())
 
     def key(self) -> dict[str, Any]:
         """What the betas depend on, for cache keys (a built-in's key leaves its import path out)."""
-        return key_of(dataclasses.asdict(self), self.schedule, builtin_schedules())
+        return key_of(dataclasses.asdict(self), self.schedule, self.target, builtin_schedules())
 
 
 @dataclass
@@ -94,16 +92,14 @@ class SamplerConfig:
     _target_: Optional[str] = None  # the sampler function's import path; None: the built-in called `name`
 
     def __post_init__(self) -> None:
-        self._target_ = resolve_target("sampler", "name", self.name, self._target_, builtin_samplers())
         check_range("sampler.steps", self.steps, 1)
         check_range("sampler.eta", self.eta, 0.0, 1.0)
-        load_sampler(self._target_)  # a target that does not import or fit fails here, before any training
+        load_sampler(self.target)  # a target that does not import or fit fails here, before any training
 
     @property
     def target(self) -> str:
-        """The import path of the sampler function."""
-        assert self._target_ is not None  # set by __post_init__
-        return self._target_
+        """The import path of the sampler function (`_target_`, else the built-in called `name`)."""
+        return resolve_target("sampler", "name", self.name, self._target_, builtin_samplers())
 
     def function(self) -> Callable[..., Tensor]:
         """The sampler function, imported from `sampler._target_`."""
@@ -115,7 +111,7 @@ class SamplerConfig:
 
     def key(self) -> dict[str, Any]:
         """What the samples depend on, for cache keys (a built-in's key leaves its import path out)."""
-        return key_of(dataclasses.asdict(self), self.name, builtin_samplers())
+        return key_of(dataclasses.asdict(self), self.name, self.target, builtin_samplers())
 
 
 def settle_names(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

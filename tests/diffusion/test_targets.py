@@ -64,6 +64,17 @@ def test_the_names_validation_allows_are_the_registry(group: str) -> None:
     )
 
 
+def test_a_file_without_a_target_picks_the_builtin_of_its_name(compose_cfg, tmp_path: Path) -> None:
+    """A sampler file written before `_target_` existed keeps working, with the same cache keys."""
+    folder = tmp_path / "my_conf" / "sampler"
+    folder.mkdir(parents=True)
+    (folder / "old_ddpm.yaml").write_text("name: ddpm\nsteps: 1000\neta: 1.0\n")
+    old = to_config(compose_cfg(f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "sampler=old_ddpm"))
+    new = to_config(compose_cfg("sampler=ddpm"))
+    assert old.sampler.target == new.sampler.target == import_path(builtin_samplers()["ddpm"])
+    assert old.sampler.key() == new.sampler.key() == {"name": "ddpm", "steps": 1000, "eta": 1.0}
+
+
 def test_a_user_sampler_and_schedule_run_through_the_pipeline(compose_cfg, tmp_path: Path) -> None:
     cfg = to_config(compose_cfg("experiment=tiny", USER_SAMPLER, USER_SCHEDULE))
     assert (cfg.sampler.name, cfg.sampler.steps, cfg.diffusion.schedule) == ("trailing_sample", 5, "quadratic_betas")
