@@ -25,3 +25,24 @@ def test_run_experiment_in_process_writes_what_it_returns(compose_cfg, tmp_path)
     assert results["execution"] == "int8"
     assert (run / "samples.png").stat().st_size > 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_a_user_sampler_and_schedule_run_end_to_end(compose_cfg) -> None:
+    """`sampler._target_` / `diffusion._target_` from a test-only package (helpers.custom_diffusion) through every stage."""
+    cfg = to_config(
+        compose_cfg(
+            "experiment=tiny",
+            "sampler._target_=helpers.custom_diffusion.trailing_sample",
+            "diffusion._target_=helpers.custom_diffusion.quadratic_betas",
+        )
+    )
+    results = run_experiment(cfg)
+    protocol = results["protocol"]
+    assert (protocol["sampler"], protocol["sampler_steps"], protocol["diffusion"]) == (
+        "trailing_sample",
+        5,
+        "quadratic_betas, T=1000",
+    )
+    assert sorted(map(int, results["traj_eps_mse_per_t"])) == [199, 399, 599, 799, 999]  # the trailing timesteps it visited
+    assert results["metrics"]["eval/fid_cls"] >= 0 and results["execution"] == "int8"

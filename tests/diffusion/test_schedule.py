@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -97,7 +98,7 @@ def test_sampler_callback_sees_every_step_and_ddim_is_deterministic() -> None:
     assert sampler_timesteps(ddim_sample, 100, 5) == seen
 
 
-def visited(sampler, d: GaussianDiffusion, steps: int) -> list[int]:
+def visited(sampler: Callable[..., torch.Tensor], d: GaussianDiffusion, steps: int) -> list[int]:
     """The timesteps `sampler` calls back at, in order."""
     seen: list[int] = []
     sampler(Oracle(torch.zeros(1, 1, 2, 2), d), d, torch.randn(1, 1, 2, 2), steps=steps, callback=lambda i, t, x: seen.append(t))
@@ -114,6 +115,6 @@ def visited(sampler, d: GaussianDiffusion, steps: int) -> list[int]:
     ],
     ids=["ddim", "ddpm", "user-with-companion", "user-without"],
 )
-def test_each_sampler_says_which_timesteps_it_visits(sampler, expected: list[int]) -> None:
+def test_each_sampler_says_which_timesteps_it_visits(sampler: Callable[..., torch.Tensor], expected: list[int]) -> None:
     d = GaussianDiffusion(linear_betas(12))
     assert sampler_timesteps(sampler, 12, 4) == visited(sampler, d, 4) == expected
