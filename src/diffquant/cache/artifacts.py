@@ -18,7 +18,8 @@ from torch import nn
 from diffquant.cache.bundled import bundled_model, install_bundled
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, config_hash, file_key, load_checkpoint, load_or_none
-from diffquant.config import Config
+from diffquant.components import Component
+from diffquant.config import Config, TrainConfig
 from diffquant.data.datasets import DataSplit, iterate_batches
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
@@ -102,7 +103,8 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
                 )
                 return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
         state_path = entry / "train_state.pt"
-        ema, losses = _train_fp32(cfg, data, diffusion, logger, key, state_path, info)
+        run = TrainRun(cfg.model, cfg.train, cfg.seed, cfg.device, cfg.progress)
+        ema, losses = _train_fp32(run, data, diffusion, logger, key, state_path, info)
         if info.is_main:
             atomic_torch_save(
                 cache_blob(
@@ -118,21 +120,32 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
         return FP32Artifact(ema.eval(), key, entry, False, losses)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """The settings FP32 training reads: the model, the `train` group, the run's seed, device and progress bar."""
+
+    model: Component
+    train: TrainConfig
+    seed: int
+    device: str
+    progress: bool
+
+
 def _train_fp32(
-    cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, state_path: Path, info: DistInfo
+    run: TrainRun, data: DataSplit, diffusion: GaussianDiffusion, logger: RunLogger, key: str, state_path: Path, info: DistInfo
 ) -> tuple[nn.Module, list[float]]:
-    """Train the FP32 model from `cfg.seed` (resumably in one process; data-parallel under torchrun)."""
+    """Train the FP32 model from `run.seed` (resumably in one process; data-parallel under torchrun)."""
     log = logging.getLogger("diffquant")
+    t = run.train
     log.info(
         "Training the FP32 model for %d steps (cache entry %s%s)",
-        cfg.train.steps,
+        t.steps,
         state_path.parent,
-        f", {info.world_size} processes x {cfg.train.batch_size} images" if info.enabled else "",
+        f", {info.world_size} processes x {t.batch_size} images" if info.enabled else "",
     )
-    generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)  # each rank draws its own batches
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, data.channels, data.image_size)
-    t = cfg.train
+    generator = torch.Generator().manual_seed(run.seed + 7919 * info.rank)  # each rank draws its own batches
+    torch.manual_seed(run.seed)  # identical initial weights on every rank
+    model = build_model(run.model, data.channels, data.image_size)
     settings = TrainSettings(
         steps=t.steps,
         lr=t.lr,
@@ -141,7 +154,7 @@ def _train_fp32(
         warmup_steps=t.warmup_steps,
         ema_decay=t.ema_decay,
         log_every=t.log_every,
-        device=info.device(cfg.device),
+        device=info.device(run.device),
         bf16=t.bf16,
     )
     batches = iterate_batches(data.train_images, t.batch_size, generator)
@@ -154,7 +167,7 @@ def _train_fp32(
         batches,
         settings,
         log_scalar=logger.scalar,
-        progress=cfg.progress and info.is_main,
+        progress=run.progress and info.is_main,
         checkpointer=checkpointer,
     )
     ema = ema.cpu()
