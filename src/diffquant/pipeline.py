@@ -33,6 +33,7 @@ from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
+from diffquant.reporting.record import RunRecord
 from diffquant.reporting.results import save_figure, sensitivity_figure, source_provenance
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.distributed import DistInfo
@@ -96,23 +97,31 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         outcome = strategy.quantize(fp32.model, ctx)
         log.info("Execution: %s (%d layers wrapped, %.1f s)", outcome.execution, len(outcome.wrapped_layers), outcome.seconds)
 
+        if outcome.sensitivity:
+            write_sensitivity(outcome.sensitivity, out_dir, logger)
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
-        header = {
-            "method": q.method,
-            "weight_bits": bits[0],
-            "act_bits": bits[1],
-            "backend": cfg.backend.engine,
-            "execution": outcome.execution,
+        example = (torch.zeros(1, data.channels, data.image_size, data.image_size), torch.zeros(1, dtype=torch.long))
+        share = mac_fraction(fp32.model, outcome.wrapped_layers, *example) if outcome.wrapped_layers else 0.0
+        record = RunRecord(
+            method=q.method,
+            weight_bits=bits[0],
+            act_bits=bits[1],
+            backend=cfg.backend.engine,
+            execution=outcome.execution,
             **numerics.as_dict(),
-            "weight_symmetric": q.weight_symmetric(numerics.scheme),
-        }
-        extra = {
-            "fp32_cache_key": fp32.key,
-            "fp32_cached": fp32.cached,
-            "wrapped_layers": len(outcome.wrapped_layers),
-            "fused_groups": outcome.fused_groups,
-            "quant": dataclasses.asdict(q),
-            "provenance": {
+            weight_symmetric=q.weight_symmetric(numerics.scheme),
+            size_bytes=state_dict_bytes(outcome.model),
+            size_bytes_fp32=state_dict_bytes(fp32.model),
+            quantize_s=outcome.seconds,
+            quantized_mac_fraction=share,
+            int8_mac_fraction=share if outcome.execution.startswith("int8") else 0.0,
+            compile_s=outcome.compile_seconds or None,  # 0: not compiled, no perf/compile_s
+            fp32_cache_key=fp32.key,
+            fp32_cached=fp32.cached,
+            wrapped_layers=len(outcome.wrapped_layers),
+            fused_groups=outcome.fused_groups,
+            quant=dataclasses.asdict(q),
+            provenance={
                 **source_provenance(),
                 "machine": cpu_info().as_dict(),
                 "config_hash": config_hash(
@@ -120,24 +129,11 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                 ),
                 "fp32_checkpoint_sha256": file_sha256(fp32.entry_dir / "model.pt", cfg.model.checkpoint),
             },
-        }
-        if outcome.sensitivity:
-            write_sensitivity(outcome.sensitivity, out_dir, logger)
-        model_metrics = {
-            "model/size_bytes": state_dict_bytes(outcome.model),
-            "model/size_bytes_fp32": state_dict_bytes(fp32.model),
-            "perf/quantize_s": outcome.seconds,
-        }
-        example = (torch.zeros(1, data.channels, data.image_size, data.image_size), torch.zeros(1, dtype=torch.long))
-        share = mac_fraction(fp32.model, outcome.wrapped_layers, *example) if outcome.wrapped_layers else 0.0
-        model_metrics["model/quantized_mac_fraction"] = share  # of all multiply-accumulates of a forward
-        model_metrics["model/int8_mac_fraction"] = share if outcome.execution.startswith("int8") else 0.0
-        if outcome.compile_seconds:  # compiled executions: compiling is not part of quantizing or sampling
-            model_metrics["perf/compile_s"] = outcome.compile_seconds
+        )
         inputs = EvalInputs(
             data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution, classifier, cls_acc, cfg.device
         )
-        return evaluate_and_report(cfg, inputs, header, model_metrics, extra, logger)
+        return evaluate_and_report(cfg, inputs, record, logger)
     finally:
         logger.close()
 

@@ -39,7 +39,7 @@ PINNED = {
 
 def reference_file(cfg, folder: Path) -> str:
     """The file name reference_samples gives seed 1234's FP32 samples (made here as a stand-in tensor)."""
-    reference_samples(cfg, folder, 1234, lambda: torch.zeros(1))
+    reference_samples(cfg.sampler, cfg.diffusion, cfg.eval.num_samples, folder, 1234, lambda: torch.zeros(1))
     return next(folder.glob("samples_*.pt")).name
 
 

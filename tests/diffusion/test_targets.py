@@ -81,13 +81,17 @@ def test_a_user_sampler_and_schedule_run_through_the_pipeline(compose_cfg, tmp_p
     diffusion = build_diffusion(cfg)
     torch.testing.assert_close(diffusion.betas, quadratic_betas(1000), rtol=0, atol=0)
     sample = build_sampler(cfg, diffusion)
-    assert sampler_steps(cfg) == 5 and cfg.sampler.timesteps(1000) == trailing_timesteps(1000, 5) == [999, 799, 599, 399, 199]
+    assert sampler_steps(cfg.sampler, cfg.diffusion.num_timesteps) == 5 and cfg.sampler.timesteps(1000) == trailing_timesteps(
+        1000, 5
+    ) == [999, 799, 599, 399, 199]
 
     calibration = CachedCalibration(cfg, tmp_path, lambda **kw: sample(ZeroEps(), **kw), 1, 8).get()
     assert sorted(set(calibration.t.tolist()), reverse=True) == [999, 799, 599, 399, 199]  # quant.calib.timesteps=5 of 5
     assert calibration.x.shape == (5 * 8, 1, 8, 8)
 
-    samples = reference_samples(cfg, tmp_path, 1234, lambda: sample(ZeroEps(), noise=torch.randn(2, 1, 8, 8)))
+    samples = reference_samples(
+        cfg.sampler, cfg.diffusion, cfg.eval.num_samples, tmp_path, 1234, lambda: sample(ZeroEps(), noise=torch.randn(2, 1, 8, 8))
+    )
     assert samples.shape == (2, 1, 8, 8) and torch.isfinite(samples).all()
 
 
@@ -105,7 +109,7 @@ def test_a_user_component_keys_its_own_cache_entries(compose_cfg, tmp_path: Path
 def test_a_user_sampler_without_a_timesteps_companion_visits_ddims_timesteps(compose_cfg) -> None:
     cfg = to_config(compose_cfg("sampler._target_=helpers.custom_diffusion.plain_sample", "sampler.steps=40"))
     assert cfg.sampler.timesteps(1000) == ddim_timesteps(1000, 40)
-    assert sampler_steps(cfg) == 40
+    assert sampler_steps(cfg.sampler, cfg.diffusion.num_timesteps) == 40
 
 
 @pytest.mark.parametrize(

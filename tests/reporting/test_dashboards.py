@@ -19,7 +19,8 @@ def test_flatten_joins_keys_and_stringifies_lists_and_none() -> None:
 
 def test_hparams_hold_every_quantization_and_backend_knob() -> None:
     cfg = Config()
-    params = hparams_of(cfg, {"method": "ptq", "execution": "int8", "reduce_range": False})
+    header = {"method": "ptq", "execution": "int8", "reduce_range": False}
+    params = hparams_of(header, cfg.quant, cfg.backend, cfg.model, cfg.dataset, cfg.sampler, cfg.eval)
     expected = set(flatten("quant", dataclasses.asdict(cfg.quant))) | set(flatten("backend", dataclasses.asdict(cfg.backend)))
     assert expected <= set(params)
     assert {"quant.weight_bits", "quant.act_bits", "quant.observer", "quant.calib.timesteps", "quant.skip"} <= set(params)

@@ -6,6 +6,7 @@ at: results.json (metrics and the evaluation protocol), the PNG figures and the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from torch import Tensor, nn
 
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, config_hash, load_if_readable
-from diffquant.config import Config
+from diffquant.components import Component
+from diffquant.config import Config, EvalConfig
 from diffquant.data.datasets import DataSplit
+from diffquant.diffusion.config import DiffusionConfig, SamplerConfig
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.evaluation.compare import (
     EpsProbe,
@@ -45,7 +48,8 @@ from diffquant.metrics.classifier import DigitClassifier
 from diffquant.metrics.inception import FEATURE_DIM, TF_INPUT_RANGE
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.inspect import activation_ranges, layer_inputs
-from diffquant.reporting.dashboards import log_run
+from diffquant.reporting.dashboards import hparams_of, log_run
+from diffquant.reporting.record import RunRecord
 from diffquant.reporting.results import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
 from diffquant.reporting.tensorboard import RunLogger
 
@@ -66,16 +70,16 @@ class EvalInputs:
     device: str = "cpu"  # cfg.device: FP32 and fake-quantized models are sampled there (int8 stays on the CPU)
 
 
-def reference_samples(cfg: Config, entry_dir: Path, seed: int, make: Callable[[], Tensor]) -> Tensor:
+def reference_samples(
+    sampler: SamplerConfig,
+    diffusion: DiffusionConfig,
+    num_samples: int,
+    entry_dir: Path,
+    seed: int,
+    make: Callable[[], Tensor],
+) -> Tensor:
     """FP32 samples from one seed's evaluation noise, cached next to the FP32 checkpoint per sampler, N and seed."""
-    key = config_hash(
-        {
-            "sampler": cfg.sampler.key(),
-            "diffusion": cfg.diffusion.key(),
-            "n": cfg.eval.num_samples,
-            "seed": seed,
-        }
-    )
+    key = config_hash({"sampler": sampler.key(), "diffusion": diffusion.key(), "n": num_samples, "seed": seed})
     path = entry_dir / f"samples_{key}.pt"
     with cache_lock(path, "FP32 reference samples"):  # concurrent sweep jobs: one samples, the others wait
         cached = load_if_readable(path, "FP32 reference samples")
@@ -91,9 +95,9 @@ def eval_noise(seeds: list[int], num_samples: int, shape: tuple[int, ...]) -> li
     return [torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed)) for seed in seeds]
 
 
-def sampler_steps(cfg: Config) -> int:
+def sampler_steps(sampler: SamplerConfig, num_timesteps: int) -> int:
     """Model evaluations per sample: the timesteps the sampler visits (DDPM: every one)."""
-    return len(cfg.sampler.timesteps(cfg.diffusion.num_timesteps))
+    return len(sampler.timesteps(num_timesteps))
 
 
 def split_description(loader_kwargs: dict[str, Any], seed: int) -> str:
@@ -104,10 +108,21 @@ def split_description(loader_kwargs: dict[str, Any], seed: int) -> str:
 
 
 def eval_protocol(
-    cfg: Config, spaces: list[FeatureSpace], num_reference: int, classifier_acc: float, num_floor: int, image_size: int
+    ev: EvalConfig,
+    sampler: SamplerConfig,
+    diffusion: DiffusionConfig,
+    dataset: Component,
+    seed: int,
+    spaces: list[FeatureSpace],
+    num_reference: int,
+    classifier_acc: float,
+    num_floor: int,
+    image_size: int,
 ) -> dict[str, Any]:
-    """Everything a metric value depends on; values are comparable only under an identical protocol."""
-    ev = cfg.eval
+    """Everything a metric value depends on; values are comparable only under an identical protocol.
+
+    `seed` is the run's (it made the held-out split); the evaluation's own seeds are in `ev`.
+    """
     extractors: dict[str, Any] = {
         "classifier": {
             "network": "diffquant DigitClassifier (3 convs, 128-d penultimate ReLU features), trained on the train split",
@@ -129,12 +144,12 @@ def eval_protocol(
         "extractors": extractors,
         "num_generated": ev.total_samples,
         "num_reference": num_reference,
-        "reference_set": f"{cfg.dataset.name} held-out split, {num_reference} images of {image_size}x{image_size} "
-        f"({split_description(cfg.dataset.kwargs, cfg.seed)})",
-        "sampler": cfg.sampler.name,
-        "sampler_steps": sampler_steps(cfg),
-        "eta": cfg.sampler.eta,
-        "diffusion": f"{cfg.diffusion.schedule}, T={cfg.diffusion.num_timesteps}",
+        "reference_set": f"{dataset.name} held-out split, {num_reference} images of {image_size}x{image_size} "
+        f"({split_description(dataset.kwargs, seed)})",
+        "sampler": sampler.name,
+        "sampler_steps": sampler_steps(sampler, diffusion.num_timesteps),
+        "eta": sampler.eta,
+        "diffusion": f"{diffusion.schedule}, T={diffusion.num_timesteps}",
         "seed": ev.seeds[0],  # the first seed (EpsProbe, bootstrap, floor); kept for older readers
         "seeds": list(ev.seeds),
         "num_samples_per_seed": ev.num_samples,
@@ -146,7 +161,7 @@ def eval_protocol(
         },
         "floor": {
             "images": num_floor,
-            "source": f"{cfg.dataset.name} train split, drawn without replacement "
+            "source": f"{dataset.name} train split, drawn without replacement "
             f"(seed {ev.seeds[0]}), against the same held-out reference",
         },
         "precision_recall_k": ev.precision_recall_k,
@@ -167,14 +182,27 @@ class Sampled:
     context: dict[str, Any]
 
 
-def sample_both(cfg: Config, inputs: EvalInputs, fp32_run: nn.Module, q_run: nn.Module, device: torch.device) -> Sampled:
+def sample_both(
+    ev: EvalConfig,
+    sampler: SamplerConfig,
+    diffusion: DiffusionConfig,
+    inputs: EvalInputs,
+    fp32_run: nn.Module,
+    q_run: nn.Module,
+    device: torch.device,
+) -> Sampled:
     """FP32 (cached per seed) and quantized samples from the same noise; both timed on the same first batch after a warm-up."""
-    ev, data = cfg.eval, inputs.data
+    data = inputs.data
     noises = eval_noise(list(ev.seeds), ev.num_samples, (data.channels, data.image_size, data.image_size))
     fp32 = torch.cat(
         [
             reference_samples(
-                cfg, inputs.fp32_entry_dir, seed, lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size)[0]
+                sampler,
+                diffusion,
+                ev.num_samples,
+                inputs.fp32_entry_dir,
+                seed,
+                lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size)[0],
             )
             for seed, n in zip(ev.seeds, noises)
         ]
@@ -196,9 +224,7 @@ def sample_both(cfg: Config, inputs: EvalInputs, fp32_run: nn.Module, q_run: nn.
 def evaluate_and_report(
     cfg: Config,
     inputs: EvalInputs,
-    header: dict[str, Any],
-    model_metrics: dict[str, float],
-    extra: dict[str, Any],
+    record: RunRecord,
     logger: RunLogger,
 ) -> dict[str, Any]:
     """Sample, compute every metric, log to TensorBoard, save figures and results.json; return the results."""
@@ -217,7 +243,7 @@ def evaluate_and_report(
             inputs.execution,
             inputs.execution,
         )
-    sampled = sample_both(cfg, inputs, fp32_run, q_run, device)
+    sampled = sample_both(ev, cfg.sampler, cfg.diffusion, inputs, fp32_run, q_run, device)
     fp32_samples, q_samples, noise = sampled.fp32, sampled.quantized, sampled.noise
 
     probe = EpsProbe.build(data.test_images[: ev.eps_num_images], inputs.diffusion, ev.eps_timesteps, ev.seeds[0])
@@ -241,7 +267,7 @@ def evaluate_and_report(
         "eval/eps_rel_err": finite_or_none(eps_rel),  # non-finite outputs are reported as null
         "eval/traj_eps_mse": mean_over_steps(traj),
         "eval/classifier_acc": inputs.classifier_acc,
-        **model_metrics,
+        **record.model_metrics(),
         **sampled.seconds,
     }
     pairing = {
@@ -252,9 +278,18 @@ def evaluate_and_report(
         "indices_sha256": digest,
         "fp32_samples_sha256": images_fingerprint(fp32_samples),
     }
-    extra = {**extra, "bootstrap": write_bootstrap(out_dir / BOOTSTRAP_FILE, deltas, pairing), "perf_context": sampled.context}
+    bootstrap = write_bootstrap(out_dir / BOOTSTRAP_FILE, deltas, pairing)
     protocol = eval_protocol(
-        cfg, spaces, int(data.test_images.shape[0]), inputs.classifier_acc, int(real.shape[0]), data.image_size
+        ev,
+        cfg.sampler,
+        cfg.diffusion,
+        cfg.dataset,
+        cfg.seed,
+        spaces,
+        int(data.test_images.shape[0]),
+        inputs.classifier_acc,
+        int(real.shape[0]),
+        data.image_size,
     )
     probed = inputs.q_model.eager if isinstance(inputs.q_model, ScriptedInt8) else inputs.q_model  # hooks need Python
     ranges = activation_ranges(probed)
@@ -268,7 +303,7 @@ def evaluate_and_report(
         "eval/traj_eps_mse_by_t": traj,
     }
 
-    label = f"{header['method']} W{header['weight_bits']}A{header['act_bits']} {header['backend']} ({inputs.execution})"
+    label = record.label()
     n = ev.grid_images
     save_comparison_grid(
         {
@@ -287,14 +322,14 @@ def evaluate_and_report(
         save_range_plot(ranges, out_dir / "act_ranges.png", label)
     log_run(
         logger,
-        cfg,
-        header,
+        hparams_of(record.header(), cfg.quant, cfg.backend, cfg.model, cfg.dataset, cfg.sampler, ev),
+        dataclasses.asdict(cfg),
         metrics,
         series,
         protocol,
-        {"real": data.test_images, "fp32": fp32_samples, "quantized": q_samples},
-        {"fp32": inputs.fp32_model, "quantized": inputs.q_model},
-        activations,
+        {"real": data.test_images[:n], "fp32": fp32_samples[:n], "quantized": q_samples[:n]},  # the grids' images
+        {"fp32": inputs.fp32_model, "quantized": inputs.q_model} if cfg.logger.histograms else {},
+        activations if cfg.logger.histograms else {},
         out_dir,
     )
     extra = {
@@ -302,9 +337,11 @@ def evaluate_and_report(
         "eps_rel_err_per_t": {str(t): v for t, v in eps_per_t.items()},
         "traj_eps_mse_per_t": {str(t): v for t, v in traj.items()},
         "activation_ranges": {k: list(v) for k, v in ranges.items()},
-        **extra,
+        **record.extra(),
+        "bootstrap": bootstrap,
+        "perf_context": sampled.context,
     }
-    results = write_results(out_dir / "results.json", header, metrics, extra)
+    results = write_results(out_dir / "results.json", record.header(), metrics, extra)
     for space in spaces:
         log.info("%s", fid_line(metrics, space.short))
     psnr = metrics["eval/psnr_vs_fp32"]

@@ -18,7 +18,9 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchvision.io import ImageReadMode, decode_png, read_file
 
-from diffquant.config import Config
+from diffquant.components import Component
+from diffquant.config import BackendConfig, EvalConfig, QuantConfig
+from diffquant.diffusion.config import SamplerConfig
 from diffquant.evaluation.uncertainty import interval_scalars
 from diffquant.reporting.tensorboard import RunLogger, to_grid
 
@@ -37,23 +39,31 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def hparams_of(cfg: Config, header: dict[str, Any]) -> dict[str, Any]:
+def hparams_of(
+    header: dict[str, Any],
+    quant: QuantConfig,
+    backend: BackendConfig,
+    model: Component,
+    dataset: Component,
+    sampler: SamplerConfig,
+    ev: EvalConfig,
+) -> dict[str, Any]:
     """Every quantization knob (all of `quant`, `backend`), the resolved run header and the setting that frames it."""
-    params = flatten("quant", dataclasses.asdict(cfg.quant))
-    params.update(flatten("backend", dataclasses.asdict(cfg.backend)))
+    params = flatten("quant", dataclasses.asdict(quant))
+    params.update(flatten("backend", dataclasses.asdict(backend)))
     params.update({f"run.{k}": v for k, v in flatten("", header).items()})
     params.update(
         {
-            "model": cfg.model.name,
-            "model._target_": cfg.model.target,
-            "dataset": cfg.dataset.name,
-            "dataset._target_": cfg.dataset.target,
-            "sampler": cfg.sampler.name,
-            "sampler.steps": cfg.sampler.steps,
-            "eval.fid.extractor": cfg.eval.fid.extractor,
-            "eval.num_samples": cfg.eval.num_samples,
-            "eval.seeds": str(list(cfg.eval.seeds)),
-            "eval.bootstrap": cfg.eval.bootstrap,
+            "model": model.name,
+            "model._target_": model.target,
+            "dataset": dataset.name,
+            "dataset._target_": dataset.target,
+            "sampler": sampler.name,
+            "sampler.steps": sampler.steps,
+            "eval.fid.extractor": ev.fid.extractor,
+            "eval.num_samples": ev.num_samples,
+            "eval.seeds": str(list(ev.seeds)),
+            "eval.bootstrap": ev.bootstrap,
         }
     )
     return params
@@ -81,8 +91,8 @@ def png_tensor(path: Path) -> Tensor:
 
 def log_run(
     logger: RunLogger,
-    cfg: Config,
-    header: dict[str, Any],
+    hparams: dict[str, Any],
+    config: dict[str, Any],
     metrics: dict[str, float | None],
     series: dict[str, dict[int, float]],
     protocol: dict[str, Any],
@@ -93,14 +103,16 @@ def log_run(
 ) -> None:
     """Everything TensorBoard shows for a run (scalars, series, grids, figures, histograms, HParams, text).
 
-    A [low, high] interval in `metrics` becomes two scalars, `<key>_low` and `<key>_high` (scalars and
-    HParams take numbers only).
+    `hparams` are `hparams_of`'s; `config` is the resolved run config as a dict (its text card). `images`
+    are the grids' rows (real, fp32, quantized), cut to the grid's length; every model and activation given
+    gets histograms (pass none when `logger.histograms` is off). A [low, high] interval in `metrics`
+    becomes two scalars, `<key>_low` and `<key>_high` (scalars and HParams take numbers only).
     """
     metrics = interval_scalars(metrics)
     logger.scalars(metrics)
     for tag, values in series.items():
         logger.series(tag, values)
-    n = min(cfg.eval.grid_images, *(batch.shape[0] for batch in images.values()))
+    n = min(batch.shape[0] for batch in images.values())
     grids = {tag: to_grid(batch[:n]) for tag, batch in images.items()}
     grids["abs_diff_x4"] = to_grid((images["quantized"][:n] - images["fp32"][:n]).abs().mul(4).sub(1))
     for tag, grid in grids.items():
@@ -111,12 +123,11 @@ def log_run(
     for name in FIGURES:
         if (out_dir / name).is_file():
             logger.image(f"figures/{Path(name).stem}", png_tensor(out_dir / name))
-    if cfg.logger.histograms:
-        for label, model in models.items():
-            logger.histograms(model, f"weights_{label}")
-        for layer, values in activations.items():
-            logger.histogram(f"activations/{layer}", values)
+    for label, model in models.items():
+        logger.histograms(model, f"weights_{label}")
+    for layer, values in activations.items():
+        logger.histogram(f"activations/{layer}", values)
     logger.custom_scalars(overlay_layout([*(t for t, v in metrics.items() if v is not None), *series]))
-    logger.hparams(hparams_of(cfg, header), metrics)
+    logger.hparams(hparams, metrics)
     logger.text("protocol", "```\n" + json.dumps(protocol, indent=2) + "\n```")
-    logger.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg))) + "\n```")
+    logger.text("config", "```\n" + OmegaConf.to_yaml(OmegaConf.create(config)) + "\n```")
