@@ -18,9 +18,10 @@ from torch import Tensor
 from diffquant.cache.artifacts import get_classifier, get_fp32_model
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, file_key, load_if_readable
-from diffquant.config import Config
+from diffquant.config import BackendConfig, Config, QuantConfig
 from diffquant.data.datasets import iterate_batches
 from diffquant.data.loading import load_data
+from diffquant.diffusion.config import DiffusionConfig, SamplerConfig
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.evaluation.features import require_extractor
@@ -63,7 +64,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         data.image_size,
         data.image_size,
     )
-    diffusion = build_diffusion(cfg)
+    diffusion = build_diffusion(cfg.diffusion)
     is_main = DistInfo.from_env().is_main
     logger = RunLogger(out_dir / "tensorboard", cfg.logger.tensorboard and is_main)
     try:
@@ -75,10 +76,10 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                 if step % cfg.train.log_every == 0:
                     logger.scalar("train/loss", loss, step)
         classifier, cls_acc, _ = get_classifier(cfg, data)
-        sample = build_sampler(cfg, diffusion)
+        sample = build_sampler(cfg.sampler, diffusion)
         calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
         batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
-        state_key = qat_key(cfg, fp32.key)
+        state_key = qat_key(cfg.quant, cfg.backend, cfg.sampler, cfg.seed, fp32.key)
         ctx = QuantContext(
             calibration=calibration.get,
             train_batches=lambda: iterate_batches(data.train_images, q.qat.batch_size, batch_generator),
@@ -138,25 +139,24 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         logger.close()
 
 
-def build_diffusion(cfg: Config) -> GaussianDiffusion:
+def build_diffusion(d: DiffusionConfig) -> GaussianDiffusion:
     """The forward process on the betas of `diffusion._target_` (checked: one per timestep, each in (0, 1))."""
-    d = cfg.diffusion
     return GaussianDiffusion.from_config(d.target, d.num_timesteps, d.beta_start, d.beta_end)
 
 
-def build_sampler(cfg: Config, diffusion: GaussianDiffusion) -> Callable[..., Tensor]:
+def build_sampler(sampler: SamplerConfig, diffusion: GaussianDiffusion) -> Callable[..., Tensor]:
     """`sample(model, noise=..., callback=...)`: the function of `sampler._target_` with the run's steps and eta."""
-    return partial(cfg.sampler.function(), diffusion=diffusion, steps=cfg.sampler.steps, eta=cfg.sampler.eta, generator=None)
+    return partial(sampler.function(), diffusion=diffusion, steps=sampler.steps, eta=sampler.eta, generator=None)
 
 
-def qat_key(cfg: Config, fp32_key: str) -> str:
+def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, seed: int, fp32_key: str) -> str:
     """Hash of everything a QAT run's fine-tuned state depends on (its resumable checkpoint's key)."""
     parts = {
         "fp32": fp32_key,
-        "quant": dataclasses.asdict(cfg.quant),
-        "backend": dataclasses.asdict(cfg.backend),
-        "sampler": cfg.sampler.key(),
-        "seed": cfg.seed,
+        "quant": dataclasses.asdict(quant),
+        "backend": dataclasses.asdict(backend),
+        "sampler": sampler.key(),
+        "seed": seed,
     }
     parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
     return config_hash(parts)

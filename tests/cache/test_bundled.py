@@ -14,6 +14,7 @@ from diffquant.config import to_config
 from diffquant.data.loading import load_data
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.reporting.tensorboard import RunLogger
+from helpers import fp32_key_of
 
 
 def tiny_fp32(cfg, tmp_path: Path) -> artifacts.FP32Artifact:
@@ -50,7 +51,7 @@ def test_a_bundled_model_replaces_training_for_its_own_config_only(compose_cfg, 
     with pytest.raises(AssertionError, match="trained although"):  # another config: its own key, no bundle
         tiny_fp32(other, tmp_path)
     off = to_config(compose_cfg("experiment=tiny", "train.bundled=false", f"paths.cache_dir={tmp_path / 'cache4'}"))
-    assert artifacts.fp32_key(off, 1, 8) == trained.key  # the switch does not change what the config trains
+    assert fp32_key_of(off, 1, 8) == trained.key  # the switch does not change what the config trains
     with pytest.raises(AssertionError, match="trained although"):
         tiny_fp32(off, tmp_path)
 

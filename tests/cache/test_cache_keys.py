@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffquant.cache.artifacts import fp32_key
 from diffquant.cache.bundled import bundled_model
 from diffquant.config import to_config
 from diffquant.evaluation.stage import reference_samples
 from diffquant.pipeline import CachedCalibration, qat_key
+from helpers import fp32_key_of
 
 # (overrides, FP32 key, calibration file, reference-sample file of eval seed 1234, QAT state key), computed at ae50bc8
 PINNED = {
@@ -48,13 +48,13 @@ def test_cache_keys_of_builtin_components_do_not_move(compose_cfg, tmp_path: Pat
     overrides, fp32, calib, samples, qat = PINNED[case]
     cfg = to_config(compose_cfg(*overrides))
     assert cfg.eval.seeds == [1234]
-    key = fp32_key(cfg, 1, 16)
+    key = fp32_key_of(cfg, 1, 16)
     assert key == fp32
     assert CachedCalibration(cfg, tmp_path, None, 1, 16).path.name == calib
     assert reference_file(cfg, tmp_path / "entry") == samples
-    assert qat_key(cfg, key) == qat
+    assert qat_key(cfg.quant, cfg.backend, cfg.sampler, cfg.seed, key) == qat
 
 
 def test_the_default_config_finds_the_bundled_model(compose_cfg) -> None:
     cfg = to_config(compose_cfg())
-    assert bundled_model(fp32_key(cfg, 1, 16)) is not None
+    assert bundled_model(fp32_key_of(cfg, 1, 16)) is not None

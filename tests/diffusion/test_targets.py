@@ -13,7 +13,6 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from diffquant.cache.artifacts import fp32_key, fp32_key_parts
 from diffquant.components import import_path
 from diffquant.config import DiffusionConfig, SamplerConfig, to_config
 from diffquant.diffusion.samplers import builtin_samplers, ddim_timesteps, load_sampler
@@ -21,7 +20,7 @@ from diffquant.diffusion.schedule import builtin_schedules, load_schedule
 from diffquant.errors import DiffquantError
 from diffquant.evaluation.stage import reference_samples, sampler_steps
 from diffquant.pipeline import CachedCalibration, build_diffusion, build_sampler
-from helpers import CONF_DIR
+from helpers import CONF_DIR, fp32_key_of, fp32_key_parts_of
 from helpers.custom_diffusion import quadratic_betas, trailing_timesteps
 
 USER_SAMPLER = "sampler._target_=helpers.custom_diffusion.trailing_sample"
@@ -78,9 +77,9 @@ def test_a_file_without_a_target_picks_the_builtin_of_its_name(compose_cfg, tmp_
 def test_a_user_sampler_and_schedule_run_through_the_pipeline(compose_cfg, tmp_path: Path) -> None:
     cfg = to_config(compose_cfg("experiment=tiny", USER_SAMPLER, USER_SCHEDULE))
     assert (cfg.sampler.name, cfg.sampler.steps, cfg.diffusion.schedule) == ("trailing_sample", 5, "quadratic_betas")
-    diffusion = build_diffusion(cfg)
+    diffusion = build_diffusion(cfg.diffusion)
     torch.testing.assert_close(diffusion.betas, quadratic_betas(1000), rtol=0, atol=0)
-    sample = build_sampler(cfg, diffusion)
+    sample = build_sampler(cfg.sampler, diffusion)
     assert sampler_steps(cfg.sampler, cfg.diffusion.num_timesteps) == 5 and cfg.sampler.timesteps(1000) == trailing_timesteps(
         1000, 5
     ) == [999, 799, 599, 399, 199]
@@ -99,9 +98,9 @@ def test_a_user_component_keys_its_own_cache_entries(compose_cfg, tmp_path: Path
     """Its import path enters the keys, so it never shares an entry with the built-in it replaces."""
     builtin, user = to_config(compose_cfg()), to_config(compose_cfg(USER_SAMPLER, USER_SCHEDULE))
     assert user.sampler.key() == {"name": "trailing_sample", "steps": 50, "eta": 0.0, "_target_": user.sampler.target}
-    assert fp32_key_parts(user, 1, 16)["diffusion"]["_target_"] == "helpers.custom_diffusion.quadratic_betas"
-    assert "_target_" not in builtin.sampler.key() and "_target_" not in fp32_key_parts(builtin, 1, 16)["diffusion"]
-    assert fp32_key(user, 1, 16) != fp32_key(builtin, 1, 16)
+    assert fp32_key_parts_of(user, 1, 16)["diffusion"]["_target_"] == "helpers.custom_diffusion.quadratic_betas"
+    assert "_target_" not in builtin.sampler.key() and "_target_" not in fp32_key_parts_of(builtin, 1, 16)["diffusion"]
+    assert fp32_key_of(user, 1, 16) != fp32_key_of(builtin, 1, 16)
     paths = [CachedCalibration(c, tmp_path, None, 1, 16).path for c in (builtin, user)]
     assert paths[0] != paths[1]
 
@@ -178,7 +177,7 @@ def test_a_bad_target_is_one_line_naming_the_setting(compose_cfg, overrides: tup
 def test_betas_that_do_not_fit_are_one_line_when_the_pipeline_builds_them(compose_cfg) -> None:
     cfg = to_config(compose_cfg("diffusion._target_=helpers.custom_diffusion.short_betas"))
     with pytest.raises(DiffquantError) as info:
-        build_diffusion(cfg)
+        build_diffusion(cfg.diffusion)
     assert str(info.value) == (
         "diffusion._target_=helpers.custom_diffusion.short_betas returned torch.float64 of shape (999,); "
         "expected a float tensor of diffusion.num_timesteps=1000 betas"

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import torch
 
     from diffquant.components import Component
+    from diffquant.config import Config
     from diffquant.quant.qconfig import QuantSpec
     from diffquant.quant.strategies import QuantContext
 
@@ -21,6 +22,20 @@ SELECTABLE_GROUPS = ("model", "dataset", "quant", "backend", "diffusion", "train
 def group_options() -> list[tuple[str, str]]:
     """(group, option) for every YAML file of every selectable config group."""
     return [(g, p.stem) for g in SELECTABLE_GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def fp32_key_of(cfg: Config, in_channels: int, image_size: int) -> str:
+    """`fp32_key` of the groups of `cfg` it reads (model, dataset, diffusion, train, seed)."""
+    from diffquant.cache.artifacts import fp32_key
+
+    return fp32_key(cfg.model, cfg.dataset, cfg.diffusion, cfg.train, cfg.seed, in_channels, image_size)
+
+
+def fp32_key_parts_of(cfg: Config, in_channels: int, image_size: int) -> dict[str, object]:
+    """`fp32_key_parts` of the groups of `cfg` it reads."""
+    from diffquant.cache.artifacts import fp32_key_parts
+
+    return fp32_key_parts(cfg.model, cfg.dataset, cfg.diffusion, cfg.train, cfg.seed, in_channels, image_size)
 
 
 def machine_spec(engine: str = "fbgemm", **fields: object) -> QuantSpec:

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from torch.ao.nn import quantized as nnq
 
-from diffquant.cache.artifacts import fp32_key
 from diffquant.config import to_config
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import sqnr_db
@@ -18,7 +17,7 @@ from diffquant.models.dit import DiT, sincos_pos_embed
 from diffquant.quant.engine import set_engine
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from helpers import calibration_context, model_spec
+from helpers import calibration_context, fp32_key_of, model_spec
 
 DIT = "diffquant.models.dit.DiT"
 TINY = dict(patch_size=2, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0)
@@ -101,7 +100,7 @@ def test_dit_s_composes_and_its_fields_key_the_cache(compose_cfg) -> None:
     assert cfg.model.kwargs == dict(patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0)
     deeper = to_config(compose_cfg("model=dit_s", "model.depth=6"))
     inherited = to_config(compose_cfg("model=dit_s", "experiment=tiny"))  # tiny sets UNet fields DiT ignores
-    assert fp32_key(deeper, 1, 16) != fp32_key(cfg, 1, 16)
+    assert fp32_key_of(deeper, 1, 16) != fp32_key_of(cfg, 1, 16)
     assert inherited.model == cfg.model  # fields DiT does not read neither reach it nor key its cache
 
 

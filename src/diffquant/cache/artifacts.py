@@ -21,6 +21,7 @@ from diffquant.cache.store import atomic_torch_save, config_hash, file_key, load
 from diffquant.components import Component
 from diffquant.config import Config, TrainConfig
 from diffquant.data.datasets import DataSplit, iterate_batches
+from diffquant.diffusion.config import DiffusionConfig
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
@@ -42,24 +43,40 @@ class FP32Artifact:
     losses: list[float]
 
 
-def fp32_key(cfg: Config, in_channels: int, image_size: int) -> str:
+def fp32_key(
+    model: Component,
+    dataset: Component,
+    diffusion: DiffusionConfig,
+    train: TrainConfig,
+    seed: int,
+    in_channels: int,
+    image_size: int,
+) -> str:
     """Hash of everything that determines the trained FP32 weights."""
-    return config_hash(fp32_key_parts(cfg, in_channels, image_size))
+    return config_hash(fp32_key_parts(model, dataset, diffusion, train, seed, in_channels, image_size))
 
 
-def fp32_key_parts(cfg: Config, in_channels: int, image_size: int) -> dict[str, Any]:
+def fp32_key_parts(
+    model: Component,
+    dataset: Component,
+    diffusion: DiffusionConfig,
+    train: TrainConfig,
+    seed: int,
+    in_channels: int,
+    image_size: int,
+) -> dict[str, Any]:
     """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash).
 
     A model or data set enters as its `_target_` import path and the arguments actually passed to
     it, so two user models never share an entry and keys the target ignores do not split one. The
     schedule enters as its settings, plus its import path when it is not the built-in of its name.
     """
-    parts: dict[str, Any] = {"diffusion": cfg.diffusion.key(), "train": dataclasses.asdict(cfg.train)}
-    parts["model"] = cfg.model.key(in_channels=in_channels, image_size=image_size)
-    parts["dataset"] = cfg.dataset.key(seed=cfg.seed)
+    parts: dict[str, Any] = {"diffusion": diffusion.key(), "train": dataclasses.asdict(train)}
+    parts["model"] = model.key(in_channels=in_channels, image_size=image_size)
+    parts["dataset"] = dataset.key(seed=seed)
     parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
     parts["train"].pop("bundled")  # a bundled model is the one this config trains
-    parts["seed"] = cfg.seed
+    parts["seed"] = seed
     return parts
 
 
@@ -79,7 +96,8 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
         key = weights_key(model)
         log.info("Using the pretrained FP32 model model.pretrained=%s", pretrained)
         return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, [])
-    key = fp32_key(cfg, data.channels, data.image_size)
+    recipe = (cfg.model, cfg.dataset, cfg.diffusion, cfg.train, cfg.seed, data.channels, data.image_size)
+    key = fp32_key(*recipe)
     entry = Path(cfg.paths.cache_dir) / "fp32" / key
     path = entry / "model.pt"
     info = DistInfo.from_env()
@@ -112,7 +130,7 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
                     key,
                     model_config=cfg.model.key(in_channels=data.channels, image_size=data.image_size),
                     losses=losses,
-                    config=fp32_key_parts(cfg, data.channels, data.image_size),
+                    config=fp32_key_parts(*recipe),
                 ),
                 path,
             )
