@@ -108,7 +108,8 @@ class QuantConfig:
         """`quant.symmetric`, with null resolved: symmetric weights on the full 8-bit grid [-128, 127], affine otherwise.
 
         Measured, not derived (docs/quantization.md): on that grid symmetric weights gave the smaller paired
-        fid_cls delta on digits and MNIST; on 7-bit (w7a8) and lower-bit grids affine weights did.
+        fid_cls delta on digits and MNIST, on the 7-bit (w7a8) grid affine weights did; below 8 bits affine
+        stays as it was (not re-measured).
         """
         if self.symmetric is not None:
             return self.symmetric
