@@ -28,13 +28,15 @@ def test_run_experiment_in_process_writes_what_it_returns(compose_cfg, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_user_sampler_and_schedule_run_end_to_end(compose_cfg) -> None:
-    """`sampler._target_` / `diffusion._target_` from a test-only package (helpers.custom_diffusion) through every stage."""
+def test_a_user_sampler_schedule_and_method_run_end_to_end(compose_cfg) -> None:
+    """`sampler._target_`, `diffusion._target_`, `quant._target_` from a test-only package (helpers) through every stage."""
     cfg = to_config(
         compose_cfg(
             "experiment=tiny",
             "sampler._target_=helpers.custom_diffusion.trailing_sample",
             "diffusion._target_=helpers.custom_diffusion.quadratic_betas",
+            "quant._target_=helpers.custom_method.round_weights",
+            "quant.weight_bits=4",
         )
     )
     results = run_experiment(cfg)
@@ -45,4 +47,6 @@ def test_a_user_sampler_and_schedule_run_end_to_end(compose_cfg) -> None:
         "quadratic_betas, T=1000",
     )
     assert sorted(map(int, results["traj_eps_mse_per_t"])) == [199, 399, 599, 799, 999]  # the trailing timesteps it visited
-    assert results["metrics"]["eval/fid_cls"] >= 0 and results["execution"] == "int8"
+    assert results["metrics"]["eval/fid_cls"] >= 0 and results["execution"] == "fakequant"
+    assert results["quant"]["_target_"] == "helpers.custom_method.round_weights"
+    assert results["metrics"]["eval/eps_rel_err"] > 0  # 4-bit weights: the model did change

@@ -18,6 +18,7 @@ from torch import Tensor
 from diffquant.cache.artifacts import get_classifier, get_fp32_model
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, file_key, load_if_readable
+from diffquant.components import import_target
 from diffquant.config import BackendConfig, Config, QuantConfig
 from diffquant.data.datasets import iterate_batches
 from diffquant.data.loading import load_data
@@ -28,17 +29,15 @@ from diffquant.evaluation.features import require_extractor
 from diffquant.evaluation.stage import EvalInputs, evaluate_and_report
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
 from diffquant.quant.coverage import mac_fraction
-from diffquant.quant.engine import Int8Numerics, require_exact, resolve_int8_numerics, set_engine
+from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.machine import cpu_info
-from diffquant.quant.pt2e import InductorPTQStrategy
-from diffquant.quant.reconstruction import ReconSettings
+from diffquant.quant.methods import MethodInputs, Strategy
 from diffquant.quant.size import state_dict_bytes
-from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantPlan
+from diffquant.quant.strategies import QuantContext
 from diffquant.reporting.record import RunRecord
 from diffquant.reporting.results import save_figure, sensitivity_figure, source_provenance
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.distributed import DistInfo
-from diffquant.training.loop import TrainSettings
 
 
 def run_experiment(cfg: Config) -> dict[str, Any]:
@@ -168,68 +167,29 @@ def file_sha256(cached: Path, given: str | None) -> str:
     return file_key(path, length=64) if path.is_file() else "unknown"
 
 
-def build_strategy(cfg: Config, numerics: Int8Numerics) -> FP32Strategy | PTQStrategy | QATStrategy | InductorPTQStrategy:
-    """Translate the `quant` group into a strategy object (the one place that maps a method name to code).
+def build_strategy(cfg: Config, numerics: Int8Numerics) -> Strategy:
+    """The strategy of `quant._target_` (quant/methods.py), given the group, the engine and run-level values.
 
-    A run that would execute int8 kernels whose accumulation saturates on this CPU is refused here.
+    A run that would execute int8 kernels whose accumulation saturates on this CPU is refused by the factory.
     """
-    q, r, t = cfg.quant, cfg.quant.recon, cfg.quant.qat
-    plan = QuantPlan(
-        q.spec(numerics.scheme),
-        tuple(q.skip),
-        tuple(q.layer_bits.items()),
-        q.split_shortcut,
-        q.dynamic_input,
-        script=cfg.backend.torchscript,
-        keep_float=tuple(q.keep_float),
-        simulate=q.simulate,
-    )
-    recon = (
-        None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
-    )
-    qat_settings = TrainSettings(
-        steps=t.steps,
-        lr=t.lr,
-        warmup_steps=t.warmup_steps,
-        ema_decay=t.ema_decay,
-        log_every=cfg.train.log_every,
-        schedule=t.schedule,
+    inputs = MethodInputs(
+        quant=cfg.quant,
+        engine=cfg.backend.engine,
+        int8_scheme=cfg.backend.int8_scheme,
+        numerics=numerics,
+        torchscript=cfg.backend.torchscript,
+        warmup=min(cfg.eval.batch_size, cfg.eval.num_samples),
         device=cfg.device,
+        log_every=cfg.train.log_every,
     )
-    warmup = min(cfg.eval.batch_size, cfg.eval.num_samples)  # compiled / scripted models get ready at this batch
-    builders = {
-        "fp32": FP32Strategy,
-        "ptq": lambda: PTQStrategy(plan, recon, r.num_samples, q.sensitivity, warmup, bias_rounds=q.bias_correction),
-        "ptq_inductor": lambda: InductorPTQStrategy(plan, r.method, warmup),
-        "qat": lambda: QATStrategy(
-            plan,
-            qat_settings,
-            t.freeze_observer_step,
-            t.data_weight,
-            t.distill_weight,
-            t.data_free,
-            t.init_from_ptq,
-            t.batch_size,
-            t.lsq,
-            t.lsq_lr_factor,
-            warmup,
-        ),
-    }
-    inductor = cfg.backend.engine == "x86_inductor"
-    if inductor and q.method != "fp32" and q.flow != "pt2e":  # conf/quant_backend/ has no file for this pair
-        raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={q.method}")
-    if q.flow == "pt2e" and not (inductor and q.method == "ptq"):
+    factory = import_target(cfg.quant._target_, "quant._target_")
+    strategy = factory(inputs)
+    if not callable(getattr(strategy, "quantize", None)):
         raise DiffquantError(
-            f"quant.flow=pt2e needs quant=ptq with backend=x86_inductor; got quant={q.method} backend={cfg.backend.engine}"
+            f"quant._target_={cfg.quant._target_} returned a {type(strategy).__name__}; expected an object with "
+            "quantize(model, ctx) -> QuantOutcome"
         )
-    if q.flow == "pt2e" and q.simulate:
-        raise DiffquantError(
-            "quant.simulate=true needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor compiles int8"
-        )
-    method = "ptq_inductor" if q.flow == "pt2e" else q.method
-    if method != "fp32" and (plan.runs_int8 or method == "ptq_inductor"):
-        require_exact(numerics, cfg.backend.int8_scheme)
-    return builders[method]()
+    return strategy
 
 
 class CachedCalibration:

@@ -74,13 +74,15 @@ def test_backend_selects_the_inductor_strategy_for_ptq_only(compose_cfg) -> None
         build_strategy(to_config(compose_cfg("backend=x86_inductor", "quant=qat")), resolve_int8_numerics("x86", "auto"))
 
 
-def test_the_pt2e_flow_comes_from_the_quant_backend_specialization(compose_cfg) -> None:
-    """conf/quant_backend/ptq_x86_inductor.yaml picks the flow: no engine-name branch decides it."""
-    assert compose_cfg("backend=x86_inductor").quant.flow == "pt2e"
-    assert compose_cfg("backend=x86").quant.flow == "eager"
-    assert compose_cfg("backend=x86_inductor", "quant=fp32").quant.flow == "eager"
-    with pytest.raises(DiffquantError, match="quant.flow=pt2e needs quant=ptq with backend=x86_inductor"):
-        build_strategy(to_config(compose_cfg("quant.flow=pt2e")), resolve_int8_numerics("fbgemm", "auto"))
+def test_the_pt2e_method_comes_from_the_quant_backend_specialization(compose_cfg) -> None:
+    """conf/quant_backend/ptq_x86_inductor.yaml picks the method's `_target_`: no engine-name branch decides it."""
+    assert compose_cfg("backend=x86_inductor").quant._target_ == "diffquant.quant.methods.ptq_pt2e"
+    assert compose_cfg("backend=x86").quant._target_ == "diffquant.quant.methods.ptq"
+    assert compose_cfg("backend=x86_inductor", "quant=fp32").quant._target_ == "diffquant.quant.methods.fp32"
+    with pytest.raises(DiffquantError, match="ptq_pt2e needs backend=x86_inductor; got backend=fbgemm"):
+        build_strategy(
+            to_config(compose_cfg("quant._target_=diffquant.quant.methods.ptq_pt2e")), resolve_int8_numerics("fbgemm", "auto")
+        )
 
 
 @pytest.mark.slow

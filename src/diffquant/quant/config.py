@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from diffquant.components import import_target
 from diffquant.errors import check_choice, check_range
 from diffquant.quant.coverage import ROLES
 from diffquant.quant.engine import SCHEME_CHOICES, SCHEMES, Int8Scheme
@@ -74,8 +75,8 @@ class QATConfig:
 
 @dataclass
 class QuantConfig:
-    method: str = "fp32"
-    flow: str = "eager"  # eager (torch.ao wrappers) | pt2e (torchao export; set by quant_backend/ptq_x86_inductor.yaml)
+    _target_: str = "diffquant.quant.methods.fp32"  # the method's factory (quant/methods.py); a user's own by import path
+    method: str = "fp32"  # the kind: fp32 | ptq (calibration pairs) | qat (also training batches)
     weight_bits: int = 8
     act_bits: Optional[int] = 8  # null: activations stay float (weight-only quantization)
     granularity: str = "per_channel"
@@ -96,7 +97,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
-        check_choice("quant.flow", self.flow, ("eager", "pt2e"))
+        import_target(self._target_, "quant._target_")
         check_range("quant.bias_correction", self.bias_correction, 0, 10)
         self.spec(SCHEMES["w8a8"])  # QuantSpec validates bits, granularity and observer
         for role in self.keep_float:

@@ -1,0 +1,127 @@
+"""Quantization methods chosen by `quant._target_`: each is a factory `(MethodInputs) -> strategy`.
+
+The `quant` group files name one of the factories below (`conf/quant/ptq.yaml`: `diffquant.quant.methods.ptq`;
+the specialization `conf/quant_backend/ptq_x86_inductor.yaml` swaps in `ptq_pt2e`). A user's own method
+is a function of the same signature returning an object with `quantize(model, ctx) -> QuantOutcome`;
+`quant.method` (fp32 / ptq / qat) stays the kind of method, which says what the pipeline prepares for it
+(calibration pairs, training batches) and how results are labelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+
+from diffquant.errors import DiffquantError
+from diffquant.quant.config import QuantConfig
+from diffquant.quant.engine import Int8Numerics, require_exact
+from diffquant.quant.pt2e import InductorPTQStrategy
+from diffquant.quant.reconstruction import ReconSettings
+from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantOutcome, QuantPlan
+from diffquant.training.loop import TrainSettings
+
+
+class Strategy(Protocol):
+    """What a method factory returns."""
+
+    def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome: ...
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What every method factory gets: the `quant` group, the engine and its int8 numerics, run-level values."""
+
+    quant: QuantConfig
+    engine: str
+    int8_scheme: str  # `backend.int8_scheme` as given (auto / w8a8 / ...), for the saturation check's message
+    numerics: Int8Numerics
+    torchscript: bool = True
+    warmup: int = 64  # the evaluation's sampling batch: compiled / scripted models get ready at it
+    device: str = "cpu"
+    log_every: int = 50
+
+    def plan(self) -> QuantPlan:
+        """Which layers get which qconfig, on the 8-bit grids of the engine's int8 scheme."""
+        q = self.quant
+        return QuantPlan(
+            q.spec(self.numerics.scheme),
+            tuple(q.skip),
+            tuple(q.layer_bits.items()),
+            q.split_shortcut,
+            q.dynamic_input,
+            script=self.torchscript,
+            keep_float=tuple(q.keep_float),
+            simulate=q.simulate,
+        )
+
+    def require_eager_engine(self) -> None:
+        """Eager torch.ao methods cannot run on x86_inductor (its specialization picks `ptq_pt2e`)."""
+        if self.engine == "x86_inductor":
+            raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={self.quant.method}")
+
+    def require_exact_int8(self, plan: QuantPlan) -> None:
+        """Refuse int8 kernels whose accumulation saturates on this CPU (simulated runs are exempt)."""
+        if plan.runs_int8:
+            require_exact(self.numerics, self.int8_scheme)
+
+
+def fp32(inputs: MethodInputs) -> FP32Strategy:
+    """No quantization: the FP32 model itself is evaluated."""
+    return FP32Strategy()
+
+
+def ptq(inputs: MethodInputs) -> PTQStrategy:
+    """Eager torch.ao post-training quantization: calibrate, reconstruct (optional), bias-correct, convert."""
+    inputs.require_eager_engine()
+    q, r, plan = inputs.quant, inputs.quant.recon, inputs.plan()
+    inputs.require_exact_int8(plan)
+    recon = (
+        None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
+    )
+    return PTQStrategy(plan, recon, r.num_samples, q.sensitivity, inputs.warmup, bias_rounds=q.bias_correction)
+
+
+def ptq_pt2e(inputs: MethodInputs) -> InductorPTQStrategy:
+    """torchao's PT2E post-training quantization compiled by Inductor (backend=x86_inductor only)."""
+    q = inputs.quant
+    if inputs.engine != "x86_inductor":
+        raise DiffquantError(
+            f"quant._target_=diffquant.quant.methods.ptq_pt2e needs backend=x86_inductor; got backend={inputs.engine}"
+        )
+    if q.simulate:
+        raise DiffquantError(
+            "quant.simulate=true needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor compiles int8"
+        )
+    require_exact(inputs.numerics, inputs.int8_scheme)
+    return InductorPTQStrategy(inputs.plan(), q.recon.method, inputs.warmup)
+
+
+def qat(inputs: MethodInputs) -> QATStrategy:
+    """Quantization-aware training with fake quantization through the shared training loop, then convert."""
+    inputs.require_eager_engine()
+    t, plan = inputs.quant.qat, inputs.plan()
+    inputs.require_exact_int8(plan)
+    settings = TrainSettings(
+        steps=t.steps,
+        lr=t.lr,
+        warmup_steps=t.warmup_steps,
+        ema_decay=t.ema_decay,
+        log_every=inputs.log_every,
+        schedule=t.schedule,
+        device=inputs.device,
+    )
+    return QATStrategy(
+        plan,
+        settings,
+        t.freeze_observer_step,
+        t.data_weight,
+        t.distill_weight,
+        t.data_free,
+        t.init_from_ptq,
+        t.batch_size,
+        t.lsq,
+        t.lsq_lr_factor,
+        inputs.warmup,
+    )
