@@ -7,31 +7,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from diffquant.cache.artifacts import get_classifier, get_fp32_model
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, file_key, load_if_readable
-from diffquant.components import import_target
 from diffquant.config import BackendConfig, Config, QuantConfig
 from diffquant.data.datasets import iterate_batches
 from diffquant.data.loading import load_data
-from diffquant.diffusion.config import DiffusionConfig, SamplerConfig
-from diffquant.diffusion.schedule import GaussianDiffusion
-from diffquant.errors import DiffquantError
+from diffquant.diffusion.config import SamplerConfig, build_diffusion, build_sampler
 from diffquant.evaluation.features import require_extractor
 from diffquant.evaluation.stage import EvalInputs, evaluate_and_report
-from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices, pick_indices_normal
+from diffquant.quant.api import RECIPE_ATTR, Run, make_strategy, quantize_with
+from diffquant.quant.calibration import CalibrationData, trajectory_pairs
 from diffquant.quant.coverage import mac_fraction
 from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.machine import cpu_info
-from diffquant.quant.methods import MethodInputs, Strategy
+from diffquant.quant.methods import Strategy
+from diffquant.quant.saving import SavedRun, save
 from diffquant.quant.size import state_dict_bytes
 from diffquant.quant.strategies import QuantContext
 from diffquant.reporting.record import RunRecord
@@ -45,10 +42,13 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     log = logging.getLogger("diffquant")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    saved = SavedRun.read(cfg.quant.load) if cfg.quant.load else None
+    if saved is not None:  # the file's recipe is the run's quant and backend groups
+        cfg = dataclasses.replace(cfg, quant=saved.quant, backend=saved.backend)
     q = cfg.quant
     set_engine(cfg.backend.engine)  # inside every job: sweep workers are reused
     numerics = resolve_int8_numerics(cfg.backend.engine, cfg.backend.int8_scheme)
-    strategy = build_strategy(cfg, numerics)
+    strategy = build_strategy(cfg, numerics) if saved is None else None
     require_extractor(cfg.eval.fid.extractor)  # a missing optional extra fails before any training
     torch.manual_seed(cfg.seed)
 
@@ -94,7 +94,14 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             example=(torch.zeros(2, data.channels, data.image_size, data.image_size), torch.tensor([0, 1])),
         )
         log.info("Quantizing: method=%s W%dA%d engine=%s", q.method, q.weight_bits, q.act_bits, cfg.backend.engine)
-        outcome = strategy.quantize(fp32.model, ctx)
+        if saved is not None:
+            log.info("Loading the quantized model from %s (quant.load; no quantization)", saved.path)
+            outcome = saved.outcome(fp32.key)
+        else:
+            outcome = quantize_with(strategy, fp32.model, ctx, q, cfg.backend, numerics)
+        if q.save and saved is None and outcome.model is not fp32.model:
+            getattr(outcome.model, RECIPE_ATTR)["fp32_key"] = fp32.key
+            log.info("Saved the quantized model to %s", save(outcome.model, out_dir / "quantized.pt"))
         log.info("Execution: %s (%d layers wrapped, %.1f s)", outcome.execution, len(outcome.wrapped_layers), outcome.seconds)
 
         if outcome.sensitivity:
@@ -138,16 +145,6 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         logger.close()
 
 
-def build_diffusion(d: DiffusionConfig) -> GaussianDiffusion:
-    """The forward process on the betas of `diffusion._target_` (checked: one per timestep, each in (0, 1))."""
-    return GaussianDiffusion.from_config(d.target, d.num_timesteps, d.beta_start, d.beta_end)
-
-
-def build_sampler(sampler: SamplerConfig, diffusion: GaussianDiffusion) -> Callable[..., Tensor]:
-    """`sample(model, noise=..., callback=...)`: the function of `sampler._target_` with the run's steps and eta."""
-    return partial(sampler.function(), diffusion=diffusion, steps=sampler.steps, eta=sampler.eta, generator=None)
-
-
 def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, seed: int, fp32_key: str) -> str:
     """Hash of everything a QAT run's fine-tuned state depends on (its resumable checkpoint's key)."""
     parts = {
@@ -158,6 +155,8 @@ def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, 
         "seed": seed,
     }
     parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
+    for key in ("save", "load"):  # whether the result is written, or read instead of trained
+        parts["quant"].pop(key)
     return config_hash(parts)
 
 
@@ -168,28 +167,9 @@ def file_sha256(cached: Path, given: str | None) -> str:
 
 
 def build_strategy(cfg: Config, numerics: Int8Numerics) -> Strategy:
-    """The strategy of `quant._target_` (quant/methods.py), given the group, the engine and run-level values.
-
-    A run that would execute int8 kernels whose accumulation saturates on this CPU is refused by the factory.
-    """
-    inputs = MethodInputs(
-        quant=cfg.quant,
-        engine=cfg.backend.engine,
-        int8_scheme=cfg.backend.int8_scheme,
-        numerics=numerics,
-        torchscript=cfg.backend.torchscript,
-        warmup=min(cfg.eval.batch_size, cfg.eval.num_samples),
-        device=cfg.device,
-        log_every=cfg.train.log_every,
-    )
-    factory = import_target(cfg.quant._target_, "quant._target_")
-    strategy = factory(inputs)
-    if not callable(getattr(strategy, "quantize", None)):
-        raise DiffquantError(
-            f"quant._target_={cfg.quant._target_} returned a {type(strategy).__name__}; expected an object with "
-            "quantize(model, ctx) -> QuantOutcome"
-        )
-    return strategy
+    """The strategy of `quant._target_` for this run (built before any training, so bad settings fail first)."""
+    run = Run(warmup=min(cfg.eval.batch_size, cfg.eval.num_samples), device=cfg.device, log_every=cfg.train.log_every)
+    return make_strategy(cfg.quant, cfg.backend, numerics, run)
 
 
 class CachedCalibration:
@@ -200,7 +180,7 @@ class CachedCalibration:
         self.path = entry_dir / "calib_{}.pt".format(
             config_hash({"calib": dataclasses.asdict(c), "sampler": cfg.sampler.key(), "seed": cfg.seed})
         )
-        self.cfg, self.sample, self.shape = cfg, sample, (c.num_samples, channels, image_size, image_size)
+        self.cfg, self.sample, self.shape = cfg, sample, (channels, image_size, image_size)
         self.data: CalibrationData | None = None
 
     def get(self) -> CalibrationData:
@@ -214,16 +194,9 @@ class CachedCalibration:
         return None if blob is None else CalibrationData(blob["x"], blob["t"])
 
     def _build(self) -> CalibrationData:
-        cfg, c = self.cfg, self.cfg.quant.calib
+        cfg = self.cfg
         T = cfg.diffusion.num_timesteps
-        steps = cfg.sampler.timesteps(T)
-        keep = (
-            pick_indices(len(steps), c.timesteps)
-            if c.t_sampling == "uniform"
-            else pick_indices_normal(steps, c.timesteps, c.t_mean, c.t_std, T, seed=cfg.seed)
-        )
-        noise = torch.randn(self.shape, generator=torch.Generator().manual_seed(cfg.seed + 1))
-        data = collect_trajectory(self.sample, len(steps), c.timesteps, noise, keep)
+        data = trajectory_pairs(self.sample, cfg.sampler.timesteps(T), cfg.quant.calib, T, self.shape, cfg.seed)
         atomic_torch_save({"x": data.x, "t": data.t}, self.path)
         return data
 

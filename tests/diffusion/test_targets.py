@@ -15,12 +15,13 @@ from torch import Tensor, nn
 
 from diffquant.components import import_path
 from diffquant.config import DiffusionConfig, SamplerConfig, to_config
+from diffquant.diffusion.config import build_diffusion, build_sampler
 from diffquant.diffusion.samplers import builtin_samplers, ddim_timesteps, load_sampler
 from diffquant.diffusion.schedule import builtin_schedules, load_schedule
 from diffquant.errors import DiffquantError
 from diffquant.evaluation.protocol import sampler_steps
 from diffquant.evaluation.stage import reference_samples
-from diffquant.pipeline import CachedCalibration, build_diffusion, build_sampler
+from diffquant.pipeline import CachedCalibration
 from helpers import CONF_DIR, fp32_key_of, fp32_key_parts_of
 from helpers.custom_diffusion import quadratic_betas, trailing_timesteps
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 from omegaconf import DictConfig
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from diffquant.components import explicit_keys, import_path
 from diffquant.diffusion.samplers import builtin_samplers, load_sampler, sampler_timesteps
-from diffquant.diffusion.schedule import builtin_schedules, load_schedule
+from diffquant.diffusion.schedule import GaussianDiffusion, builtin_schedules, load_schedule
 from diffquant.errors import DiffquantError, check_range
 
 
@@ -126,3 +127,13 @@ def settle_names(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 cfg = cfg.copy()
                 cfg[group][label] = label_of(target, builtins)
     return cfg
+
+
+def build_diffusion(d: DiffusionConfig) -> GaussianDiffusion:
+    """The forward process on the betas of `diffusion._target_` (checked: one per timestep, each in (0, 1))."""
+    return GaussianDiffusion.from_config(d.target, d.num_timesteps, d.beta_start, d.beta_end)
+
+
+def build_sampler(sampler: SamplerConfig, diffusion: GaussianDiffusion) -> Callable[..., Tensor]:
+    """`sample(model, noise=..., callback=...)`: the function of `sampler._target_` with the run's steps and eta."""
+    return partial(sampler.function(), diffusion=diffusion, steps=sampler.steps, eta=sampler.eta, generator=None)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffquant.quant.config import CalibConfig
 from diffquant.quant.machine import pinned_threads
 
 
@@ -84,6 +85,28 @@ def collect_trajectory(
     with pinned_threads(1):  # the pairs are bit-identical whatever the thread count
         sample(noise=noise, callback=capture)
     return CalibrationData(torch.cat(xs), torch.cat(ts))
+
+
+def trajectory_pairs(
+    sample: Callable[..., Tensor],
+    step_timesteps: list[int],
+    calib: CalibConfig,
+    num_timesteps: int,
+    shape: tuple[int, ...],
+    seed: int,
+) -> CalibrationData:
+    """`calib.timesteps` steps of `calib.num_samples` FP32 trajectories from seeded noise (the CLI's and the API's pairs).
+
+    `sample(noise=..., callback=...)` runs the sampler on the FP32 model; `step_timesteps` are the
+    timesteps it visits; `shape` is one image's (C, H, W).
+    """
+    keep = (
+        pick_indices(len(step_timesteps), calib.timesteps)
+        if calib.t_sampling == "uniform"
+        else pick_indices_normal(step_timesteps, calib.timesteps, calib.t_mean, calib.t_std, num_timesteps, seed=seed)
+    )
+    noise = torch.randn((calib.num_samples, *shape), generator=torch.Generator().manual_seed(seed + 1))
+    return collect_trajectory(sample, len(step_timesteps), calib.timesteps, noise, keep)
 
 
 @torch.no_grad()

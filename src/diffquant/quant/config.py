@@ -91,6 +91,8 @@ class QuantConfig:
     sensitivity: bool = True  # write the per-layer SQNR report
     bias_correction: int = 0  # empirical bias correction passes after calibration (PTQ); 0: off
     simulate: bool = False  # keep fake quantization where int8 kernels could run (any scheme's numerics on any CPU)
+    save: bool = False  # write the quantized model to quantized.pt in the run folder (diffquant.load reads it)
+    load: Optional[str] = None  # a quantized.pt to evaluate instead of quantizing (its recipe replaces this group)
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
     qat: QATConfig = field(default_factory=QATConfig)

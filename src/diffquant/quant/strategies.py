@@ -117,7 +117,7 @@ def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn
         raise DiffquantError(f"quant.skip={list(plan.skip)}{kept} leaves no Conv2d / Linear layer to quantize")
     qmodel.train()
     tq.prepare_qat(qmodel, inplace=True)
-    if plan.dynamic_input:
+    if plan.dynamic_input and plan.spec.act_bits is not None:  # weight-only: inputs stay float, no scale to compute
         use_dynamic_inputs(qmodel, wrapped)
     if plan.split_shortcut:
         apply_split_shortcut(qmodel, concat_splits(model), wrapped)

@@ -1,0 +1,180 @@
+"""The Python API: `calibration_pairs(model, ...)` and `quantize(model, calibration, ...)`, exported at `diffquant.*`.
+
+Settings are the `quant` group's keys, merged over the same group file the CLI composes
+(`conf/quant/<method>.yaml`, and `conf/quant_backend/<method>_<backend>.yaml` where one exists), and
+validated by the same schema, so defaults and messages match `diffquant quant=<method> backend=<backend>`.
+The pipeline quantizes through `make_strategy` and `quantize_with` below: the CLI and the API share one implementation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib.resources
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+
+from diffquant.components import import_target
+from diffquant.diffusion.config import DiffusionConfig, SamplerConfig, build_diffusion, build_sampler
+from diffquant.errors import DiffquantError, check_choice
+from diffquant.quant.calibration import CalibrationData, trajectory_pairs
+from diffquant.quant.config import BackendConfig, CalibConfig, QuantConfig
+from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
+from diffquant.quant.methods import MethodInputs, Strategy
+from diffquant.quant.strategies import QuantContext, QuantOutcome
+
+METHODS = ("fp32", "ptq", "qat")
+RECIPE_ATTR = "diffquant_recipe"  # the attribute of a quantized model that `save` reads
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run-level values a method reads besides its group: the sampling batch, the device, logging."""
+
+    warmup: int = 64
+    device: str = "cpu"
+    log_every: int = 50
+
+
+def calibration_pairs(
+    model: nn.Module,
+    *,
+    shape: tuple[int, int, int],
+    schedule: str = "linear",
+    num_timesteps: int = 1000,
+    sampler: str = "ddim",
+    steps: int = 50,
+    num_samples: int = 64,
+    timesteps: int = 25,
+    seed: int = 0,
+) -> CalibrationData:
+    """(x_t, t) pairs from `model`'s own DDIM / DDPM trajectories (Q-Diffusion's practice), reusable across `quantize` calls.
+
+    `shape` is one image's (C, H, W); `schedule` a beta schedule (linear, cosine) of `num_timesteps`;
+    `timesteps` of the `steps` sampler steps are kept from each of `num_samples` trajectories. The
+    pairs equal the CLI's for the same settings and `seed`.
+    """
+    diffusion_cfg = DiffusionConfig(schedule=schedule, num_timesteps=num_timesteps)
+    sampler_cfg = SamplerConfig(name=sampler, steps=steps)
+    calib = CalibConfig(num_samples=num_samples, timesteps=timesteps)
+    sample = build_sampler(sampler_cfg, build_diffusion(diffusion_cfg))
+    model = model.eval()
+    with torch.no_grad():
+        return trajectory_pairs(
+            lambda **kw: sample(model, **kw), sampler_cfg.timesteps(num_timesteps), calib, num_timesteps, tuple(shape), seed
+        )
+
+
+def group_file(*parts: str) -> dict[str, Any]:
+    """A YAML file of the package's config folder as a plain dict ({} where it does not exist)."""
+    path = importlib.resources.files("diffquant.conf").joinpath(*parts)
+    if not path.is_file():
+        return {}
+    node = OmegaConf.to_container(OmegaConf.create(path.read_text()))
+    assert isinstance(node, dict)
+    return node
+
+
+def quant_settings(method: str, backend: str, settings: Mapping[str, Any]) -> QuantConfig:
+    """The `quant` group the CLI would compose for `quant=<method> backend=<backend>`, with `settings` on top."""
+    check_choice("quant", method, METHODS)
+    names = [f.name for f in fields(QuantConfig)]
+    for key in settings:
+        if key not in names:
+            guess = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean quant.{guess[0]}?" if guess else f"allowed keys in quant: {', '.join(names)}"
+            raise DiffquantError(f"quant.{key}={settings[key]!r} is not a setting; {hint}")
+    layers = [group_file("quant", f"{method}.yaml"), group_file("quant_backend", f"{method}_{backend}.yaml"), dict(settings)]
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(QuantConfig), *layers)
+        quant = OmegaConf.to_object(node)
+    except OmegaConfBaseException as exc:
+        if isinstance(exc.__cause__, DiffquantError):
+            raise exc.__cause__ from None
+        key = str(getattr(exc, "full_key", "") or "")
+        raise DiffquantError(f"quant.{key}: {str(exc).splitlines()[0]}" if key else str(exc).splitlines()[0]) from None
+    assert isinstance(quant, QuantConfig)
+    return quant
+
+
+def make_strategy(quant: QuantConfig, backend: BackendConfig, numerics: Int8Numerics, run: Run) -> Strategy:
+    """The strategy of `quant._target_` (quant/methods.py); the factory refuses int8 that saturates on this CPU."""
+    inputs = MethodInputs(
+        quant, backend.engine, backend.int8_scheme, numerics, backend.torchscript, run.warmup, run.device, run.log_every
+    )
+    strategy = import_target(quant._target_, "quant._target_")(inputs)
+    if not callable(getattr(strategy, "quantize", None)):
+        raise DiffquantError(
+            f"quant._target_={quant._target_} returned a {type(strategy).__name__}; expected an object with "
+            "quantize(model, ctx) -> QuantOutcome"
+        )
+    return strategy
+
+
+def quantize_with(
+    strategy: Strategy, model: nn.Module, ctx: QuantContext, quant: QuantConfig, backend: BackendConfig, numerics: Int8Numerics
+) -> QuantOutcome:
+    """Run the strategy; the quantized model carries its recipe (`RECIPE_ATTR`, what `save` writes beside it)."""
+    outcome = strategy.quantize(model, ctx)
+    if outcome.model is not model:  # fp32 returns the model itself: nothing to label
+        recipe = {"quant": OmegaConf.to_container(OmegaConf.structured(quant)), "backend": dataclasses.asdict(backend)}
+        recipe.update(execution=outcome.execution, int8_scheme=numerics.scheme.name, wrapped_layers=list(outcome.wrapped_layers))
+        setattr(outcome.model, RECIPE_ATTR, recipe)
+    return outcome
+
+
+def quantize(
+    model: nn.Module,
+    calibration: CalibrationData,
+    *,
+    method: str = "ptq",
+    backend: str = "fbgemm",
+    int8_scheme: str = "auto",
+    torchscript: bool = True,
+    train_images: Tensor | None = None,
+    schedule: str = "linear",
+    num_timesteps: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+    **settings: Any,
+) -> nn.Module:
+    """Quantize a copy of `model` (never `model` itself): real int8 where the CLI would run int8, fake-quantized otherwise.
+
+    `settings` are the `quant` group's keys (`weight_bits`, `act_bits`, `granularity`, `observer`,
+    `skip`, `layer_bits`, `recon={...}`, `qat={...}`, ...). `method="qat"` trains on `train_images`
+    ([N, C, H, W] in [-1, 1]) under the beta `schedule`, unless `qat={"data_free": True}`.
+    """
+    quant = quant_settings(method, backend, settings)
+    backend_cfg = BackendConfig(engine=backend, int8_scheme=int8_scheme, torchscript=torchscript)
+    if method == "qat" and train_images is None and not quant.qat.data_free:
+        raise DiffquantError("method='qat' needs train_images=<[N, C, H, W] tensor in [-1, 1]> (or qat={'data_free': True})")
+    diffusion = build_diffusion(DiffusionConfig(schedule=schedule, num_timesteps=num_timesteps))
+    batches = torch.Generator().manual_seed(seed + 2)
+
+    def train_batches() -> Any:
+        from diffquant.data.datasets import iterate_batches
+
+        assert train_images is not None
+        return iterate_batches(train_images, quant.qat.batch_size, batches)
+
+    ctx = QuantContext(
+        calibration=lambda: calibration,
+        train_batches=train_batches,
+        diffusion=diffusion,
+        generator=torch.Generator().manual_seed(seed + 3),
+        calib_batch_size=quant.calib.batch_size,
+        progress=progress,
+        batch_generator=batches,
+        example=(calibration.x[:2], calibration.t[:2]),
+    )
+    set_engine(backend)
+    numerics = resolve_int8_numerics(backend, int8_scheme)
+    strategy = make_strategy(quant, backend_cfg, numerics, Run(warmup=min(64, len(calibration.t))))
+    return quantize_with(strategy, copy.deepcopy(model).eval(), ctx, quant, backend_cfg, numerics).model

@@ -1,0 +1,183 @@
+"""The Python API: diffquant.calibration_pairs / quantize / save / load, against the CLI's own code paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffquant
+from diffquant.config import to_config
+from diffquant.diffusion.config import build_diffusion, build_sampler
+from diffquant.errors import DiffquantError
+from diffquant.models.unet import UNet
+from diffquant.pipeline import CachedCalibration
+from diffquant.quant.api import RECIPE_ATTR, quant_settings
+from diffquant.quant.engine import resolve_int8_numerics
+from diffquant.quant.execution.scripted import ScriptedInt8
+
+SRC = str(Path(diffquant.__file__).resolve().parents[1])
+
+
+def tiny_unet() -> UNet:
+    return UNet(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[UNet, diffquant.quant.calibration.CalibrationData]:
+    torch.manual_seed(0)
+    model = tiny_unet()
+    return model, diffquant.calibration_pairs(model, shape=(1, 8, 8), steps=10, num_samples=8, timesteps=5)
+
+
+@pytest.fixture(scope="module")
+def int8(tiny) -> torch.nn.Module:
+    """The default quantization of the tiny model (real int8 on this machine's exact grids), quantized once."""
+    return diffquant.quantize(*tiny)
+
+
+def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean()))
+
+
+def test_calibration_pairs_equal_the_cli_pairs(compose_cfg, tmp_path, tiny) -> None:
+    model, _ = tiny
+    cfg = to_config(compose_cfg("sampler.steps=10", "quant.calib.num_samples=8", "quant.calib.timesteps=5"))
+    sample = build_sampler(cfg.sampler, build_diffusion(cfg.diffusion))
+    cli = CachedCalibration(cfg, tmp_path, lambda **kw: sample(model, **kw), 1, 8).get()
+    api = diffquant.calibration_pairs(model, shape=(1, 8, 8), steps=10, num_samples=8, timesteps=5, seed=cfg.seed)
+    torch.testing.assert_close(api.x, cli.x, rtol=0, atol=0)
+    assert torch.equal(api.t, cli.t) and len(api.t.unique()) == 5
+
+
+@pytest.mark.parametrize("backend", ["fbgemm", "x86_inductor"])
+def test_settings_default_to_what_the_cli_composes(compose_cfg, backend) -> None:
+    cli = to_config(compose_cfg(f"backend={backend}")).quant
+    assert quant_settings("ptq", backend, {}) == cli
+    qat = to_config(compose_cfg("quant=qat", "quant.qat.steps=9", "quant.weight_bits=4")).quant
+    assert quant_settings("qat", "fbgemm", {"qat": {"steps": 9}, "weight_bits": 4}) == qat
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"wieght_bits": 4}, "quant.wieght_bits=4 is not a setting; did you mean quant.weight_bits?"),
+        ({"weight_bits": 1}, "quant.weight_bits"),
+        ({"observer": "minmx"}, "quant.observer"),
+        ({"recon": {"method": "gptq"}}, "quant.recon.method"),
+    ],
+)
+def test_bad_settings_get_the_cli_message(compose_cfg, tiny, settings, message) -> None:
+    with pytest.raises(DiffquantError, match=message.replace("?", r"\?")):
+        diffquant.quantize(tiny[0], tiny[1], **settings)
+
+
+def test_quantize_runs_int8_and_leaves_the_model(tiny, int8) -> None:
+    model, cal = tiny
+    torch.manual_seed(0)  # the fixture's seed: `before` is the model as built, before quantize saw it
+    before = tiny_unet().state_dict()
+    qmodel = int8
+    recipe = getattr(qmodel, RECIPE_ATTR)
+    assert recipe["execution"] == "int8" and isinstance(qmodel, ScriptedInt8)
+    assert recipe["int8_scheme"] == resolve_int8_numerics("fbgemm", "auto").scheme.name  # this machine's exact grids
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    x, t = cal.x[:16], cal.t[:16]
+    with torch.no_grad():
+        assert sqnr_db(model(x, t), qmodel(x, t)) > 20
+
+
+def save_and_reload_elsewhere(
+    qmodel: torch.nn.Module, tmp_path: Path, x: torch.Tensor, t: torch.Tensor, extra_path: str = ""
+) -> str:
+    """Save, then load in a fresh Python process and compare its outputs with the saved model's here."""
+    with torch.no_grad():
+        expected = qmodel(x, t)
+    diffquant.save(qmodel, tmp_path / "q.pt")
+    torch.save({"x": x, "t": t, "out": expected}, tmp_path / "ref.pt")
+    script = textwrap.dedent(f"""
+        import torch, diffquant
+        ref = torch.load({str(tmp_path / "ref.pt")!r})
+        model = diffquant.load({str(tmp_path / "q.pt")!r})
+        with torch.no_grad():
+            out = model(ref["x"], ref["t"])
+        print(type(model).__name__, torch.equal(out, ref["out"]))
+    """)
+    env = {"PYTHONPATH": SRC + (":" + extra_path if extra_path else ""), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("settings", [None, {"weight_bits": 4}, {"act_bits": None}], ids=["int8", "fakequant-w4", "weight-only"])
+def test_a_saved_model_loads_bit_for_bit_in_a_fresh_process(tiny, int8, tmp_path, settings) -> None:
+    model, cal = tiny
+    qmodel = int8 if settings is None else diffquant.quantize(model, cal, **settings)
+    kind = "ScriptedInt8" if getattr(qmodel, RECIPE_ATTR)["execution"] == "int8" else "UNet"
+    assert save_and_reload_elsewhere(qmodel, tmp_path, cal.x[:8], cal.t[:8]).split() == [kind, "True"]
+
+
+def test_a_qat_model_saves_and_loads(tiny, tmp_path) -> None:
+    model, cal = tiny
+    qmodel = diffquant.quantize(model, cal, method="qat", weight_bits=4, qat={"steps": 3, "data_free": True, "batch_size": 8})
+    assert getattr(qmodel, RECIPE_ATTR)["quant"]["method"] == "qat"
+    diffquant.save(qmodel, tmp_path / "qat.pt")
+    loaded = diffquant.load(tmp_path / "qat.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(cal.x[:4], cal.t[:4]), qmodel(cal.x[:4], cal.t[:4]))
+
+
+def test_int8_frozen_graphs_serve_without_the_model_class(tmp_path) -> None:
+    """A model class the loading process cannot import: the saved TorchScript graphs still run at their shapes."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "user_net.py").write_text(
+        textwrap.dedent("""
+            from torch import nn
+            from diffquant.models.unet import UNet
+
+            class UserNet(UNet):
+                pass
+        """)
+    )
+    sys.path.insert(0, str(package))
+    try:
+        from user_net import UserNet
+
+        torch.manual_seed(0)
+        model = UserNet(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
+        cal = diffquant.calibration_pairs(model, shape=(1, 8, 8), steps=10, num_samples=8, timesteps=5)
+        qmodel = diffquant.quantize(model, cal)
+        x, t = cal.x[:40], cal.t[:40]  # the batch quantize traced at (min(64, pairs))
+        assert save_and_reload_elsewhere(qmodel, tmp_path, x, t).split() == ["FrozenGraphs", "True"]
+    finally:
+        sys.path.remove(str(package))
+        sys.modules.pop("user_net", None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"torch": "1.13.1"}, "was saved with torch 1.13.1, this is torch"),
+        ({"engine": "onednn_vnni9"}, "holds an int8 model for engine onednn_vnni9, which this machine lacks"),
+        ({"format": "other"}, "is not a diffquant quantized-model file"),
+    ],
+)
+def test_load_refuses_files_this_machine_cannot_run(int8, tmp_path, change, message) -> None:
+    diffquant.save(int8, tmp_path / "q.pt")
+    payload = torch.load(tmp_path / "q.pt", weights_only=True)
+    torch.save({**payload, **change}, tmp_path / "q.pt")
+    with pytest.raises(DiffquantError, match=message):
+        diffquant.load(tmp_path / "q.pt")
+
+
+def test_save_refuses_a_model_without_a_recipe(tiny, tmp_path) -> None:
+    with pytest.raises(DiffquantError, match="carries no recipe"):
+        diffquant.save(tiny[0], tmp_path / "q.pt")
+    assert not (tmp_path / "q.pt").exists()
+    assert dataclasses.is_dataclass(tiny[1])
