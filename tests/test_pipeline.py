@@ -7,6 +7,7 @@ import json
 import pytest
 
 from diffquant.config import to_config
+from diffquant.errors import DiffquantError
 from diffquant.pipeline import run_experiment
 
 
@@ -50,3 +51,22 @@ def test_a_user_sampler_schedule_and_method_run_end_to_end(compose_cfg) -> None:
     assert results["metrics"]["eval/fid_cls"] >= 0 and results["execution"] == "fakequant"
     assert results["quant"]["_target_"] == "helpers.custom_method.round_weights"
     assert results["metrics"]["eval/eps_rel_err"] > 0  # 4-bit weights: the model did change
+
+
+@pytest.mark.slow
+def test_a_saved_quantized_model_evaluates_without_requantizing(compose_cfg, tmp_path) -> None:
+    """quant.save=true writes quantized.pt; quant.load=<it> gives the same metrics, and refuses another FP32 model."""
+    saved = run_experiment(to_config(compose_cfg("experiment=tiny", "quant.save=true", "quant.weight_bits=4")))
+    path = tmp_path / "run" / "quantized.pt"
+    assert path.stat().st_size > 0
+    loaded = run_experiment(
+        to_config(compose_cfg("experiment=tiny", f"quant.load={path}", f"paths.output_dir={tmp_path / 'again'}"))
+    )
+    quality = [k for k in saved["metrics"] if not k.startswith("perf/")]  # timings differ run to run
+    assert len(quality) > 10 and {k: loaded["metrics"][k] for k in quality} == {k: saved["metrics"][k] for k in quality}
+    assert loaded["metrics"]["perf/quantize_s"] == 0.0
+    assert (loaded["quant"]["weight_bits"], loaded["execution"]) == (4, "fakequant")  # the file's recipe, not quant=ptq's 8
+    other = to_config(compose_cfg("experiment=tiny", f"quant.load={path}", "seed=5", f"paths.output_dir={tmp_path / 'x'}"))
+    with pytest.raises(DiffquantError, match="it was quantized from the FP32 model .* this run's is"):
+        run_experiment(other)
+    assert not (tmp_path / "x" / "results.json").exists()

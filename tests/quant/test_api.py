@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -180,4 +179,27 @@ def test_save_refuses_a_model_without_a_recipe(tiny, tmp_path) -> None:
     with pytest.raises(DiffquantError, match="carries no recipe"):
         diffquant.save(tiny[0], tmp_path / "q.pt")
     assert not (tmp_path / "q.pt").exists()
-    assert dataclasses.is_dataclass(tiny[1])
+
+
+@pytest.mark.parametrize("engine", ["x86", "qnnpack"])
+def test_int8_models_of_the_other_eager_engines_round_trip(tiny, tmp_path, engine) -> None:
+    model, cal = tiny
+    qmodel = diffquant.quantize(model, cal, backend=engine)
+    assert getattr(qmodel, RECIPE_ATTR)["execution"] == "int8"
+    diffquant.save(qmodel, tmp_path / "q.pt")
+    torch.backends.quantized.engine = "fbgemm"  # load selects the file's engine itself
+    try:
+        loaded = diffquant.load(tmp_path / "q.pt")
+        assert torch.backends.quantized.engine == engine
+        with torch.no_grad():
+            assert torch.equal(loaded(cal.x[:8], cal.t[:8]), qmodel(cal.x[:8], cal.t[:8]))
+    finally:
+        torch.backends.quantized.engine = "fbgemm"
+
+
+def test_saving_an_x86_inductor_model_is_refused_with_the_way_out(tiny, tmp_path) -> None:
+    model = tiny_unet()
+    setattr(model, RECIPE_ATTR, {"backend": {"engine": "x86_inductor"}, "execution": "int8_inductor"})
+    with pytest.raises(DiffquantError, match="backend=x86_inductor models cannot be saved yet.*backend=x86 or fbgemm"):
+        diffquant.save(model, tmp_path / "q.pt")
+    assert not (tmp_path / "q.pt").exists()

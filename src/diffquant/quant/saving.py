@@ -61,6 +61,11 @@ def save(qmodel: nn.Module, path: str | Path) -> Path:
         raise DiffquantError(
             f"save: {type(qmodel).__name__} carries no recipe; save a model returned by diffquant.quantize (or a CLI run)"
         )
+    if recipe["backend"]["engine"] == "x86_inductor":
+        raise DiffquantError(
+            "save: backend=x86_inductor models cannot be saved yet (their PT2E graph does not pickle); "
+            "quantize with backend=x86 or fbgemm to keep the model"
+        )
     module = io.BytesIO()
     with qconfigs_detached(qmodel):
         torch.save(qmodel, module)
