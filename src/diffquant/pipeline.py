@@ -125,7 +125,8 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             compile_s=outcome.compile_seconds or None,  # 0: not compiled, no perf/compile_s
             fp32_cache_key=fp32.key,
             fp32_cached=fp32.cached,
-            wrapped_layers=len(outcome.wrapped_layers),
+            wrapped_layers=list(outcome.wrapped_layers),
+            float_layers=dict(outcome.float_layers),
             fused_groups=outcome.fused_groups,
             quant=dataclasses.asdict(q),
             provenance={

@@ -55,7 +55,7 @@ def test_results_hold_the_protocol_and_the_new_metrics(ptq_run) -> None:
     assert sorted(map(int, traj)) == [0, 200, 400, 600, 800] and all(v > 0 for v in traj.values())
     ranges = results["activation_ranges"]
     sides = 1 if results["quant"]["dynamic_input"] else 2  # dynamic input quantizers have no fixed range
-    assert len(ranges) == sides * results["wrapped_layers"] and all(lo <= 0 <= hi for lo, hi in ranges.values())
+    assert len(ranges) == sides * len(results["wrapped_layers"]) and all(lo <= 0 <= hi for lo, hi in ranges.values())
     for name in ("samples.png", "eps_rel_err.png", "traj_eps_mse.png", "act_ranges.png"):
         assert (ptq_run["run"] / name).stat().st_size > 1000
     assert "Computing classifier reference statistics" in ptq_run["stdout"]

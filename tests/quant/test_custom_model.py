@@ -1,7 +1,8 @@
 """A hand-written denoiser (tests/helpers/custom_model.SkipNet) through PTQ and QAT in process.
 
 It has what the UNet lacks: Conv-BatchNorm-ReLU runs (fused, BatchNorm folded), a BatchNorm outside
-any Sequential, a ConvTranspose2d (not wrapped: stays float), nn.MultiheadAttention (its out_proj is
+any Sequential, a ConvTranspose2d (int8 with per-tensor weights where the engine's kernel passes its
+self-test, else float), nn.MultiheadAttention (its out_proj is
 read by weight, never called: stays float) and a fused input layer kept float whole.
 """
 
@@ -19,9 +20,12 @@ from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.coverage import layer_macs, mac_fraction, uncalled_layers
 from diffquant.quant.engine import set_engine
 from diffquant.quant.strategies import PTQStrategy, QATStrategy, QuantPlan
+from diffquant.quant.transpose import transposed_int8_is_exact
 from diffquant.training.loop import TrainSettings
 from helpers import calibration_context, machine_spec
 from helpers.custom_model import SkipNet, load_blobs
+
+PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
 
 
 def trained_like() -> tuple[SkipNet, torch.Tensor, torch.Tensor]:
@@ -48,7 +52,7 @@ def test_attention_macs_are_counted_so_the_float_share_is_honest() -> None:
     tokens, dim = 16, 32  # a 4x4 map of 32 channels
     projections = 4 * tokens * dim * dim  # q, k, v in one in-projection, and out_proj
     assert per_module["attn"] == projections + 2 * tokens * tokens * dim  # QK^T and AV: counted on the CPU kernel too
-    assert per_module["up"] == 32 * 16 * 2 * 2 * 4 * 4  # ConvTranspose2d: counted in the total, never int8
+    assert per_module["up"] == 32 * 16 * 2 * 2 * 4 * 4  # ConvTranspose2d: counted in the total
     assert sum(v for k, v in per_module.items() if "." not in k) == total
 
 
@@ -59,12 +63,19 @@ def test_ptq_runs_int8_and_leaves_unwrappable_layers_in_float(engine: str) -> No
     plan = QuantPlan(machine_spec(engine), keep_float=("input", "output"))
     out = PTQStrategy(plan).quantize(model, calibration_context(x, t))
     assert out.execution == "int8"
-    assert out.wrapped_layers == ["time.0", "time.2", "down.0", "res.body.0", "res.body.3", "merge"]
+    up_int8 = transposed_int8_is_exact(engine, model.up, plan.spec.weight_range())  # this machine's self-test decides
+    assert out.wrapped_layers == ["time.0", "time.2", "down.0", "res.body.0", "res.body.3", *(["up"] if up_int8 else []), "merge"]
+    assert out.float_layers["stem.0"].startswith("quant.keep_float") and "never called" in out.float_layers["attn.out_proj"]
+    assert ("up" in out.float_layers) == (not up_int8) and "self-test" in out.float_layers.get("up", "self-test")
     assert ["stem.0", "stem.1", "stem.2"] in out.fused_groups and ["res.body.3", "res.body.4"] in out.fused_groups
     q = out.model.eager if hasattr(out.model, "eager") else out.model
     assert isinstance(q.down[0].module, nniq.ConvReLU2d) and isinstance(q.res.body[3].module, nnq.Conv2d)  # BN folded
     assert type(q.stem[0]) is nni.ConvReLU2d  # the input layer: fused, kept float as a whole
-    assert type(q.up) is nn.ConvTranspose2d and type(q.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    if up_int8:
+        assert type(q.up.module) is nnq.ConvTranspose2d and q.up.module.weight().qscheme() in PER_TENSOR
+    else:
+        assert type(q.up) is nn.ConvTranspose2d
+    assert type(q.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
     assert type(q.merge_bn) is nn.BatchNorm2d  # outside a Sequential: not fused, float between dequant and quant
     share = mac_fraction(model, out.wrapped_layers, x[:1], t[:1])
     assert 0.5 < share < 1.0

@@ -125,7 +125,12 @@ def quantize_with(
     outcome = strategy.quantize(model, ctx)
     if outcome.model is not model:  # fp32 returns the model itself: nothing to label
         recipe = {"quant": OmegaConf.to_container(OmegaConf.structured(quant)), "backend": dataclasses.asdict(backend)}
-        recipe.update(execution=outcome.execution, int8_scheme=numerics.scheme.name, wrapped_layers=list(outcome.wrapped_layers))
+        recipe.update(
+            execution=outcome.execution,
+            int8_scheme=numerics.scheme.name,
+            wrapped_layers=list(outcome.wrapped_layers),
+            float_layers=dict(outcome.float_layers),
+        )
         setattr(outcome.model, RECIPE_ATTR, recipe)
     return outcome
 

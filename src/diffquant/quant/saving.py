@@ -205,4 +205,7 @@ class SavedRun:
                 fp32_key,
             )
         model = load(self.path)
-        return QuantOutcome(model, self.recipe["execution"], list(self.recipe.get("wrapped_layers", [])))
+        recipe = self.recipe
+        return QuantOutcome(
+            model, recipe["execution"], list(recipe.get("wrapped_layers", [])), float_layers=dict(recipe.get("float_layers", {}))
+        )

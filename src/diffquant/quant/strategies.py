@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
@@ -31,7 +32,8 @@ from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.sensitivity import layer_sensitivity
 from diffquant.quant.split import apply_split_shortcut, concat_splits
-from diffquant.quant.wrap import fuse, wrap_layers
+from diffquant.quant.transpose import convert_mapping, qat_mapping, transposed_int8_is_exact
+from diffquant.quant.wrap import fuse, quantizable_types, wrap_layers
 from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.loop import TrainSettings, distillation_loss, train_diffusion, trajectory_distillation_loss
 
@@ -66,6 +68,7 @@ class QuantOutcome:
     sensitivity: list[dict[str, object]] = field(default_factory=list)
     recon_loss: dict[str, float] = field(default_factory=dict)
     compile_seconds: float = 0.0  # compiled executions (backend=x86_inductor): compile + first run per shape
+    float_layers: dict[str, str] = field(default_factory=dict)  # quantizable layers kept float -> why
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,19 @@ class QuantPlan:
     kept_float: tuple[str, ...] = ()  # the layer names those roles resolved to (`resolve_plan`)
     uncalled: tuple[str, ...] = ()  # layers the forward never calls as modules (`coverage.uncalled_layers`): float
     simulate: bool = False  # fake quantization even where the plan could run int8 kernels (`quant.simulate`)
+    unsupported: tuple[tuple[str, str], ...] = ()  # (layer, why) this engine cannot run in int8 (`resolve_plan`)
 
     @property
     def float_layers(self) -> tuple[str, ...]:
         """Name patterns of the layers that stay float: `skip` and the resolved `keep_float` roles."""
-        return (*self.skip, *self.kept_float, *self.uncalled)
+        return (*self.skip, *self.kept_float, *self.uncalled, *(name for name, _ in self.unsupported))
+
+    def qconfig_for(self, name: str, layer: nn.Module) -> tq.QConfig:
+        """The layer's qconfig: its `layer_bits` (first matching pattern) or the base bits; per-tensor weights
+        for transposed convolutions (`transpose.WHY_PER_TENSOR`)."""
+        bits = next((b for pattern, b in self.layer_bits if fnmatchcase(name, pattern)), self.spec.weight_bits)
+        granularity = "per_tensor" if isinstance(layer, nn.ConvTranspose2d) else self.spec.granularity
+        return make_qconfig(replace(self.spec, weight_bits=bits, granularity=granularity))
 
     @property
     def runs_int8(self) -> bool:
@@ -103,20 +114,47 @@ def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantP
             "Kept in float, never called as modules (their parent reads the weights): %s", ", ".join(uncalled)
         )
     kept = tuple(edge_layers(model, plan.keep_float, x, t)) if plan.keep_float else plan.kept_float
-    return replace(plan, kept_float=kept, keep_float=(), uncalled=uncalled)
+    unsupported = plan.unsupported
+    if plan.runs_int8:  # transposed convolutions whose int8 kernel fails this machine's self-test stay float
+        engine = torch.backends.quantized.engine
+        unsupported += tuple(
+            (name, f"{engine}'s int8 ConvTranspose2d fails the self-test for kernel {m.kernel_size}, stride {m.stride}")
+            for name, m in model.named_modules()
+            if isinstance(m, nn.ConvTranspose2d) and not transposed_int8_is_exact(engine, m, plan.spec.weight_range())
+        )
+    for name, why in unsupported:
+        logging.getLogger("diffquant").warning("Kept in float: %s (%s)", name, why)
+    return replace(plan, kept_float=kept, keep_float=(), uncalled=uncalled, unsupported=unsupported)
+
+
+def float_layer_reasons(model: nn.Module, plan: QuantPlan, wrapped: list[str]) -> dict[str, str]:
+    """Each quantizable layer left in float, with why (results.json `float_layers`)."""
+    reasons = {
+        **{name: "quant.keep_float (input / output role)" for name in plan.kept_float},
+        **{name: "never called as a module (its parent reads the weight)" for name in plan.uncalled},
+        **dict(plan.unsupported),
+    }
+    covered: list[str] = []  # as wrap_layers walks: the layers inside a fused or skipped one are its own
+    kept: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, quantizable_types()) or any(name.startswith(f"{c}.") for c in covered):
+            continue
+        covered.append(name)
+        if name not in wrapped:
+            kept[name] = reasons.get(name, "quant.skip")
+    return kept
 
 
 def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn.Module, list[str], list[list[str]]]:
     """Copy, fuse, wrap and `prepare_qat` a float model: every wrapped layer carries FakeQuantize modules."""
     qmodel = copy.deepcopy(model).train(qat)
     fused = fuse(qmodel, qat=qat)
-    layer_qconfigs = {pattern: make_qconfig(replace(plan.spec, weight_bits=bits)) for pattern, bits in plan.layer_bits}
-    wrapped = wrap_layers(qmodel, make_qconfig(plan.spec), list(plan.float_layers), layer_qconfigs)
+    wrapped = wrap_layers(qmodel, plan.qconfig_for, list(plan.float_layers))
     if not wrapped:
         kept = f" and quant.keep_float (layers {', '.join(plan.kept_float)})" if plan.kept_float else ""
         raise DiffquantError(f"quant.skip={list(plan.skip)}{kept} leaves no Conv2d / Linear layer to quantize")
     qmodel.train()
-    tq.prepare_qat(qmodel, inplace=True)
+    tq.prepare_qat(qmodel, mapping=qat_mapping(), inplace=True)
     if plan.dynamic_input and plan.spec.act_bits is not None:  # weight-only: inputs stay float, no scale to compute
         use_dynamic_inputs(qmodel, wrapped)
     if plan.split_shortcut:
@@ -139,7 +177,7 @@ def finalize(qmodel: nn.Module, plan: QuantPlan, wrapped: list[str]) -> tuple[nn
     qmodel.eval()
     if not plan.runs_int8:
         return qmodel, "fakequant"
-    tq.convert(qmodel, inplace=True)
+    tq.convert(qmodel, mapping=convert_mapping(), inplace=True)
     if plan.dynamic_input:
         use_dynamic_int8_inputs(qmodel, wrapped, reduce_range=plan.spec.act_range()[1] == 127)
     speed_up_int8(qmodel)
@@ -211,6 +249,7 @@ class PTQStrategy:
             seconds,
             sensitivity=rows,
             recon_loss=recon_loss,
+            float_layers=float_layer_reasons(model, plan, wrapped),
             compile_seconds=trace_at(qmodel, ctx.calibration(), self.warmup_batch),
         )
 
@@ -278,4 +317,12 @@ class QATStrategy:
         seconds = time.perf_counter() - start
         calibrated = self.init_from_ptq or self.lsq or self.data_free  # the calibration pairs exist already
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0
-        return QuantOutcome(qmodel, execution, wrapped, fused, seconds, compile_seconds=traced)
+        return QuantOutcome(
+            qmodel,
+            execution,
+            wrapped,
+            fused,
+            seconds,
+            compile_seconds=traced,
+            float_layers=float_layer_reasons(model, plan, wrapped),
+        )

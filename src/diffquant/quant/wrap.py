@@ -6,6 +6,7 @@ This "sandwich" needs no change to the model's forward: everything between the w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 
 from torch import nn
@@ -15,7 +16,7 @@ from torch.ao.quantization import QConfig, QuantWrapper, fuse_modules, fuse_modu
 
 def quantizable_types() -> tuple[type[nn.Module], ...]:
     """Layer types that get a quant -> layer -> dequant wrapper (fused intrinsics included)."""
-    return (nn.Conv2d, nn.Linear, nni.ConvReLU2d, nni.LinearReLU, nni.ConvBn2d, nni.ConvBnReLU2d)
+    return (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nni.ConvReLU2d, nni.LinearReLU, nni.ConvBn2d, nni.ConvBnReLU2d)
 
 
 def is_skipped(name: str, skip: list[str] | tuple[str, ...]) -> bool:
@@ -55,12 +56,11 @@ def fuse(model: nn.Module, qat: bool) -> list[list[str]]:
 
 
 def wrap_layers(
-    model: nn.Module, qconfig: QConfig, skip: list[str] | tuple[str, ...] = (), layer_qconfigs: dict[str, QConfig] | None = None
+    model: nn.Module, qconfig_for: Callable[[str, nn.Module], QConfig], skip: list[str] | tuple[str, ...] = ()
 ) -> list[str]:
-    """Replace each quantizable layer not matching `skip` by a QuantWrapper carrying its qconfig, in place.
+    """Replace each quantizable layer not matching `skip` by a QuantWrapper carrying `qconfig_for(name, layer)`, in place.
 
-    `layer_qconfigs` maps fnmatch patterns to a per-layer qconfig (mixed precision). Returns the
-    names of the wrapped layers.
+    Returns the names of the wrapped layers.
     """
     targets: list[tuple[str, nn.Module]] = []
     covered: list[str] = []  # quantizable layers wrapped or skipped: the layers inside them (a ConvReLU2d's Conv2d) are theirs
@@ -72,7 +72,7 @@ def wrap_layers(
             targets.append((name, mod))
     for name, mod in targets:
         wrapper = QuantWrapper(mod)
-        wrapper.qconfig = next((qc for pattern, qc in (layer_qconfigs or {}).items() if fnmatchcase(name, pattern)), qconfig)
+        wrapper.qconfig = qconfig_for(name, mod)
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, wrapper)
     return [name for name, _ in targets]

@@ -39,7 +39,8 @@ class RunRecord:
     # extra: run-level blocks after "metrics"
     fp32_cache_key: str
     fp32_cached: bool
-    wrapped_layers: int
+    wrapped_layers: list[str]
+    float_layers: dict[str, str]  # quantizable layers kept float -> why
     fused_groups: list[list[str]]
     quant: dict[str, Any]  # the `quant` group as a dict
     provenance: dict[str, Any]  # source, machine, config hash, FP32 checkpoint digest
@@ -79,6 +80,7 @@ class RunRecord:
             "fp32_cache_key": self.fp32_cache_key,
             "fp32_cached": self.fp32_cached,
             "wrapped_layers": self.wrapped_layers,
+            "float_layers": self.float_layers,
             "fused_groups": self.fused_groups,
             "quant": self.quant,
             "provenance": self.provenance,
