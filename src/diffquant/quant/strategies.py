@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -184,6 +185,22 @@ def finalize(qmodel: nn.Module, plan: QuantPlan, wrapped: list[str]) -> tuple[nn
     return (ScriptedInt8(qmodel) if plan.script else qmodel), "int8"
 
 
+def outcome_of(
+    qmodel: nn.Module,
+    execution: str,
+    model: nn.Module,
+    plan: QuantPlan,
+    wrapped: list[str],
+    fused: list[list[str]],
+    seconds: float,
+    **extra: Any,
+) -> QuantOutcome:
+    """The outcome of an eager method, with the float layers of `model` under `plan` and their reasons."""
+    return QuantOutcome(
+        qmodel, execution, wrapped, fused, seconds, float_layers=float_layer_reasons(model, plan, wrapped), **extra
+    )
+
+
 def trace_at(qmodel: nn.Module, data: CalibrationData, batch_size: int) -> float:
     """Trace a scripted int8 model at the sampling batch size now (sampling times exclude it); seconds taken."""
     if not isinstance(qmodel, ScriptedInt8):
@@ -241,17 +258,9 @@ class PTQStrategy:
         report_seconds = time.perf_counter() - report_start
         qmodel, execution = finalize(qmodel, plan, wrapped)
         seconds = time.perf_counter() - start - report_seconds
-        return QuantOutcome(
-            qmodel,
-            execution,
-            wrapped,
-            fused,
-            seconds,
-            sensitivity=rows,
-            recon_loss=recon_loss,
-            float_layers=float_layer_reasons(model, plan, wrapped),
-            compile_seconds=trace_at(qmodel, ctx.calibration(), self.warmup_batch),
-        )
+        traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch)
+        extra = {"sensitivity": rows, "recon_loss": recon_loss, "compile_seconds": traced}
+        return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, **extra)
 
 
 @dataclass
@@ -317,12 +326,4 @@ class QATStrategy:
         seconds = time.perf_counter() - start
         calibrated = self.init_from_ptq or self.lsq or self.data_free  # the calibration pairs exist already
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0
-        return QuantOutcome(
-            qmodel,
-            execution,
-            wrapped,
-            fused,
-            seconds,
-            compile_seconds=traced,
-            float_layers=float_layer_reasons(model, plan, wrapped),
-        )
+        return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, compile_seconds=traced)
