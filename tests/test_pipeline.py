@@ -70,3 +70,13 @@ def test_a_saved_quantized_model_evaluates_without_requantizing(compose_cfg, tmp
     with pytest.raises(DiffquantError, match="it was quantized from the FP32 model .* this run's is"):
         run_experiment(other)
     assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_the_pipeline_imports_neither_torchvision_nor_scikit_learn() -> None:
+    """Seconds per process (every CLI run, every sweep job): only the loaders that need them import them."""
+    import subprocess
+    import sys
+
+    code = "import sys, diffquant.pipeline; print(sorted(m for m in ('torchvision', 'sklearn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"

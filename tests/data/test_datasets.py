@@ -187,3 +187,15 @@ def test_iterate_batches_is_seeded_and_clipped() -> None:
     assert all(b.shape == (4, 1, 1, 1) for b in batches)
     assert not torch.equal(batches[0], batches[1])
     assert next(iterate_batches(images, 64, torch.Generator())).shape == (10, 1, 1, 1)
+
+
+def test_digits_read_from_the_csv_equal_scikit_learns_loader() -> None:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from diffquant.data.datasets import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = sklearn_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(labels, bunch.target)
+    assert images.shape == (1797, 8, 8) and labels.dtype.kind == "i"

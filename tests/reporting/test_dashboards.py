@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import pytest
+import torch
+
 from diffquant.config import Config
 from diffquant.reporting.dashboards import flatten, hparams_of, overlay_layout
 
@@ -73,3 +77,25 @@ def test_intervals_become_low_and_high_scalars_charted_with_their_delta() -> Non
         "eval/fid_cls_delta": ["eval/fid_cls_delta", "eval/fid_cls_delta_ci95_low", "eval/fid_cls_delta_ci95_high"],
         "eval/psnr_vs_fp32": ["eval/psnr_vs_fp32", "eval/psnr_vs_fp32_ci95_low", "eval/psnr_vs_fp32_ci95_high"],
     }
+
+
+@pytest.mark.parametrize(("count", "channels", "nrow"), [(16, 1, 8), (5, 3, 4), (3, 1, 8)])
+def test_image_grids_lay_out_as_torchvision_make_grid(count, channels, nrow) -> None:
+    from torchvision.utils import make_grid
+
+    from diffquant.reporting.tensorboard import to_grid
+
+    images = torch.rand(count, channels, 6, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = make_grid((images + 1) / 2, nrow=nrow, padding=1, pad_value=1.0)
+    torch.testing.assert_close(to_grid(images, nrow=nrow), expected, rtol=0, atol=0)
+
+
+def test_png_files_read_back_as_torchvision_decodes_them(tmp_path) -> None:
+    import matplotlib.pyplot as plt
+    from torchvision.io import ImageReadMode, decode_png, read_file
+
+    from diffquant.reporting.dashboards import png_tensor
+
+    plt.imsave(tmp_path / "x.png", np.random.default_rng(0).random((7, 9, 3)))
+    expected = decode_png(read_file(str(tmp_path / "x.png")), mode=ImageReadMode.RGB).float() / 255
+    torch.testing.assert_close(png_tensor(tmp_path / "x.png"), expected, rtol=0, atol=1e-6)

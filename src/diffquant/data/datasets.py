@@ -6,17 +6,17 @@ A loader takes its settings as keyword arguments from the `dataset` node (and `s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits as sklearn_digits
 from torch import Tensor
-from torchvision import datasets as tv_datasets
 
 from diffquant.errors import DiffquantError
 
@@ -59,33 +59,48 @@ def load_digits(
     """scikit-learn's bundled 8x8 digits, resized to `image_size`, split at random (seeded) with `holdout_fraction` held out."""
     if channels != 1:
         raise DiffquantError(f"dataset.channels={channels} but dataset=digits is grayscale; set dataset.channels=1.")
-    bunch = sklearn_digits()
-    images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0
-    labels = torch.from_numpy(bunch.target).long()
+    pixels, target = digits_arrays()
+    images = torch.from_numpy(pixels).float().unsqueeze(1) / 16.0
+    labels = torch.from_numpy(target).long()
     return keep_first(random_split(_to_signed(_resize(images, image_size)), labels, holdout_fraction, seed), max_train)
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: images [1797, 8, 8] in 0..16 and labels, as `sklearn.datasets.load_digits` gives them.
+
+    Read from the CSV scikit-learn ships (what load_digits reads), so a run does not pay for importing
+    scikit-learn (seconds per process); its own loader where the file is not found.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits as sklearn_digits
+
+        bunch = sklearn_digits()
+        return bunch.images, bunch.target
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 def load_mnist(
     root: str | None, image_size: int = 28, channels: int = 1, download: bool = False, max_train: int | None = None
 ) -> DataSplit:
     """torchvision MNIST from `root` (its official train / test split)."""
-    return keep_first(_load_torchvision("mnist", tv_datasets.MNIST, root, image_size, channels, download), max_train)
+    return keep_first(_load_torchvision("mnist", "MNIST", root, image_size, channels, download), max_train)
 
 
 def load_fashion_mnist(
     root: str | None, image_size: int = 28, channels: int = 1, download: bool = False, max_train: int | None = None
 ) -> DataSplit:
     """torchvision Fashion-MNIST from `root` (its official train / test split)."""
-    return keep_first(
-        _load_torchvision("fashion_mnist", tv_datasets.FashionMNIST, root, image_size, channels, download), max_train
-    )
+    return keep_first(_load_torchvision("fashion_mnist", "FashionMNIST", root, image_size, channels, download), max_train)
 
 
 def load_cifar10(
     root: str | None, image_size: int = 32, channels: int = 3, download: bool = False, max_train: int | None = None
 ) -> DataSplit:
     """torchvision CIFAR-10 from `root` (its official train / test split)."""
-    return keep_first(_load_torchvision("cifar10", tv_datasets.CIFAR10, root, image_size, channels, download), max_train)
+    return keep_first(_load_torchvision("cifar10", "CIFAR10", root, image_size, channels, download), max_train)
 
 
 def keep_first(split: DataSplit, max_train: int | None) -> DataSplit:
@@ -123,11 +138,12 @@ def random_split(images: Tensor, labels: Tensor, holdout_fraction: float, seed: 
     return DataSplit(images[train], labels[train], images[test], labels[test])
 
 
-def _load_torchvision(
-    name: str, dataset_cls: type, root: str | None, image_size: int, channels: int, download: bool
-) -> DataSplit:
+def _load_torchvision(name: str, class_name: str, root: str | None, image_size: int, channels: int, download: bool) -> DataSplit:
+    from torchvision import datasets as tv_datasets  # imported here: torchvision costs seconds per process
+
+    dataset_cls = getattr(tv_datasets, class_name)
     guidance = (
-        f"Point dataset.root at a folder holding the torchvision {dataset_cls.__name__} files, "
+        f"Point dataset.root at a folder holding the torchvision {class_name} files, "
         "or set dataset.download=true to fetch them (needs internet)."
     )
     if not root:

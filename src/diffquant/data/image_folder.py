@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import functional as TF
 
 from diffquant.data.datasets import DataSplit, keep_first, random_split
 from diffquant.errors import DiffquantError
@@ -53,6 +52,8 @@ def read_image(path: Path, image_size: int, channels: int) -> Tensor:
     """One file as uint8 [channels, image_size, image_size]: shorter side resized, then center-cropped."""
     with Image.open(path) as img:
         img = img.convert("L" if channels == 1 else "RGB")  # "L": ITU-R 601 luma, as for CIFAR-10
+    from torchvision.transforms import functional as TF  # imported here: torchvision costs seconds per process
+
     img = TF.center_crop(TF.resize(img, image_size), [image_size, image_size])
     return TF.pil_to_tensor(img)
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
-from torchvision.io import ImageReadMode, decode_png, read_file
 
 from diffquant.components import Component
 from diffquant.config import BackendConfig, EvalConfig, QuantConfig
@@ -86,7 +85,10 @@ def overlay_layout(scalar_tags: list[str]) -> dict[str, dict[str, list[str]]]:
 
 def png_tensor(path: Path) -> Tensor:
     """A PNG file as a [3, H, W] float tensor in [0, 1]."""
-    return decode_png(read_file(str(path)), mode=ImageReadMode.RGB).float() / 255
+    import matplotlib.image
+
+    rgb = matplotlib.image.imread(path)[..., :3]  # 8-bit PNGs read as value / 255, as torchvision's decode_png / 255
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()
 
 
 def log_run(

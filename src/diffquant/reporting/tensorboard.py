@@ -10,12 +10,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
-from torchvision.utils import make_grid
 
 
-def to_grid(images: Tensor, nrow: int = 8) -> Tensor:
-    """[N, C, H, W] in [-1, 1] -> a [C, H', W'] grid in [0, 1] with white padding."""
-    return make_grid((images.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=1, pad_value=1.0)
+def to_grid(images: Tensor, nrow: int = 8, padding: int = 1) -> Tensor:
+    """[N, C, H, W] in [-1, 1] -> a [3, H', W'] grid in [0, 1] with white padding (torchvision's make_grid layout)."""
+    images = (images.clamp(-1, 1) + 1) / 2
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    n, c, h, w = images.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    grid = torch.ones(c, rows * (h + padding) + padding, (w + padding) * cols + padding)
+    for i in range(n):
+        y, x = divmod(i, cols)
+        top, left = y * (h + padding) + padding, x * (w + padding) + padding
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid
 
 
 class RunLogger:
