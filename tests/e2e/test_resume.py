@@ -42,6 +42,7 @@ def start(tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.heavy
 def test_sigkilled_training_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     proc = start(tmp_path)
     deadline = time.monotonic() + 300

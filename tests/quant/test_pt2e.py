@@ -23,6 +23,7 @@ from helpers import calibration_context, machine_spec
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="the optional extra `inductor`")
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @needs_torchao
 def test_tiny_unet_through_pt2e_and_inductor_is_close_to_fp32() -> None:
@@ -85,6 +86,7 @@ def test_the_pt2e_method_comes_from_the_quant_backend_specialization(compose_cfg
         )
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @needs_torchao
 def test_skipped_layers_stay_float_in_the_quantized_graph() -> None:

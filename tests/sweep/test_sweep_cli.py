@@ -38,6 +38,7 @@ def summary_rows(sweep: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((sweep / "summary.csv").open()))
 
 
+@pytest.mark.heavy
 def test_joblib_grid_with_an_invalid_job_trains_once_and_summarises_every_job(tmp_path: Path) -> None:
     cmd = [str(MULTIRUN_SH), "bits", "quant.weight_bits=4,8,9", "quant.act_bits=8", *sweep_args(tmp_path)]
     proc = run(cmd, DIFFQUANT=f"{sys.executable} -m diffquant.run", N_JOBS="2")
@@ -63,6 +64,7 @@ def test_joblib_grid_with_an_invalid_job_trains_once_and_summarises_every_job(tm
     assert [(r["job"], r["status"]) for r in summary_rows(sweep)] == [("0", "ok"), ("1", "ok"), ("2", "failed")]
 
 
+@pytest.mark.heavy
 def test_optuna_sweep_on_the_basic_launcher_scores_the_size_budget(tmp_path: Path) -> None:
     budget = 30_000  # the tiny model: 201 kB in FP32, so weights of at most 4 bits fit
     proc = run(
@@ -89,6 +91,7 @@ def test_optuna_sweep_on_the_basic_launcher_scores_the_size_budget(tmp_path: Pat
     assert sum(log.count(TRAINED) for log in job_logs(sweep)) == 1
 
 
+@pytest.mark.heavy
 def test_submitit_local_launcher(tmp_path: Path) -> None:
     proc = run(
         [sys.executable, "-m", "diffquant.run", "-m", "hydra/launcher=submitit_local", "quant=fp32,ptq", *sweep_args(tmp_path)]

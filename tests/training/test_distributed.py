@@ -22,6 +22,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_two_process_torchrun_trains_identical_replicas_and_writes_one_checkpoint(tmp_path: Path) -> None:
     cmd = [

@@ -98,6 +98,7 @@ def test_only_silus_that_are_quantized_at_once_are_rewritten() -> None:
     assert replace_calls(graph, lambda n: False, silu_rational) == 0
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_aot_compiled_compiles_once_per_shape_accepts_strided_inputs_and_runs_its_own_weights() -> None:
     """One compile per input shape (a strided input of a known shape reuses it); the weights are frozen into
