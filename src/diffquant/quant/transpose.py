@@ -100,8 +100,8 @@ def transposed_int8_is_exact(engine: str, layer: nn.ConvTranspose2d, weight_rang
     """Self-test: does this engine's int8 ConvTranspose2d of `layer`'s geometry compute what fake quantization does?
 
     Seeded random int8 weights and inputs; the kernel's output must match the float transposed
-    convolution of the dequantized operands within one output step. fbgemm and x86 fail it for some
-    geometries (kernel 2, stride 2 on the CPUs checked), where the layer then stays float.
+    convolution of the dequantized operands within one output step. Which geometries fail depends on
+    the engine and the CPU (docs/results/2026-12-01-transposed-int8.md); a failing layer stays float.
     """
     previous = torch.backends.quantized.engine
     gen = torch.Generator().manual_seed(0)
