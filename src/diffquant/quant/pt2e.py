@@ -28,7 +28,7 @@ from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.execution.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.quant.machine import pinned_threads
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan, resolve_plan
+from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan, float_layer_reasons, resolve_plan
 from diffquant.quant.wrap import is_skipped, quantizable_types
 
 EXECUTION = "int8_inductor"
@@ -139,8 +139,10 @@ class InductorPTQStrategy:
         start = time.perf_counter()
         data = ctx.calibration()
         layers = [n for n, m in model.named_modules() if n and isinstance(m, quantizable_types())]
-        float_layers = resolve_plan(self.plan, model, ctx).float_layers  # one probe forward, not one per layer
-        skipped = [n for n in layers if is_skipped(n, float_layers)]
+        plan = resolve_plan(self.plan, model, ctx)  # one probe forward, not one per layer
+        transposed = [n for n in layers if isinstance(model.get_submodule(n), nn.ConvTranspose2d)]
+        layers = [n for n in layers if n not in transposed]  # left to the quantizer's own patterns: reported float
+        skipped = [n for n in layers if is_skipped(n, plan.float_layers)]
         graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
         quantize_seconds = time.perf_counter() - start
         compiled = CompiledInt8(graph)
@@ -152,11 +154,11 @@ class InductorPTQStrategy:
             raise DiffquantError(
                 f"backend=x86_inductor: the compiled model disagrees with its graph (relative error {error:.3g})"
             )
+        wrapped = [n for n in layers if n not in skipped]
+        kept = {
+            **float_layer_reasons(model, plan, wrapped),
+            **{n: "x86_inductor: X86InductorQuantizer has no pattern for transposed convolutions" for n in transposed},
+        }
         return QuantOutcome(
-            compiled,
-            EXECUTION,
-            [n for n in layers if n not in skipped],
-            [],
-            quantize_seconds,
-            compile_seconds=compiled.compile_seconds,
+            compiled, EXECUTION, wrapped, [], quantize_seconds, compile_seconds=compiled.compile_seconds, float_layers=kept
         )
