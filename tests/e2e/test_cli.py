@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import TINY_OVERRIDES
+from helpers.cli import diffquant
 
 pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
 
@@ -27,25 +24,6 @@ METRIC_KEYS = {
     "perf/sample_s",
     "perf/sample_s_fp32",
 }
-
-
-def diffquant(tmp_path: Path, *overrides: str, run_dir: str = "run") -> subprocess.CompletedProcess[str]:
-    """Run the CLI into tmp_path with the tiny model; the cache is shared by runs of one test."""
-    flags = [o for o in overrides if o.startswith("-")]
-    overrides = tuple(o for o in overrides if not o.startswith("-"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "diffquant.run",
-        *flags,
-        f"hydra.run.dir={tmp_path / run_dir}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        *TINY_OVERRIDES,
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is faster and leaves a core to pytest
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
 
 
 def test_ptq_int8_run_writes_results_tensorboard_and_pngs(tmp_path: Path) -> None:

@@ -12,13 +12,13 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
-from test_cli import diffquant
 
 from diffquant.config import to_config
 from diffquant.errors import DiffquantError
 from diffquant.evaluation.uncertainty import interval_scalars
 from diffquant.quant.engine import resolve_int8_numerics
 from diffquant.quant.machine import cpu_info
+from helpers.cli import diffquant
 
 pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
 

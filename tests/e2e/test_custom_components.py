@@ -11,10 +11,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers.cli_fork import cli_server
 
 pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
 
@@ -24,19 +25,11 @@ USER_DATA = ("dataset._target_=helpers.custom_model.load_blobs",)
 
 
 def diffquant(tmp: Path, run_dir: str, *overrides: str) -> subprocess.CompletedProcess[str]:
-    """`python -m diffquant.run experiment=tiny ...` into tmp/run_dir with the shared cache tmp/cache."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "diffquant.run",
-        "experiment=tiny",
-        f"hydra.run.dir={tmp / run_dir}",
-        f"paths.cache_dir={tmp / 'cache'}",
-        *overrides,
-    ]
+    """`diffquant experiment=tiny ...` into tmp/run_dir with the shared cache tmp/cache (helpers/cli_fork.CliServer)."""
+    argv = ["experiment=tiny", f"hydra.run.dir={tmp / run_dir}", f"paths.cache_dir={tmp / 'cache'}", *overrides]
     path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp, env=env)
+    return cli_server().run(argv, cwd=tmp, env=env)  # a forked child of the session's warm CLI driver
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import diffquant
 
 from helpers import TINY_OVERRIDES
+from helpers.cli import diffquant
 
 pytestmark = pytest.mark.slow  # real CLI processes: the inner loop skips them with -m 'not slow'
 

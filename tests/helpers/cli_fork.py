@@ -8,10 +8,14 @@ every child is a real process with its own argv, environment, stdout / stderr an
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +71,11 @@ def _child(call: dict, folder: Path) -> None:
         for fd, suffix in ((1, "out"), (2, "err")):
             os.dup2(os.open(folder / f"{call['name']}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
         os.environ.update(call["env"])
+        for entry in reversed(call["env"].get("PYTHONPATH", "").split(os.pathsep)):  # as a new interpreter would
+            if entry and entry not in sys.path:
+                sys.path.insert(0, entry)
+        if call.get("cwd"):
+            os.chdir(call["cwd"])
         exec(call["patch"], {})  # noqa: S102 - test-only: simulate a machine (a missing package or engine)
         sys.argv = ["diffquant", *call["argv"]]
         main()
@@ -100,5 +109,76 @@ def serve(spec: Path) -> None:
     (spec.parent / "codes.json").write_text(json.dumps(codes))
 
 
+def serve_forever() -> None:
+    """Import once, then for each JSON call read from stdin fork a child and answer its exit code on stdout."""
+    import diffquant.pipeline  # noqa: F401 - the heavy imports every child shares
+    import diffquant.run  # noqa: F401
+
+    for line in sys.stdin:
+        call = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(call, Path(call["folder"]))
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+class CliServer:
+    """A warm driver process: `run(argv, cwd, env)` is `python -m diffquant.run *argv` as a forked child of it.
+
+    Each call is a real process (own argv, environment, working folder, exit code and output), as
+    in `run_forked`, but calls arrive one at a time from the tests, so every CLI test shares one import.
+    """
+
+    def __init__(self) -> None:
+        tests = str(Path(__file__).resolve().parents[1])
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, (tests, os.environ.get("PYTHONPATH")))),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.calls = 0
+
+    def run(
+        self, argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """One CLI call; stdout, stderr and the exit code as subprocess.run(capture_output=True, text=True) gives them."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        folder = Path(tempfile.mkdtemp(prefix="cli-"))
+        self.calls += 1
+        name = f"call{self.calls}"
+        call = {"name": name, "argv": argv, "env": dict(env or {}), "patch": "", "cwd": str(cwd), "folder": str(folder)}
+        self.proc.stdin.write(json.dumps(call) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.proc.kill()
+            raise subprocess.TimeoutExpired(argv, timeout)
+        code = json.loads(self.proc.stdout.readline())["code"]
+        out, err = ((folder / f"{name}.{s}").read_text() for s in ("out", "err"))
+        return subprocess.CompletedProcess(["diffquant", *argv], code, out, err)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            self.proc.wait(timeout=30)
+
+
+@functools.cache
+def cli_server() -> CliServer:
+    """The test session's one warm CLI driver (started on first use, closed at exit)."""
+    server = CliServer()
+    atexit.register(server.close)
+    return server
+
+
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]))
+    if sys.argv[1] == "--serve":
+        serve_forever()
+    else:
+        serve(Path(sys.argv[1]))

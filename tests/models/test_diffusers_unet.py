@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +21,8 @@ from diffquant.quant.engine import set_engine
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.strategies import PTQStrategy, QuantPlan
-from helpers import TINY_OVERRIDES, calibration_context, model_spec
+from helpers import calibration_context, model_spec
+from helpers.cli import diffquant
 
 diffusers = pytest.importorskip("diffusers")
 UNET_TINY = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=8)
@@ -127,20 +126,7 @@ def test_w8a8_ptq_quantizes_the_diffusers_layers(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_quantizes_a_saved_unet2dmodel_end_to_end(tmp_path: Path) -> None:
     save_random_unet(tmp_path / "saved")
-    cmd = [
-        sys.executable,
-        "-m",
-        "diffquant.run",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        *TINY_OVERRIDES,
-        "model=diffusers_unet",
-        f"model.pretrained={tmp_path / 'saved'}",
-        "quant=ptq",
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    proc = diffquant(tmp_path, "model=diffusers_unet", f"model.pretrained={tmp_path / 'saved'}", "quant=ptq")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (results["method"], results["weight_bits"], results["act_bits"], results["execution"]) == ("ptq", 8, 8, "int8")
