@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -91,34 +93,61 @@ def test_quantize_runs_int8_and_leaves_the_model(tiny, int8) -> None:
         assert sqnr_db(model(x, t), qmodel(x, t)) > 20
 
 
-def save_and_reload_elsewhere(
-    qmodel: torch.nn.Module, tmp_path: Path, x: torch.Tensor, t: torch.Tensor, extra_path: str = ""
-) -> str:
-    """Save, then load in a fresh Python process and compare its outputs with the saved model's here."""
-    with torch.no_grad():
-        expected = qmodel(x, t)
-    diffquant.save(qmodel, tmp_path / "q.pt")
-    torch.save({"x": x, "t": t, "out": expected}, tmp_path / "ref.pt")
+@contextmanager
+def user_net_class(folder: Path) -> Iterator[type]:
+    """A UNet subclass in a module only this process can import (while the context lasts: saving pickles by name)."""
+    (folder / "user_net.py").write_text("from diffquant.models.unet import UNet\n\n\nclass UserNet(UNet):\n    pass\n")
+    sys.path.insert(0, str(folder))
+    try:
+        from user_net import UserNet
+
+        yield UserNet
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("user_net", None)
+
+
+@pytest.fixture(scope="module")
+def fresh_loads(tiny, int8, tmp_path_factory) -> dict[str, list[str]]:
+    """Each kind of model saved here, then loaded in one fresh Python process: its class and whether its outputs match."""
+    model, cal = tiny
+    folder = tmp_path_factory.mktemp("fresh")
+    (folder / "pkg").mkdir()
+    with user_net_class(folder / "pkg") as user_net:  # importable while saving, not in the loading process
+        torch.manual_seed(0)
+        user = user_net(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
+        user_cal = diffquant.calibration_pairs(user, shape=(1, 8, 8), steps=10, num_samples=8, timesteps=5)
+        cases = {
+            "int8": (int8, cal.x[:8], cal.t[:8]),
+            "fakequant-w4": (diffquant.quantize(model, cal, weight_bits=4), cal.x[:8], cal.t[:8]),
+            "weight-only": (diffquant.quantize(model, cal, act_bits=None), cal.x[:8], cal.t[:8]),
+            # the loading process cannot import UserNet: the frozen graph traced at quantize's batch (40 pairs) serves
+            "no-class": (diffquant.quantize(user, user_cal), user_cal.x[:40], user_cal.t[:40]),
+        }
+        for name, (qmodel, x, t) in cases.items():
+            with torch.no_grad():
+                torch.save({"x": x, "t": t, "out": qmodel(x, t)}, folder / f"{name}_ref.pt")
+            diffquant.save(qmodel, folder / f"{name}.pt")
     script = textwrap.dedent(f"""
         import torch, diffquant
-        ref = torch.load({str(tmp_path / "ref.pt")!r})
-        model = diffquant.load({str(tmp_path / "q.pt")!r})
-        with torch.no_grad():
-            out = model(ref["x"], ref["t"])
-        print(type(model).__name__, torch.equal(out, ref["out"]))
+        for name in {list(cases)!r}:
+            ref = torch.load({str(folder)!r} + f"/{{name}}_ref.pt")
+            model = diffquant.load({str(folder)!r} + f"/{{name}}.pt")
+            with torch.no_grad():
+                print(name, type(model).__name__, torch.equal(model(ref["x"], ref["t"]), ref["out"]))
     """)
-    env = {"PYTHONPATH": SRC + (":" + extra_path if extra_path else ""), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    return run.stdout.strip().splitlines()[-1]
+    return {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines() if line.split()[0] in cases}
 
 
-@pytest.mark.parametrize("settings", [None, {"weight_bits": 4}, {"act_bits": None}], ids=["int8", "fakequant-w4", "weight-only"])
-def test_a_saved_model_loads_bit_for_bit_in_a_fresh_process(tiny, int8, tmp_path, settings) -> None:
-    model, cal = tiny
-    qmodel = int8 if settings is None else diffquant.quantize(model, cal, **settings)
-    kind = "ScriptedInt8" if getattr(qmodel, RECIPE_ATTR)["execution"] == "int8" else "UNet"
-    assert save_and_reload_elsewhere(qmodel, tmp_path, cal.x[:8], cal.t[:8]).split() == [kind, "True"]
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("int8", "ScriptedInt8"), ("fakequant-w4", "UNet"), ("weight-only", "UNet"), ("no-class", "FrozenGraphs")],
+)
+def test_a_saved_model_loads_bit_for_bit_in_a_fresh_process(fresh_loads, name, kind) -> None:
+    assert fresh_loads[name] == [kind, "True"]
 
 
 def test_a_qat_model_saves_and_loads(tiny, tmp_path) -> None:
@@ -129,34 +158,6 @@ def test_a_qat_model_saves_and_loads(tiny, tmp_path) -> None:
     loaded = diffquant.load(tmp_path / "qat.pt")
     with torch.no_grad():
         assert torch.equal(loaded(cal.x[:4], cal.t[:4]), qmodel(cal.x[:4], cal.t[:4]))
-
-
-def test_int8_frozen_graphs_serve_without_the_model_class(tmp_path) -> None:
-    """A model class the loading process cannot import: the saved TorchScript graphs still run at their shapes."""
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "user_net.py").write_text(
-        textwrap.dedent("""
-            from torch import nn
-            from diffquant.models.unet import UNet
-
-            class UserNet(UNet):
-                pass
-        """)
-    )
-    sys.path.insert(0, str(package))
-    try:
-        from user_net import UserNet
-
-        torch.manual_seed(0)
-        model = UserNet(base_channels=8, channel_mults=(1, 2), image_size=8, groups=4).eval()
-        cal = diffquant.calibration_pairs(model, shape=(1, 8, 8), steps=10, num_samples=8, timesteps=5)
-        qmodel = diffquant.quantize(model, cal)
-        x, t = cal.x[:40], cal.t[:40]  # the batch quantize traced at (min(64, pairs))
-        assert save_and_reload_elsewhere(qmodel, tmp_path, x, t).split() == ["FrozenGraphs", "True"]
-    finally:
-        sys.path.remove(str(package))
-        sys.modules.pop("user_net", None)
 
 
 @pytest.mark.parametrize(
