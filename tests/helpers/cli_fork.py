@@ -3,7 +3,8 @@
 The parent imports the CLI and the pipeline once (about 4 s a process on this project's machine);
 every child is a real process with its own argv, environment, stdout / stderr and exit code, as
 `python -m diffquant.run` would have. The bad-input matrix runs 30+ CLI calls this way in seconds.
-`python tests/helpers/cli_fork.py CALLS.json` writes `<name>.out`, `<name>.err` and `codes.json` next to it.
+`CliServer` is the driver (`python tests/helpers/cli_fork.py --serve`, one JSON call per line on stdin);
+`cli_server()` is the test session's one instance; `run_forked` runs a list of calls through it.
 """
 
 from __future__ import annotations
@@ -40,26 +41,10 @@ class CliResult:
     stderr: str
 
 
-def run_forked(calls: list[CliCall], folder: Path, timeout: float = 300) -> dict[str, CliResult]:
-    """Run `calls` one after the other, each in a forked child of one driver process (OMP_NUM_THREADS=1)."""
+def run_forked(calls: list[CliCall], folder: Path, timeout: float = 300, parallel: int = 2) -> dict[str, CliResult]:
+    """Run `calls`, `parallel` at a time, each a forked child of the session's warm driver (`cli_server`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    spec = folder / "calls.json"
-    spec.write_text(json.dumps([asdict(c) for c in calls]))
-    tests = str(Path(__file__).resolve().parents[1])  # test-only user packages (helpers.custom_model) import in the CLI
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, (tests, os.environ.get("PYTHONPATH")))),
-    }
-    driver = subprocess.run(
-        [sys.executable, __file__, str(spec)], capture_output=True, text=True, timeout=timeout, cwd=folder, env=env
-    )
-    assert driver.returncode == 0, driver.stderr[-3000:]
-    codes = json.loads((folder / "codes.json").read_text())
-    return {
-        c.name: CliResult(codes[c.name], (folder / f"{c.name}.out").read_text(), (folder / f"{c.name}.err").read_text())
-        for c in calls
-    }
+    return cli_server().run_batch(calls, folder, parallel, timeout)
 
 
 def _child(call: dict, folder: Path) -> None:
@@ -92,37 +77,28 @@ def _child(call: dict, folder: Path) -> None:
         os._exit(code)
 
 
-def serve(spec: Path) -> None:
-    """Import once, then fork one child per call and record its exit code."""
-    import diffquant.pipeline  # noqa: F401 - the heavy imports every child shares
-    import diffquant.run  # noqa: F401
-
-    codes: dict[str, int] = {}
-    for call in json.loads(spec.read_text()):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(call, spec.parent)
-        _, status = os.waitpid(pid, 0)
-        codes[call["name"]] = os.waitstatus_to_exitcode(status)
-    (spec.parent / "codes.json").write_text(json.dumps(codes))
-
-
 def serve_forever() -> None:
     """Import once, then for each JSON call read from stdin fork a child and answer its exit code on stdout."""
     import diffquant.pipeline  # noqa: F401 - the heavy imports every child shares
     import diffquant.run  # noqa: F401
 
     for line in sys.stdin:
-        call = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(call, Path(call["folder"]))
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+        request = json.loads(line)
+        calls, parallel = request["calls"], request["parallel"]
+        codes: dict[str, int] = {}
+        running: dict[int, str] = {}
+        while calls or running:
+            while calls and len(running) < parallel:
+                call = calls.pop(0)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _child(call, Path(call["folder"]))
+                running[pid] = call["name"]
+            pid, status = os.wait()
+            codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+        print(json.dumps(codes), flush=True)
 
 
 class CliServer:
@@ -145,23 +121,33 @@ class CliServer:
         self.calls = 0
 
     def run(
-        self, argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+        self, argv: list[str], cwd: Path, env: dict[str, str] | None = None, patch: str = "", timeout: float = 600
     ) -> subprocess.CompletedProcess[str]:
-        """One CLI call; stdout, stderr and the exit code as subprocess.run(capture_output=True, text=True) gives them."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        folder = Path(tempfile.mkdtemp(prefix="cli-"))
+        """One CLI call; stdout, stderr and the exit code as subprocess.run(capture_output=True, text=True) gives them.
+
+        `env` is applied over the driver's environment; `patch` is Python run in the child first (to simulate a machine).
+        """
         self.calls += 1
         name = f"call{self.calls}"
-        call = {"name": name, "argv": argv, "env": dict(env or {}), "patch": "", "cwd": str(cwd), "folder": str(folder)}
-        self.proc.stdin.write(json.dumps(call) + "\n")
+        done = self.run_batch([CliCall(name, argv, dict(env or {}), patch)], cwd, 1, timeout)[name]
+        return subprocess.CompletedProcess(["diffquant", *argv], done.returncode, done.stdout, done.stderr)
+
+    def run_batch(self, calls: list[CliCall], cwd: Path, parallel: int, timeout: float) -> dict[str, CliResult]:
+        """Several CLI calls, `parallel` children at a time (independent processes; each its own output files)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        folder = Path(tempfile.mkdtemp(prefix="cli-"))
+        request = [{**asdict(c), "cwd": str(cwd), "folder": str(folder)} for c in calls]
+        self.proc.stdin.write(json.dumps({"calls": request, "parallel": parallel}) + "\n")
         self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout * max(1, len(calls) // parallel))
         if not ready:
             self.proc.kill()
-            raise subprocess.TimeoutExpired(argv, timeout)
-        code = json.loads(self.proc.stdout.readline())["code"]
-        out, err = ((folder / f"{name}.{s}").read_text() for s in ("out", "err"))
-        return subprocess.CompletedProcess(["diffquant", *argv], code, out, err)
+            raise subprocess.TimeoutExpired([c.name for c in calls], timeout)
+        codes = json.loads(self.proc.stdout.readline())
+        return {
+            c.name: CliResult(codes[c.name], (folder / f"{c.name}.out").read_text(), (folder / f"{c.name}.err").read_text())
+            for c in calls
+        }
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -178,7 +164,4 @@ def cli_server() -> CliServer:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--serve":
-        serve_forever()
-    else:
-        serve(Path(sys.argv[1]))
+    serve_forever()
