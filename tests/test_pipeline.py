@@ -72,6 +72,7 @@ def test_a_saved_quantized_model_evaluates_without_requantizing(compose_cfg, tmp
     assert not (tmp_path / "x" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_the_pipeline_imports_neither_torchvision_nor_scikit_learn() -> None:
     """Seconds per process (every CLI run, every sweep job): only the loaders that need them import them."""
     import subprocess

@@ -12,6 +12,7 @@ def digits16():
     return load_digits(image_size=16, channels=1, holdout_fraction=0.1, seed=0)
 
 
+@pytest.mark.slow
 def test_learns_held_out_digits(digits16) -> None:
     # 300 steps at the default lr take ~3 s on 2 cores; 150 steps reach only ~0.83 at lr 2e-3.
     model = train_classifier(digits16.train_images, digits16.train_labels, num_classes=10, steps=300, seed=0, progress=False)

@@ -27,6 +27,7 @@ def test_prepare_inserts_fake_quant_modules() -> None:
     assert type(model.conv_in) is torch.nn.Conv2d  # the FP32 model is untouched
 
 
+@pytest.mark.slow
 def test_qat_loss_falls_observers_freeze_and_convert() -> None:
     set_engine("fbgemm")
     data = load_digits(image_size=8, channels=1, holdout_fraction=0.1)

@@ -228,6 +228,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "diffquant.sweep.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_diffquant_summary_on_a_folder_of_runs(sweep_dir: Path, tmp_path: Path) -> None:
     # A folder holding a sweep and a single run (results.json only, no .hydra) next to it.
     single = tmp_path / "runs" / "single"

@@ -104,14 +104,6 @@ class CompiledInt8(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self._compiled(x, t)
 
-    def __getstate__(self) -> dict[str, object]:
-        """Pickled (diffquant.save) without the compiled libraries: a loaded copy compiles at its first call per shape."""
-        return {k: v for k, v in self.__dict__.items() if k != "_compiled"}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        super().__setstate__(state)
-        self._compiled = AotCompiled(self.graph)
-
 
 @dataclass
 class InductorPTQStrategy:

@@ -65,6 +65,11 @@ def save(qmodel: nn.Module, path: str | Path) -> Path:
         raise DiffquantError(
             f"save: {type(qmodel).__name__} carries no recipe; save a model returned by diffquant.quantize (or a CLI run)"
         )
+    if recipe["backend"]["engine"] == "x86_inductor":  # its rewritten PT2E graph calls functions that do not pickle
+        raise DiffquantError(
+            "save: backend=x86_inductor models cannot be saved yet (their compiled PT2E graph does not pickle); "
+            "quantize with backend=x86 or fbgemm to keep the model"
+        )
     module = io.BytesIO()
     with unpicklable_detached(qmodel):
         torch.save(qmodel, module)
