@@ -266,6 +266,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tu
     return tmp, before, run_forked(calls, tmp / "forked")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_with_one_line_and_changes_nothing(matrix, case: Bad) -> None:
     tmp, before, results = matrix
@@ -282,6 +283,7 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(matrix, case: Bad) ->
     assert snapshot(tmp / "good", tmp / "cache") == before
 
 
+@pytest.mark.slow
 def test_hydra_full_error_shows_the_traceback(matrix) -> None:
     """The documented debug switch: HYDRA_FULL_ERROR=1 adds the traceback to the one-line error."""
     result = matrix[2]["full-error"]
@@ -290,6 +292,7 @@ def test_hydra_full_error_shows_the_traceback(matrix) -> None:
     assert result.stderr.rstrip().endswith("diffquant: error: quant.weight_bits=9 is out of range; allowed: 2..8")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the warning is for x86 CPUs")
 def test_qnnpack_on_x86_warns_that_it_will_be_slow(matrix) -> None:
     result = matrix[2]["qnnpack"]
@@ -311,6 +314,7 @@ def test_qnnpack_slow_warning_depends_on_the_cpu(
     assert bool(re.search(SLOW_QNNPACK, caplog.text)) == warns
 
 
+@pytest.mark.slow
 def test_forked_calls_match_a_plain_cli_process(matrix) -> None:
     """The fork driver is faithful: `python -m diffquant.run` gives the same exit code and message."""
     tmp = matrix[0]

@@ -253,6 +253,7 @@ def test_diffquant_summary_on_a_folder_of_runs(sweep_dir: Path, tmp_path: Path) 
     ],
     ids=["missing-dir", "no-runs"],
 )
+@pytest.mark.slow
 def test_diffquant_summary_bad_input(tmp_path: Path, make: Any, message: str) -> None:
     proc = run_cli(str(make(tmp_path)))
     assert proc.returncode == 2
