@@ -43,19 +43,15 @@ def minor(version: str) -> str:
     return ".".join(version.split("+")[0].split(".")[:2])
 
 
-UNPICKLABLE = ("qconfig", "train", "eval")  # torch.ao's qconfigs; torchao's train / eval overrides of exported graphs
-
-
 @contextmanager
-def unpicklable_detached(model: nn.Module) -> Iterator[None]:
-    """While pickling, drop the instance attributes that hold local functions: torch.ao's `qconfig` on prepared
-    modules, and the `train` / `eval` methods torchao sets on exported PT2E graphs (inference needs neither)."""
-    held = [(m, key, m.__dict__.pop(key)) for m in model.modules() for key in UNPICKLABLE if key in m.__dict__]
+def qconfigs_detached(model: nn.Module) -> Iterator[None]:
+    """Drop the `qconfig` attributes torch.ao leaves on prepared modules (local functions: unpicklable) while pickling."""
+    held = {m: m.__dict__.pop("qconfig") for m in model.modules() if "qconfig" in m.__dict__}
     try:
         yield
     finally:
-        for m, key, value in held:
-            m.__dict__[key] = value
+        for m, qconfig in held.items():
+            m.qconfig = qconfig
 
 
 def save(qmodel: nn.Module, path: str | Path) -> Path:
@@ -71,7 +67,7 @@ def save(qmodel: nn.Module, path: str | Path) -> Path:
             "quantize with backend=x86 or fbgemm to keep the model"
         )
     module = io.BytesIO()
-    with unpicklable_detached(qmodel):
+    with qconfigs_detached(qmodel):
         torch.save(qmodel, module)
     graphs: list[dict[str, Any]] = []
     if isinstance(qmodel, ScriptedInt8):
