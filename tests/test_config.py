@@ -159,7 +159,7 @@ def test_a_user_model_on_top_of_the_default_model_file(compose_cfg, caplog: pyte
     ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert ignored == [
         "model._target_=helpers.custom_model.SkipNet does not take base_channels, channel_mults, num_res_blocks, "
-        "attn_resolutions, dropout, groups (inherited from a group file or preset): ignored"
+        "attn_resolutions, dropout, groups, num_classes (inherited from a group file or preset): ignored"
     ]
 
 

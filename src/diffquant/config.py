@@ -59,8 +59,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between resumable checkpoints (0: none)
     bf16: bool = False  # bf16 autocast of the forward pass (useful on GPUs, device=cuda)
     bundled: bool = True  # use the FP32 model shipped with diffquant when this exact config has one (cache/bundled.py)
+    cond_dropout: float = 0.1  # conditional models: the probability of training on the null condition (guidance)
 
     def __post_init__(self) -> None:
+        check_range("train.cond_dropout", self.cond_dropout, 0.0, 1.0)
         check_range("train.steps", self.steps, 1)
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.batch_size", self.batch_size, 1)

@@ -17,13 +17,14 @@ from diffquant.cache.artifacts import get_classifier, get_fp32_model
 from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, atomic_write_text, config_hash, file_key, load_if_readable
 from diffquant.config import BackendConfig, Config, QuantConfig
-from diffquant.data.datasets import iterate_batches
+from diffquant.data.datasets import iterate_batches, iterate_labelled
 from diffquant.data.loading import load_data
 from diffquant.diffusion.config import SamplerConfig, build_diffusion, build_sampler
+from diffquant.diffusion.guidance import Guide, guide_for
 from diffquant.evaluation.features import require_extractor
 from diffquant.evaluation.stage import EvalInputs, evaluate_and_report
 from diffquant.quant.api import RECIPE_ATTR, Run, make_strategy, quantize_with
-from diffquant.quant.calibration import CalibrationData, trajectory_pairs
+from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_pairs
 from diffquant.quant.coverage import mac_fraction
 from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.machine import cpu_info
@@ -76,12 +77,23 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
                     logger.scalar("train/loss", loss, step)
         classifier, cls_acc, _ = get_classifier(cfg, data)
         sample = build_sampler(cfg.sampler, diffusion)
-        calibration = CachedCalibration(cfg, fp32.entry_dir, partial(sample, fp32.model), data.channels, data.image_size)
+        guide = guide_for(fp32.model, cfg.sampler.guidance_scale)
+        if guide is not None:
+            log.info("Conditional model (%s); sampler.guidance_scale=%g", conditioning_label(guide), guide.scale)
+        conditions = None if guide is None else Conditions(fp32.model, guide, guide.requested(q.calib.num_samples))
+        calibration = CachedCalibration(
+            cfg, fp32.entry_dir, sample if guide else partial(sample, fp32.model), data.channels, data.image_size, conditions
+        )
         batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
+        zeros = (torch.zeros(2, data.channels, data.image_size, data.image_size), torch.tensor([0, 1]))
         state_key = qat_key(cfg.quant, cfg.backend, cfg.sampler, cfg.seed, fp32.key)
         ctx = QuantContext(
             calibration=calibration.get,
-            train_batches=lambda: iterate_batches(data.train_images, q.qat.batch_size, batch_generator),
+            train_batches=lambda: (
+                iterate_batches(data.train_images, q.qat.batch_size, batch_generator)
+                if guide is None
+                else iterate_labelled(data.train_images, data.train_labels, q.qat.batch_size, batch_generator)
+            ),
             diffusion=diffusion,
             generator=torch.Generator().manual_seed(cfg.seed + 3),
             calib_batch_size=q.calib.batch_size,
@@ -91,7 +103,8 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             state_path=fp32.entry_dir / f"qat_state_{state_key}.pt",
             state_key=state_key,
             checkpoint_every=q.qat.checkpoint_every,
-            example=(torch.zeros(2, data.channels, data.image_size, data.image_size), torch.tensor([0, 1])),
+            example=zeros if guide is None else guide.example(*zeros),
+            conditioning=None if guide is None else (guide, cfg.train.cond_dropout),
         )
         log.info("Quantizing: method=%s W%dA%d engine=%s", q.method, q.weight_bits, q.act_bits, cfg.backend.engine)
         if saved is not None:
@@ -107,7 +120,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         if outcome.sensitivity:
             write_sensitivity(outcome.sensitivity, out_dir, logger)
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
-        example = (torch.zeros(1, data.channels, data.image_size, data.image_size), torch.zeros(1, dtype=torch.long))
+        example = tuple(part[:1] for part in ctx.example)
         share = mac_fraction(fp32.model, outcome.wrapped_layers, *example) if outcome.wrapped_layers else 0.0
         record = RunRecord(
             method=q.method,
@@ -139,11 +152,26 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             },
         )
         inputs = EvalInputs(
-            data, diffusion, sample, fp32.model, fp32.entry_dir, outcome.model, outcome.execution, classifier, cls_acc, cfg.device
+            data,
+            diffusion,
+            sample,
+            fp32.model,
+            fp32.entry_dir,
+            outcome.model,
+            outcome.execution,
+            classifier,
+            cls_acc,
+            cfg.device,
+            guide,
         )
         return evaluate_and_report(cfg, inputs, record, logger)
     finally:
         logger.close()
+
+
+def conditioning_label(guide: Guide) -> str:
+    """`10 classes` or `embeddings (77, 64)` for the log."""
+    return f"{guide.num_classes} classes" if guide.num_classes else f"embeddings {tuple(guide.null.shape)}"
 
 
 def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, seed: int, fp32_key: str) -> str:
@@ -174,14 +202,17 @@ def build_strategy(cfg: Config, numerics: Int8Numerics) -> Strategy:
 
 
 class CachedCalibration:
-    """(x_t, t) pairs from the FP32 trajectory, built once and cached per FP32 model, sampler and calib setting."""
+    """(x_t, t[, cond]) pairs from the FP32 trajectory, built once and cached per FP32 model, sampler and calib setting."""
 
-    def __init__(self, cfg: Config, entry_dir: Path, sample: Any, channels: int, image_size: int) -> None:
+    def __init__(
+        self, cfg: Config, entry_dir: Path, sample: Any, channels: int, image_size: int, conditions: Conditions | None = None
+    ) -> None:
+        """`sample(noise=, callback=)` runs the FP32 model; with `conditions`, `sample(model, noise=, callback=)`."""
         c = cfg.quant.calib
         self.path = entry_dir / "calib_{}.pt".format(
             config_hash({"calib": dataclasses.asdict(c), "sampler": cfg.sampler.key(), "seed": cfg.seed})
         )
-        self.cfg, self.sample, self.shape = cfg, sample, (channels, image_size, image_size)
+        self.cfg, self.sample, self.conditions, self.shape = cfg, sample, conditions, (channels, image_size, image_size)
         self.data: CalibrationData | None = None
 
     def get(self) -> CalibrationData:
@@ -192,13 +223,13 @@ class CachedCalibration:
 
     def _load(self) -> CalibrationData | None:
         blob = load_if_readable(self.path, "calibration pairs")
-        return None if blob is None else CalibrationData(blob["x"], blob["t"])
+        return None if blob is None else CalibrationData.from_blob(blob)
 
     def _build(self) -> CalibrationData:
         cfg = self.cfg
         T = cfg.diffusion.num_timesteps
-        data = trajectory_pairs(self.sample, cfg.sampler.timesteps(T), cfg.quant.calib, T, self.shape, cfg.seed)
-        atomic_torch_save({"x": data.x, "t": data.t}, self.path)
+        data = trajectory_pairs(self.sample, cfg.sampler.timesteps(T), cfg.quant.calib, T, self.shape, cfg.seed, self.conditions)
+        atomic_torch_save(data.to_blob(), self.path)
         return data
 
 

@@ -97,7 +97,7 @@ def test_w8a8_ptq_converts_every_projection_to_int8() -> None:
 def test_dit_s_composes_and_its_fields_key_the_cache(compose_cfg) -> None:
     cfg = to_config(compose_cfg("model=dit_s"))
     assert cfg.model.target == DIT
-    assert cfg.model.kwargs == dict(patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0)
+    assert cfg.model.kwargs == dict(patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0, num_classes=0)
     deeper = to_config(compose_cfg("model=dit_s", "model.depth=6"))
     inherited = to_config(compose_cfg("model=dit_s", "experiment=tiny"))  # tiny sets UNet fields DiT ignores
     assert fp32_key_of(deeper, 1, 16) != fp32_key_of(cfg, 1, 16)

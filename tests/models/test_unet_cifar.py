@@ -48,6 +48,7 @@ def test_tiny_width_runs_and_quantizes_to_int8(compose_cfg) -> None:
         "attn_resolutions": (16,),
         "dropout": 0.1,
         "groups": 4,
+        "num_classes": 0,
     }  # only the UNet's fields
     torch.manual_seed(0)
     model = build_model(

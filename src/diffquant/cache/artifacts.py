@@ -20,8 +20,9 @@ from diffquant.cache.lock import cache_lock
 from diffquant.cache.store import atomic_torch_save, config_hash, file_key, load_checkpoint, load_or_none
 from diffquant.components import Component
 from diffquant.config import Config, TrainConfig
-from diffquant.data.datasets import DataSplit, iterate_batches
+from diffquant.data.datasets import DataSplit, iterate_batches, iterate_labelled
 from diffquant.diffusion.config import DiffusionConfig
+from diffquant.diffusion.guidance import Guide, guide_for
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classifier
@@ -29,7 +30,7 @@ from diffquant.models import build_model, probe_model, weights_key
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.distributed import DistInfo, check_replicas_equal, state_digest
-from diffquant.training.loop import TrainSettings, epsilon_loss, train_diffusion
+from diffquant.training.loop import TrainSettings, conditional_epsilon_loss, epsilon_loss, train_diffusion
 
 
 @dataclasses.dataclass
@@ -51,9 +52,10 @@ def fp32_key(
     seed: int,
     in_channels: int,
     image_size: int,
+    conditional: bool = False,
 ) -> str:
     """Hash of everything that determines the trained FP32 weights."""
-    return config_hash(fp32_key_parts(model, dataset, diffusion, train, seed, in_channels, image_size))
+    return config_hash(fp32_key_parts(model, dataset, diffusion, train, seed, in_channels, image_size, conditional))
 
 
 def fp32_key_parts(
@@ -64,6 +66,7 @@ def fp32_key_parts(
     seed: int,
     in_channels: int,
     image_size: int,
+    conditional: bool = False,
 ) -> dict[str, Any]:
     """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash).
 
@@ -73,9 +76,13 @@ def fp32_key_parts(
     """
     parts: dict[str, Any] = {"diffusion": diffusion.key(), "train": dataclasses.asdict(train)}
     parts["model"] = model.key(in_channels=in_channels, image_size=image_size)
+    if parts["model"].get("num_classes") == 0:  # unconditional: the key it had before models took classes
+        parts["model"].pop("num_classes")
     parts["dataset"] = dataset.key(seed=seed)
     parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
     parts["train"].pop("bundled")  # a bundled model is the one this config trains
+    if not conditional:  # an unconditional model never drops a condition (and its keys predate the setting)
+        parts["train"].pop("cond_dropout")
     parts["seed"] = seed
     return parts
 
@@ -85,6 +92,9 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
     log = logging.getLogger("diffquant")
     model = build_model(cfg.model, data.channels, data.image_size)
     probe_model(model, cfg.model.target, data.channels, data.image_size)  # before any training or cache write
+    guide = guide_for(model, cfg.sampler.guidance_scale)
+    if guide is not None and guide.num_classes:
+        guide.check(torch.cat([data.train_labels, data.test_labels]), f"dataset={cfg.dataset.name}")
     if cfg.model.checkpoint:
         ckpt = load_checkpoint(cfg.model.checkpoint, "model.checkpoint")
         key = "ckpt-" + file_key(cfg.model.checkpoint)
@@ -96,7 +106,7 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
         key = weights_key(model)
         log.info("Using the pretrained FP32 model model.pretrained=%s", pretrained)
         return FP32Artifact(model.eval(), key, Path(cfg.paths.cache_dir) / "fp32" / key, True, [])
-    recipe = (cfg.model, cfg.dataset, cfg.diffusion, cfg.train, cfg.seed, data.channels, data.image_size)
+    recipe = (cfg.model, cfg.dataset, cfg.diffusion, cfg.train, cfg.seed, data.channels, data.image_size, guide is not None)
     key = fp32_key(*recipe)
     entry = Path(cfg.paths.cache_dir) / "fp32" / key
     path = entry / "model.pt"
@@ -121,7 +131,7 @@ def get_fp32_model(cfg: Config, data: DataSplit, diffusion: GaussianDiffusion, l
                 )
                 return FP32Artifact(model.eval(), key, entry, True, ckpt.get("losses", []))
         state_path = entry / "train_state.pt"
-        run = TrainRun(cfg.model, cfg.train, cfg.seed, cfg.device, cfg.progress)
+        run = TrainRun(cfg.model, cfg.train, cfg.seed, cfg.device, cfg.progress, guide)
         ema, losses = _train_fp32(run, data, diffusion, logger, key, state_path, info)
         if info.is_main:
             atomic_torch_save(
@@ -147,6 +157,7 @@ class TrainRun:
     seed: int
     device: str
     progress: bool
+    guide: Guide | None = None  # a conditional model's: batches carry labels, dropped with train.cond_dropout
 
 
 def _train_fp32(
@@ -175,13 +186,17 @@ def _train_fp32(
         device=info.device(run.device),
         bf16=t.bf16,
     )
-    batches = iterate_batches(data.train_images, t.batch_size, generator)
+    if run.guide is None:
+        batches, loss_fn = iterate_batches(data.train_images, t.batch_size, generator), epsilon_loss(diffusion, generator)
+    else:
+        batches = iterate_labelled(data.train_images, data.train_labels, t.batch_size, generator)
+        loss_fn = conditional_epsilon_loss(diffusion, generator, run.guide, t.cond_dropout)
     checkpointer = (
         Checkpointer(state_path, key, t.checkpoint_every, {"data": generator}) if not info.enabled else None
     )  # resume is per process; a torchrun job restarts from step 0
     ema, losses = train_diffusion(
         model,
-        epsilon_loss(diffusion, generator),
+        loss_fn,
         batches,
         settings,
         log_scalar=logger.scalar,

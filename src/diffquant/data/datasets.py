@@ -127,6 +127,19 @@ def iterate_batches(images: Tensor, batch_size: int, generator: torch.Generator)
         yield images[torch.randint(0, n, (size,), generator=generator)]
 
 
+def iterate_labelled(
+    images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield random (images, labels) batches (sampled with replacement) forever, for conditional models."""
+    n = images.shape[0]
+    if n == 0 or batch_size < 1:
+        raise ValueError(f"need images and a positive batch size, got N={n}, batch_size={batch_size}")
+    size = min(batch_size, n)
+    while True:
+        idx = torch.randint(0, n, (size,), generator=generator)
+        yield images[idx], labels[idx]
+
+
 def random_split(images: Tensor, labels: Tensor, holdout_fraction: float, seed: int) -> DataSplit:
     """A seeded random train / held-out split with `holdout_fraction` (at least one image each) held out."""
     if not 0.0 < holdout_fraction < 1.0:

@@ -90,11 +90,16 @@ class SamplerConfig:
     name: str = "ddim"  # the name: a built-in's (ddim, ddpm) or your sampler's
     steps: int = 50
     eta: float = 0.0
+    guidance_scale: float = 1.0  # classifier-free guidance of conditional models: 1 none, 0 unconditional, > 1 guided
     _target_: Optional[str] = None  # the sampler function's import path; None: the built-in called `name`
 
     def __post_init__(self) -> None:
         check_range("sampler.steps", self.steps, 1)
         check_range("sampler.eta", self.eta, 0.0, 1.0)
+        if not self.guidance_scale >= 0:
+            raise DiffquantError(
+                f"sampler.guidance_scale={self.guidance_scale} must be >= 0 (1: no guidance, 0: unconditional, > 1: guided)"
+            )
         load_sampler(self.target)  # a target that does not import or fit fails here, before any training
 
     @property
@@ -111,8 +116,12 @@ class SamplerConfig:
         return sampler_timesteps(self.function(), num_timesteps, self.steps)
 
     def key(self) -> dict[str, Any]:
-        """What the samples depend on, for cache keys (a built-in's key leaves its import path out)."""
-        return key_of(dataclasses.asdict(self), self.name, self.target, builtin_samplers())
+        """What the samples depend on, for cache keys (a built-in's key leaves its import path out, and an
+        unguided sampler its guidance scale, so keys made before guidance existed stay valid)."""
+        values = dataclasses.asdict(self)
+        if values["guidance_scale"] == 1.0:
+            values.pop("guidance_scale")
+        return key_of(values, self.name, self.target, builtin_samplers())
 
 
 def settle_names(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

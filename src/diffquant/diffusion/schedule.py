@@ -99,8 +99,8 @@ class GaussianDiffusion:
         a = self.alpha_bar(t)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    def training_loss(self, model: nn.Module, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Mean squared error between ε and the model's prediction at uniformly drawn t."""
+    def training_loss(self, model: nn.Module, x0: Tensor, generator: torch.Generator | None = None, *cond: Tensor) -> Tensor:
+        """Mean squared error between ε and the model's prediction at uniformly drawn t (given `cond` where conditional)."""
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device="cpu").to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
-        return nn.functional.mse_loss(model(self.q_sample(x0, t, noise), t), noise)
+        return nn.functional.mse_loss(model(self.q_sample(x0, t, noise), t, *cond), noise)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from diffquant.diffusion.guidance import Bound, Guide
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.evaluation.features import FeatureSpace, Reference
 from diffquant.metrics.fid import feature_statistics, frechet_distance
@@ -25,8 +26,8 @@ class OnDevice(nn.Module):
         super().__init__()
         self.model, self.device = model, device
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.model(x.to(self.device), t.to(self.device)).float().cpu()
+    def forward(self, *args: Tensor) -> Tensor:
+        return self.model(*(a.to(self.device) for a in args)).float().cpu()
 
 
 def eval_device(requested: str, execution: str) -> torch.device:
@@ -43,6 +44,7 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 def synchronize(model: nn.Module) -> None:
     """Wait for a GPU model's queued kernels (CUDA runs asynchronously), so a clock read after it is honest."""
+    model = model.model if isinstance(model, Bound) else model
     if isinstance(model, OnDevice) and model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
 
@@ -55,29 +57,55 @@ def warm_up(model: nn.Module, x: Tensor) -> None:
     synchronize(model)
 
 
+@dataclass(frozen=True)
+class Requested:
+    """What each sample asks a conditional model for: the guide and one condition per noise row."""
+
+    guide: Guide
+    cond: Tensor
+
+    def bound(self, model: nn.Module, rows: slice) -> nn.Module:
+        """`model` bound to the conditions of `rows` (a `forward(x_t, t)` denoiser)."""
+        return self.guide.bind(model, self.cond[rows])
+
+
+def bind_rows(model: nn.Module, requested: Requested | None, rows: slice) -> nn.Module:
+    """`model` itself (unconditional) or bound to the requested conditions of `rows`."""
+    return model if requested is None else requested.bound(model, rows)
+
+
 def sample_batched(
-    sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int, chunk: int | None = None
+    sample: Callable[..., Tensor],
+    model: nn.Module,
+    noise: Tensor,
+    batch_size: int,
+    chunk: int | None = None,
+    requested: Requested | None = None,
 ) -> tuple[Tensor, float]:
     """Sample every row of `noise` in batches that never cross a `chunk` boundary (one seed's draw);
-    return the samples and the wall time of the first batch, taken after a warm-up at its shape."""
+    return the samples and the wall time of the first batch, taken after a warm-up at its shape.
+    A conditional model samples row i with condition `requested.cond[i]`."""
     chunk = chunk or noise.shape[0]
     outputs, first_seconds = [], 0.0
     starts = [i for c in range(0, noise.shape[0], chunk) for i in range(c, min(c + chunk, noise.shape[0]), batch_size)]
     for i in starts:
-        batch = noise[i : min(i + batch_size, (i // chunk + 1) * chunk)]
+        rows = slice(i, min(i + batch_size, (i // chunk + 1) * chunk))
+        batch, denoiser = noise[rows], bind_rows(model, requested, rows)
         if i == 0:
-            warm_up(model, batch)
+            warm_up(denoiser, batch)
             start = time.perf_counter()
-        outputs.append(sample(model, noise=batch))
+        outputs.append(sample(denoiser, noise=batch))
         if i == 0:
             synchronize(model)
             first_seconds = time.perf_counter() - start
     return torch.cat(outputs), first_seconds
 
 
-def time_first_batch(sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int) -> float:
+def time_first_batch(
+    sample: Callable[..., Tensor], model: nn.Module, noise: Tensor, batch_size: int, requested: Requested | None = None
+) -> float:
     """Wall time to sample one evaluation batch (the same batch every model is timed on), after a warm-up."""
-    batch = noise[:batch_size]
+    batch, model = noise[:batch_size], bind_rows(model, requested, slice(0, batch_size))
     warm_up(model, batch)
     start = time.perf_counter()
     sample(model, noise=batch)
@@ -111,8 +139,10 @@ class EpsProbe:
         return cls(torch.stack(xs), ts, torch.stack(noises))
 
     @torch.no_grad()
-    def predictions(self, model: nn.Module) -> Tensor:
-        return torch.stack([model(x, torch.full((x.shape[0],), t, dtype=torch.long)) for x, t in zip(self.x, self.t)])
+    def predictions(self, model: nn.Module, cond: Tensor | None = None) -> Tensor:
+        """ε̂ at every probe (x_t, t); a conditional model gets `cond` (one per image, e.g. its true label)."""
+        extra = () if cond is None else (cond,)
+        return torch.stack([model(x, torch.full((x.shape[0],), t, dtype=torch.long), *extra) for x, t in zip(self.x, self.t)])
 
     def loss_per_t(self, predictions: Tensor) -> dict[int, float]:
         """The denoising loss MSE(ε_pred, ε) at each timestep (the training objective, per t)."""

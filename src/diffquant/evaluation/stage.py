@@ -21,9 +21,11 @@ from diffquant.cache.store import atomic_torch_save, config_hash, load_if_readab
 from diffquant.config import Config, EvalConfig
 from diffquant.data.datasets import DataSplit
 from diffquant.diffusion.config import DiffusionConfig, SamplerConfig
+from diffquant.diffusion.guidance import Guide
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.evaluation.compare import (
     EpsProbe,
+    Requested,
     eps_errors,
     eval_device,
     finite_or_none,
@@ -33,6 +35,7 @@ from diffquant.evaluation.compare import (
     sample_metrics,
     time_first_batch,
 )
+from diffquant.evaluation.conditional import class_accuracy_metrics, requested_conditions
 from diffquant.evaluation.features import build_spaces, images_fingerprint, reference_statistics
 from diffquant.evaluation.protocol import eval_protocol
 from diffquant.evaluation.trajectory import mean_over_steps, trajectory_eps_mse
@@ -49,7 +52,14 @@ from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.inspect import activation_ranges, layer_inputs
 from diffquant.reporting.dashboards import hparams_of, log_run
 from diffquant.reporting.record import RunRecord
-from diffquant.reporting.results import save_comparison_grid, save_curves, save_eps_plot, save_range_plot, write_results
+from diffquant.reporting.results import (
+    save_class_grid,
+    save_comparison_grid,
+    save_curves,
+    save_eps_plot,
+    save_range_plot,
+    write_results,
+)
 from diffquant.reporting.tensorboard import RunLogger
 
 
@@ -67,6 +77,8 @@ class EvalInputs:
     classifier: DigitClassifier
     classifier_acc: float
     device: str = "cpu"  # cfg.device: FP32 and fake-quantized models are sampled there (int8 stays on the CPU)
+    guide: Guide | None = None  # a conditional model's (sampler.guidance_scale, its null condition)
+    cond_pool: Tensor | None = None  # an embedding-conditioned model: the conditions samples ask for, in turn
 
 
 def reference_samples(
@@ -103,6 +115,7 @@ class Sampled:
     quantized: Tensor
     seconds: dict[str, float]
     context: dict[str, Any]
+    requested: Requested | None = None  # a conditional model: the condition of every noise row
 
 
 def sample_both(
@@ -117,6 +130,11 @@ def sample_both(
     """FP32 (cached per seed) and quantized samples from the same noise; both timed on the same first batch after a warm-up."""
     data = inputs.data
     noises = eval_noise(list(ev.seeds), ev.num_samples, (data.channels, data.image_size, data.image_size))
+    guide = inputs.guide
+    requested = None
+    if guide is not None:
+        requested = Requested(guide, requested_conditions(guide, len(ev.seeds), ev.num_samples, inputs.cond_pool))
+    per_seed = None if requested is None else Requested(requested.guide, requested.cond[: ev.num_samples])  # equal per seed
     fp32 = torch.cat(
         [
             reference_samples(
@@ -125,14 +143,14 @@ def sample_both(
                 ev.num_samples,
                 inputs.fp32_entry_dir,
                 seed,
-                lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size)[0],
+                lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size, requested=per_seed)[0],
             )
             for seed, n in zip(ev.seeds, noises)
         ]
     )
-    fp32_seconds = time_first_batch(inputs.sample, fp32_run, noises[0], ev.batch_size)
+    fp32_seconds = time_first_batch(inputs.sample, fp32_run, noises[0], ev.batch_size, per_seed)
     noise = torch.cat(noises)
-    quantized, q_seconds = sample_batched(inputs.sample, q_run, noise, ev.batch_size, chunk=ev.num_samples)
+    quantized, q_seconds = sample_batched(inputs.sample, q_run, noise, ev.batch_size, chunk=ev.num_samples, requested=requested)
     context = {
         "device_fp32": str(device),
         "device_quantized": str(device),
@@ -141,7 +159,11 @@ def sample_both(
         "timed_batch": min(ev.batch_size, ev.num_samples),
         "warm_up": "one untimed denoiser forward per model at the timed batch shape; CUDA synchronized",
     }
-    return Sampled(noise, fp32, quantized, {"perf/sample_s": q_seconds, "perf/sample_s_fp32": fp32_seconds}, context)
+    if guide is not None:
+        context["guidance_scale"] = guide.scale
+        context["batched_guidance"] = guide.batched  # each model call carries the conditional and the null half
+    seconds = {"perf/sample_s": q_seconds, "perf/sample_s_fp32": fp32_seconds}
+    return Sampled(noise, fp32, quantized, seconds, context, requested)
 
 
 def evaluate_and_report(
@@ -170,9 +192,11 @@ def evaluate_and_report(
     fp32_samples, q_samples, noise = sampled.fp32, sampled.quantized, sampled.noise
 
     probe = EpsProbe.build(data.test_images[: ev.eps_num_images], inputs.diffusion, ev.eps_timesteps, ev.seeds[0])
-    eps_fp32, eps_q = probe.predictions(fp32_run), probe.predictions(q_run)
+    probe_cond = probe_conditions(inputs.guide, data.test_labels[: ev.eps_num_images])
+    eps_fp32, eps_q = probe.predictions(fp32_run, probe_cond), probe.predictions(q_run, probe_cond)
     eps_rel, eps_per_t = eps_errors(eps_fp32, eps_q, probe.t)
-    traj = trajectory_eps_mse(inputs.sample, fp32_run, q_run, noise[: ev.traj_num_samples], ev.batch_size)
+    bind = None if sampled.requested is None else sampled.requested.bound
+    traj = trajectory_eps_mse(inputs.sample, fp32_run, q_run, noise[: ev.traj_num_samples], ev.batch_size, bind)
 
     spaces = build_spaces(ev.fid.extractor, inputs.classifier, ev.fid.batch_size, cfg.progress)
     cache_dir, data_key = Path(cfg.paths.cache_dir), {"dataset": cfg.dataset.key(seed=cfg.seed), "seed": cfg.seed}
@@ -190,6 +214,11 @@ def evaluate_and_report(
         "eval/eps_rel_err": finite_or_none(eps_rel),  # non-finite outputs are reported as null
         "eval/traj_eps_mse": mean_over_steps(traj),
         "eval/classifier_acc": inputs.classifier_acc,
+        **(
+            class_accuracy_metrics(inputs.classifier, fp32_samples, q_samples, sampled.requested.cond, ev.bootstrap, seed)
+            if sampled.requested is not None and inputs.guide is not None and inputs.guide.num_classes
+            else {}
+        ),
         **record.model_metrics(),
         **sampled.seconds,
     }
@@ -217,8 +246,9 @@ def evaluate_and_report(
     probed = inputs.q_model.eager if isinstance(inputs.q_model, ScriptedInt8) else inputs.q_model  # hooks need Python
     ranges = activation_ranges(probed)
     probe_x, probe_t = probe.mixed_batch(ev.act_probe_images)
+    probe_extra = () if inputs.guide is None else (inputs.guide.nulls(len(probe_t)),)
     with torch.no_grad():
-        activations = layer_inputs(probed, lambda: on_device(probed, device)(probe_x, probe_t))
+        activations = layer_inputs(probed, lambda: on_device(probed, device)(probe_x, probe_t, *probe_extra))
     series = {
         "eval/eps_rel_err_by_t": eps_per_t,
         "eval/eps_loss_by_t": probe.loss_per_t(eps_q),
@@ -237,6 +267,15 @@ def evaluate_and_report(
         },
         out_dir / "samples.png",
     )
+    if sampled.requested is not None and inputs.guide is not None and inputs.guide.num_classes:
+        k = inputs.guide.num_classes
+        rows = max(1, n // k)
+        save_class_grid(
+            {"FP32": fp32_samples[: rows * k], label: q_samples[: rows * k]},
+            k,
+            out_dir / "samples_by_class.png",
+            guide_note(inputs.guide),
+        )
     save_eps_plot(eps_per_t, out_dir / "eps_rel_err.png", label)
     save_curves(
         {label: traj}, out_dir / "traj_eps_mse.png", "timestep t (along the quantized trajectory)", "MSE(ε_q, ε_fp32)", logy=True
@@ -272,6 +311,18 @@ def evaluate_and_report(
         "eps_rel_err %.4f, psnr_vs_fp32 %s -> %s", eps_rel, "n/a" if psnr is None else f"{psnr:.1f} dB", out_dir / "results.json"
     )
     return results
+
+
+def probe_conditions(guide: Guide | None, labels: Tensor) -> Tensor | None:
+    """The ε probe's conditions: each held-out image's own label (class models), the null condition otherwise."""
+    if guide is None:
+        return None
+    return labels if guide.num_classes else guide.nulls(len(labels))
+
+
+def guide_note(guide: Guide) -> str:
+    """`guidance 3` or `no guidance` for figure titles."""
+    return "no guidance" if not guide.batched else f"guidance scale {guide.scale:g}"
 
 
 def fid_line(metrics: dict[str, Any], short: str) -> str:

@@ -23,9 +23,9 @@ class PairedEps(nn.Module):
         self.sums: dict[int, float] = {}
         self.counts: dict[int, int] = {}
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        eps_q = self.quantized(x, t)
-        eps_ref = self.fp32(x, t)
+    def forward(self, x: Tensor, t: Tensor, *cond: Tensor) -> Tensor:
+        eps_q = self.quantized(x, t, *cond)
+        eps_ref = self.fp32(x, t, *cond)
         step = int(t.flatten()[0])
         sq = (eps_q.double() - eps_ref.double()) ** 2
         self.sums[step] = self.sums.get(step, 0.0) + float(sq.sum())
@@ -39,15 +39,23 @@ class PairedEps(nn.Module):
 
 @torch.no_grad()
 def trajectory_eps_mse(
-    sample: Callable[..., Tensor], fp32: nn.Module, quantized: nn.Module, noise: Tensor, batch_size: int = 256
+    sample: Callable[..., Tensor],
+    fp32: nn.Module,
+    quantized: nn.Module,
+    noise: Tensor,
+    batch_size: int = 256,
+    bind: Callable[[nn.Module, slice], nn.Module] | None = None,
 ) -> dict[int, float]:
     """MSE(ε_q(x_t, t), ε_fp32(x_t, t)) at each sampler timestep, x_t from the quantized model's trajectory.
 
     `sample(model, noise=...)` is the configured sampler; rows of `noise` are processed in batches.
+    `bind(model, rows)` gives a conditional model its rows' conditions (under guidance both halves of
+    each call are compared).
     """
     paired = PairedEps(quantized, fp32)
     for start in range(0, noise.shape[0], batch_size):
-        sample(paired, noise=noise[start : start + batch_size])
+        rows = slice(start, start + batch_size)
+        sample(paired if bind is None else bind(paired, rows), noise=noise[rows])
     return paired.per_t()
 
 

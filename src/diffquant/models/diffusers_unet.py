@@ -18,19 +18,28 @@ from typing import Any
 from torch import Tensor, nn
 
 from diffquant.errors import DiffquantError
+from diffquant.models.unet import class_or_null
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class DiffusersUNet(nn.Module):
-    """Wraps a UNet2DModel; its Conv2d / Linear layers are ordinary modules the quantizer can wrap."""
+    """Wraps a UNet2DModel; its Conv2d / Linear layers are ordinary modules the quantizer can wrap.
+
+    A UNet2DModel with `num_class_embeds` = K + 1 is class-conditional on K classes: the last
+    embedding is the null class of classifier-free guidance (`forward(x, t, y)`, y = None: null).
+    """
 
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         self.unet = unet
+        embeds = getattr(unet.config, "num_class_embeds", None)
+        self.num_classes = int(embeds) - 1 if embeds else 0
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.unet(x, t, return_dict=False)[0]
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if not self.num_classes:
+            return self.unet(x, t, return_dict=False)[0]
+        return self.unet(x, t, class_labels=class_or_null(y, self.num_classes, t), return_dict=False)[0]
 
 
 def _diffusers(pretrained: str | None) -> ModuleType:
@@ -98,6 +107,7 @@ def build_diffusers_unet(
     dropout: float = 0.0,
     groups: int = 8,
     pretrained: str | None = None,
+    num_classes: int = 0,
 ) -> DiffusersUNet:
     """Load `pretrained`, or build a fresh UNet2DModel with the layout of the UNet fields (attention where listed)."""
     if pretrained:
@@ -116,5 +126,6 @@ def build_diffusers_unet(
         norm_num_groups=groups,
         dropout=dropout,
         attention_head_dim=None,
+        **({"num_class_embeds": num_classes + 1} if num_classes else {}),
     )
     return DiffusersUNet(diffusers.UNet2DModel(**kwargs))

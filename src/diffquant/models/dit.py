@@ -2,7 +2,8 @@
 
 Every projection (patch embedding, qkv, attention output, MLP, adaLN modulation, final layer) is an
 nn.Conv2d / nn.Linear, so the quantizer wraps each one; LayerNorm, GELU, softmax and the
-modulation arithmetic stay in float. No class conditioning: the network predicts ε from (x_t, t).
+modulation arithmetic stay in float. With `num_classes` > 0 a class embedding (row `num_classes`:
+the learned null class of classifier-free guidance) is added to the time embedding, as in DiT.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffquant.models.unet import timestep_embedding
+from diffquant.models.unet import class_or_null, timestep_embedding
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features, as in DiT
 
@@ -85,7 +86,7 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """ε-prediction DiT: `forward(x_t, t) -> ε̂`, x_t [B, C, H, W] with H = W divisible by patch_size."""
+    """ε-prediction DiT: `forward(x_t, t[, y]) -> ε̂`, x_t [B, C, H, W] with H = W divisible by patch_size, labels y [B]."""
 
     def __init__(
         self,
@@ -96,8 +97,10 @@ class DiT(nn.Module):
         depth: int = 12,
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         if hidden_size % num_heads or hidden_size % 4:
@@ -110,11 +113,13 @@ class DiT(nn.Module):
             depth=depth,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
+            **({"num_classes": num_classes} if num_classes else {}),
         )
         self.patch_size, self.grid = patch_size, image_size // patch_size
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.grid)[None], persistent=False)
         self.time_embed = nn.Sequential(nn.Linear(FREQ_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.label_embed = nn.Embedding(num_classes + 1, hidden_size) if num_classes else None
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
@@ -130,6 +135,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.patch_embed.bias)
         for layer in (self.time_embed[0], self.time_embed[2]):
             nn.init.normal_(layer.weight, std=0.02)
+        if self.label_embed is not None:
+            nn.init.normal_(self.label_embed.weight, std=0.02)
         for block in [*self.blocks, self.final]:  # every block starts as the identity, the output as zero
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -142,9 +149,11 @@ class DiT(nn.Module):
         x = x.reshape(b, g, g, p, p, -1)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(b, -1, g * p, g * p)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # [B, grid², D]
         c = self.time_embed(timestep_embedding(t, FREQ_DIM))
+        if self.label_embed is not None:
+            c = c + self.label_embed(class_or_null(y, self.num_classes, t))
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final(h, c))

@@ -24,8 +24,10 @@ class UNetConfig:
     attn_resolutions: list[int] = field(default_factory=list)
     dropout: float = 0.0
     groups: int = 8
+    num_classes: int = 0  # > 0: class-conditional, labels 0..num_classes-1 (classifier-free guidance)
 
     def __post_init__(self) -> None:
+        check_range("model.num_classes", self.num_classes, 0)
         check_range("model.base_channels", self.base_channels, 1)
         check_range("model.groups", self.groups, 1)
         check_range("model.num_res_blocks", self.num_res_blocks, 1)
@@ -54,8 +56,10 @@ class DiTConfig:
     depth: int = 12
     num_heads: int = 6
     mlp_ratio: float = 4.0
+    num_classes: int = 0  # > 0: class-conditional, labels 0..num_classes-1 (classifier-free guidance)
 
     def __post_init__(self) -> None:
+        check_range("model.num_classes", self.num_classes, 0)
         check_range("model.patch_size", self.patch_size, 1)
         check_range("model.depth", self.depth, 1)
         check_range("model.num_heads", self.num_heads, 1)

@@ -20,6 +20,11 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def class_or_null(y: Tensor | None, num_classes: int, t: Tensor) -> Tensor:
+    """The labels y [B], or the null class `num_classes` for every sample when y is None."""
+    return torch.full_like(t, num_classes, dtype=torch.long) if y is None else y
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, plus the projected time embedding, twice, with a residual shortcut."""
 
@@ -77,7 +82,11 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """Epsilon-prediction UNet: `forward(x_t, t) -> ε̂` with x_t [B, C, H, W] and integer t [B]."""
+    """Epsilon-prediction UNet: `forward(x_t, t[, y]) -> ε̂` with x_t [B, C, H, W], integer t [B] and class labels y [B].
+
+    With `num_classes` > 0 the label's embedding is added to the time embedding; y = None or
+    y = num_classes is the null class (the unconditional prediction of classifier-free guidance).
+    """
 
     def __init__(
         self,
@@ -89,8 +98,10 @@ class UNet(nn.Module):
         image_size: int = 16,
         dropout: float = 0.0,
         groups: int = 8,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes  # > 0: class-conditional (diffusion/guidance.py reads it)
         self.config = dict(
             in_channels=in_channels,
             base_channels=base_channels,
@@ -100,9 +111,12 @@ class UNet(nn.Module):
             image_size=image_size,
             dropout=dropout,
             groups=groups,
+            **({"num_classes": num_classes} if num_classes else {}),
         )
         ch, temb_dim = base_channels, 4 * base_channels
         self.time_embed = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        # Class k's embedding is added to the time embedding; row num_classes is the learned null class.
+        self.label_embed = nn.Embedding(num_classes + 1, temb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.down, skip_chs, res = nn.ModuleList(), [ch], image_size
         for level, mult in enumerate(channel_mults):
@@ -151,12 +165,14 @@ class UNet(nn.Module):
             return h
         return stage(h)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         temb = self.time_embed(
             timestep_embedding(
                 t, self.conv_in.out_channels if isinstance(self.conv_in, nn.Conv2d) else self.config["base_channels"]
             )
         )
+        if self.label_embed is not None:
+            temb = temb + self.label_embed(class_or_null(y, self.num_classes, t))
         h = self.conv_in(x)
         skips = [h]
         for stage in self.down:

@@ -66,7 +66,7 @@ def correct_bias(
     """
     last_of = {group[0]: group[-1] for group in fused}
     reference = channel_means(fp_model, {name: last_of.get(name, name) for name in wrapped}, data, batch_size)
-    x, t = data.x, data.t
+    inputs = data.inputs()
     shifts: list[float] = []
     for _ in range(rounds):
         moved: list[float] = []
@@ -89,7 +89,7 @@ def correct_bias(
         handles = [qmodel.get_submodule(name).register_forward_hook(hook(name)) for name in wrapped]
         try:
             qmodel.eval()
-            qmodel(x, t)
+            qmodel(*inputs)
         finally:
             for handle in handles:
                 handle.remove()

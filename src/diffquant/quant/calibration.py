@@ -1,7 +1,8 @@
 """Timestep-aware calibration data: (x_t, t) pairs from the FP32 model's own sampling trajectory.
 
 Calibrating a denoiser on clean images is wrong: its inputs are noisy x_t whose statistics change
-with t (Q-Diffusion, PTQ4DM). We run the FP32 sampler and keep the inputs it feeds the model.
+with t (Q-Diffusion, PTQ4DM). We run the FP32 sampler and keep the inputs it feeds the model (for a
+conditional model with its conditions, and under guidance both halves of each batched call).
 """
 
 from __future__ import annotations
@@ -13,38 +14,67 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffquant.diffusion.guidance import Guide
 from diffquant.quant.config import CalibConfig
 from diffquant.quant.machine import pinned_threads
+
+Inputs = tuple[Tensor, ...]  # one model call's positional inputs: (x_t, t) or (x_t, t, cond)
 
 
 @dataclass
 class CalibrationData:
-    """Model inputs captured along sampling trajectories: x [N, C, H, W] and integer t [N]."""
+    """Model inputs captured along sampling trajectories: x [N, C, H, W], integer t [N] and, for a conditional
+    model, the condition of each call `cond` [N, ...] (class labels or embeddings).
+
+    Under classifier-free guidance (`guidance_scale` != 1) the rows are the model's actual batched calls:
+    each trajectory state appears with its condition and with the null condition.
+    """
 
     x: Tensor
     t: Tensor
+    cond: Tensor | None = None
+    guidance_scale: float = 1.0
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def rows(self, idx: Tensor | slice) -> Inputs:
+        """The model inputs of the selected rows."""
+        parts = (self.x[idx], self.t[idx])
+        return parts if self.cond is None else (*parts, self.cond[idx])
+
+    def inputs(self) -> Inputs:
+        """Every row's model inputs as one batch."""
+        return self.rows(slice(None))
 
     def subset(self, n: int, seed: int = 0) -> CalibrationData:
         """A seeded random subset of at most n pairs (all timesteps stay represented on average)."""
         if n >= len(self.t):
             return self
         idx = torch.randperm(len(self.t), generator=torch.Generator().manual_seed(seed))[:n]
-        return CalibrationData(self.x[idx], self.t[idx])
+        return CalibrationData(*self.rows(idx), guidance_scale=self.guidance_scale)
 
-    def random_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-        """An endless stream of random (x_t, t) batches (data-free QAT draws from the teacher's trajectories)."""
+    def random_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Inputs]:
+        """An endless stream of random input batches (data-free QAT draws from the teacher's trajectories)."""
         while True:
-            idx = torch.randint(0, len(self.t), (min(batch_size, len(self.t)),), generator=generator)
-            yield self.x[idx], self.t[idx]
+            yield self.rows(torch.randint(0, len(self.t), (min(batch_size, len(self.t)),), generator=generator))
 
-    def cycled(self, n: int) -> tuple[Tensor, Tensor]:
-        """One batch of exactly n pairs: the set in order, repeated as often as needed."""
-        idx = torch.arange(n) % len(self.t)
-        return self.x[idx], self.t[idx]
+    def cycled(self, n: int) -> Inputs:
+        """One batch of exactly n rows: the set in order, repeated as often as needed."""
+        return self.rows(torch.arange(n) % len(self.t))
 
-    def batches(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
-        """Consecutive (x, t) batches covering the whole set."""
-        return [(self.x[i : i + batch_size], self.t[i : i + batch_size]) for i in range(0, len(self.t), batch_size)]
+    def batches(self, batch_size: int) -> list[Inputs]:
+        """Consecutive input batches covering the whole set."""
+        return [self.rows(slice(i, i + batch_size)) for i in range(0, len(self.t), batch_size)]
+
+    def to_blob(self) -> dict[str, object]:
+        """The tensors and the guidance scale, for `torch.save`."""
+        return {"x": self.x, "t": self.t, "cond": self.cond, "guidance_scale": self.guidance_scale}
+
+    @classmethod
+    def from_blob(cls, blob: dict[str, object]) -> CalibrationData:
+        """The inverse of `to_blob` (files written before conditions existed read as unconditional)."""
+        return cls(blob["x"], blob["t"], blob.get("cond"), float(blob.get("guidance_scale", 1.0)))  # type: ignore[arg-type]
 
 
 def pick_indices(num_steps: int, keep: int) -> set[int]:
@@ -70,21 +100,44 @@ def pick_indices_normal(
 
 
 def collect_trajectory(
-    sample: Callable[..., Tensor], num_steps: int, keep_timesteps: int, noise: Tensor, keep: set[int] | None = None
+    sample: Callable[..., Tensor],
+    num_steps: int,
+    keep_timesteps: int,
+    noise: Tensor,
+    keep: set[int] | None = None,
+    conditions: Conditions | None = None,
 ) -> CalibrationData:
-    """Run `sample(noise=..., callback=...)` and keep x_t at the step indices `keep` (default: evenly spread)."""
+    """Run `sample(noise=..., callback=...)` and keep x_t at the step indices `keep` (default: evenly spread).
+
+    With `conditions` (the guide and each trajectory's condition) the sampler gets the bound model
+    `sample(model, noise=..., callback=...)` and the kept rows are the guided model's actual inputs.
+    """
     keep = pick_indices(num_steps, keep_timesteps) if keep is None else keep
-    xs: list[Tensor] = []
-    ts: list[Tensor] = []
+    rows: list[Inputs] = []
 
     def capture(step: int, t: int, x: Tensor) -> None:
         if step in keep:
-            xs.append(x.detach().cpu().clone())
-            ts.append(torch.full((x.shape[0],), t, dtype=torch.long))
+            tt = torch.full((x.shape[0],), t, dtype=torch.long)
+            x = x.detach().cpu().clone()
+            rows.append((x, tt) if conditions is None else conditions.guide.inputs(x, tt, conditions.cond))
 
     with pinned_threads(1):  # the pairs are bit-identical whatever the thread count
-        sample(noise=noise, callback=capture)
-    return CalibrationData(torch.cat(xs), torch.cat(ts))
+        if conditions is None:
+            sample(noise=noise, callback=capture)
+        else:
+            sample(conditions.guide.bind(conditions.model, conditions.cond), noise=noise, callback=capture)
+    parts = [torch.cat(column) for column in zip(*rows)]
+    scale = 1.0 if conditions is None else conditions.guide.scale
+    return CalibrationData(*parts, guidance_scale=scale)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """A conditional FP32 model, its guide and the condition of each calibration trajectory."""
+
+    model: nn.Module
+    guide: Guide
+    cond: Tensor
 
 
 def trajectory_pairs(
@@ -94,11 +147,13 @@ def trajectory_pairs(
     num_timesteps: int,
     shape: tuple[int, ...],
     seed: int,
+    conditions: Conditions | None = None,
 ) -> CalibrationData:
     """`calib.timesteps` steps of `calib.num_samples` FP32 trajectories from seeded noise (the CLI's and the API's pairs).
 
-    `sample(noise=..., callback=...)` runs the sampler on the FP32 model; `step_timesteps` are the
-    timesteps it visits; `shape` is one image's (C, H, W).
+    `sample(noise=..., callback=...)` runs the sampler on the FP32 model (with `conditions`:
+    `sample(model, noise=..., callback=...)`, the model bound to its conditions); `step_timesteps`
+    are the timesteps it visits; `shape` is one image's (C, H, W).
     """
     keep = (
         pick_indices(len(step_timesteps), calib.timesteps)
@@ -106,7 +161,7 @@ def trajectory_pairs(
         else pick_indices_normal(step_timesteps, calib.timesteps, calib.t_mean, calib.t_std, num_timesteps, seed=seed)
     )
     noise = torch.randn((calib.num_samples, *shape), generator=torch.Generator().manual_seed(seed + 1))
-    return collect_trajectory(sample, len(step_timesteps), calib.timesteps, noise, keep)
+    return collect_trajectory(sample, len(step_timesteps), calib.timesteps, noise, keep, conditions)
 
 
 @torch.no_grad()
@@ -115,5 +170,5 @@ def run_calibration(model: nn.Module, data: CalibrationData, batch_size: int, pr
     model.eval()
     device = next(model.parameters()).device
     with pinned_threads(1):  # ranges identical whatever the thread count (see machine.pinned_threads)
-        for x, t in tqdm(data.batches(batch_size), desc="calibrate", disable=not progress, leave=False):
-            model(x.to(device), t.to(device))
+        for batch in tqdm(data.batches(batch_size), desc="calibrate", disable=not progress, leave=False):
+            model(*(part.to(device) for part in batch))

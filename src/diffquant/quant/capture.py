@@ -16,8 +16,8 @@ def run_hooked(model: nn.Module, data: CalibrationData, batch_size: int, handles
     """Run `model` in eval mode over `data` in batches, then remove the hooks `handles` (also on error)."""
     try:
         model.eval()
-        for x, t in data.batches(batch_size):
-            model(x, t)
+        for batch in data.batches(batch_size):
+            model(*batch)
     finally:
         for handle in handles:
             handle.remove()

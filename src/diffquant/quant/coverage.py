@@ -23,49 +23,50 @@ from diffquant.quant.wrap import quantizable_types
 ROLES = ("input", "output")
 
 
-def call_order(model: nn.Module, x: Tensor, t: Tensor) -> tuple[list[str], list[str]]:
-    """Names of the quantizable layers in the order one forward calls them, and those called on x itself."""
+def call_order(model: nn.Module, *inputs: Tensor) -> tuple[list[str], list[str]]:
+    """Names of the quantizable layers in the order one forward on `inputs` ((x, t[, cond])) calls them, and those called on x itself."""
+    x = inputs[0]
     order: list[str] = []
     readers: list[str] = []
 
-    def record(name: str, inputs: tuple[object, ...]) -> None:
+    def record(name: str, args: tuple[object, ...]) -> None:
         order.append(name)
-        if inputs and inputs[0] is x:
+        if args and args[0] is x:
             readers.append(name)
 
     hooks = [
-        module.register_forward_pre_hook(lambda _m, inputs, name=name: record(name, inputs))
+        module.register_forward_pre_hook(lambda _m, args, name=name: record(name, args))
         for name, module in model.named_modules()
         if name and isinstance(module, quantizable_types())
     ]
     try:
         with torch.no_grad():
-            model(x, t)
+            model(*inputs)
     finally:
         for hook in hooks:
             hook.remove()
     return list(dict.fromkeys(order)), list(dict.fromkeys(readers))
 
 
-def edge_layers(model: nn.Module, roles: Iterable[str], x: Tensor, t: Tensor) -> list[str]:
+def edge_layers(model: nn.Module, roles: Iterable[str], *inputs: Tensor) -> list[str]:
     """The layer names of `roles` (`input`: the readers of x, `output`: the last layer called) in `model`."""
     roles = list(roles)
     for role in roles:
         check_choice("quant.keep_float", role, ROLES)
     if not roles:
         return []
-    order, readers = call_order(model, x, t)
+    order, readers = call_order(model, *inputs)
     picked = {"input": readers or order[:1], "output": order[-1:]}
     return list(dict.fromkeys(name for role in roles for name in picked[role]))
 
 
-def uncalled_layers(model: nn.Module, x: Tensor, t: Tensor) -> list[str]:
+def uncalled_layers(model: nn.Module, *inputs: Tensor) -> list[str]:
     """Quantizable layers the forward never calls as modules: their parent reads the weights directly.
 
     nn.MultiheadAttention is one: it passes `out_proj.weight` to a functional kernel, so swapping
     `out_proj` for a quant -> layer -> dequant wrapper would break it. Such layers stay float.
     """
-    called = set(call_order(model, x, t)[0])
+    called = set(call_order(model, *inputs)[0])
     return [
         name
         for name, module in model.named_modules()
@@ -89,15 +90,15 @@ def cpu_attention_formulas() -> dict[object, Callable[..., int]]:
     return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: flash_cpu}
 
 
-def layer_macs(model: nn.Module, x: Tensor, t: Tensor) -> tuple[dict[str, int], int]:
-    """Multiply-accumulates per named module and in total (FLOPs / 2) of one forward at (x, t)."""
+def layer_macs(model: nn.Module, *inputs: Tensor) -> tuple[dict[str, int], int]:
+    """Multiply-accumulates per named module and in total (FLOPs / 2) of one forward at `inputs` ((x, t[, cond]))."""
     # nn.MultiheadAttention's inference fast path is one fused op the counter does not count: take the
     # composite path, so attention's matmuls appear in the total (the fraction would overstate int8's share).
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False, depth=None, custom_mapping=cpu_attention_formulas()) as counter:
-            model(x, t)
+            model(*inputs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     counts = counter.get_flop_counts()
@@ -106,7 +107,7 @@ def layer_macs(model: nn.Module, x: Tensor, t: Tensor) -> tuple[dict[str, int], 
     return per_module, sum(counts.get("Global", {}).values()) // 2
 
 
-def mac_fraction(model: nn.Module, layers: Iterable[str], x: Tensor, t: Tensor) -> float:
+def mac_fraction(model: nn.Module, layers: Iterable[str], *inputs: Tensor) -> float:
     """Fraction of all multiply-accumulates of a forward that the named layers compute."""
-    per_module, total = layer_macs(model, x, t)
+    per_module, total = layer_macs(model, *inputs)
     return sum(per_module.get(name, 0) for name in layers) / total if total else 0.0

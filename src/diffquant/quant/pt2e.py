@@ -76,11 +76,11 @@ def quantize_pt2e(
     """Export with a dynamic batch, observe the calibration pairs, convert to a quantized graph (not compiled)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    exported = export_merged(copy.deepcopy(model).eval(), (data.x[:2], data.t[:2]))
+    exported = export_merged(copy.deepcopy(model).eval(), data.cycled(2))
     prepared = prepare_pt2e(exported, make_quantizer(spec, skip))
     with pinned_threads(1):  # ranges identical whatever the thread count (see machine.pinned_threads)
-        for x, t in data.batches(batch_size):
-            prepared(x, t)
+        for batch in data.batches(batch_size):
+            prepared(*batch)
     graph = convert_pt2e(prepared)
     drop_unused_attributes(graph)
     return graph
@@ -101,8 +101,8 @@ class CompiledInt8(nn.Module):
         """Compiling + the first run, summed over the input shapes seen so far."""
         return self._compiled.compile_seconds
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self._compiled(x, t)
+    def forward(self, *args: Tensor) -> Tensor:
+        return self._compiled(*args)
 
 
 @dataclass
@@ -146,9 +146,9 @@ class InductorPTQStrategy:
         graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
         quantize_seconds = time.perf_counter() - start
         compiled = CompiledInt8(graph)
-        x, t = data.cycled(self.warmup_batch)
+        inputs = data.cycled(self.warmup_batch)
         with torch.no_grad():
-            out, ref = compiled(x, t), graph(x, t)
+            out, ref = compiled(*inputs), graph(*inputs)
         error = relative_error(out, ref)
         if not error < 0.05:  # an unrelated cached graph, or a miscompile, would be far off
             raise DiffquantError(

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.ao import quantization as tq
 
+from diffquant.diffusion.guidance import Guide
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.quant.bias_correction import correct_bias
@@ -44,7 +45,7 @@ class QuantContext:
     """What a strategy may use: calibration pairs, training batches, the diffusion process, logging."""
 
     calibration: Callable[[], CalibrationData]
-    train_batches: Callable[[], Iterator[Tensor]]
+    train_batches: Callable[[], Iterator[Any]]  # images, or (images, conditions) for a conditional model
     diffusion: GaussianDiffusion
     generator: torch.Generator
     calib_batch_size: int = 64
@@ -54,7 +55,8 @@ class QuantContext:
     state_path: Path | None = None  # QAT: where its resumable checkpoint lives (keyed by `state_key`)
     state_key: str = ""
     checkpoint_every: int = 0
-    example: tuple[Tensor, Tensor] | None = None  # one small (x, t) batch for probe forwards (else 2 calibration pairs)
+    example: tuple[Tensor, ...] | None = None  # one small (x, t[, cond]) batch for probe forwards (else 2 calibration pairs)
+    conditioning: tuple[Guide, float] | None = None  # a conditional model: its guide and the condition dropout (QAT)
 
 
 @dataclass
@@ -108,13 +110,13 @@ class QuantPlan:
 
 def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantPlan:
     """The plan with its `keep_float` roles resolved to this model's layer names, and its uncalled layers (probe forwards)."""
-    x, t = ctx.example if ctx.example is not None else ctx.calibration().cycled(2)
-    uncalled = tuple(uncalled_layers(model, x, t))
+    example = ctx.example if ctx.example is not None else ctx.calibration().cycled(2)
+    uncalled = tuple(uncalled_layers(model, *example))
     if uncalled:
         logging.getLogger("diffquant").info(
             "Kept in float, never called as modules (their parent reads the weights): %s", ", ".join(uncalled)
         )
-    kept = tuple(edge_layers(model, plan.keep_float, x, t)) if plan.keep_float else plan.kept_float
+    kept = tuple(edge_layers(model, plan.keep_float, *example)) if plan.keep_float else plan.kept_float
     unsupported = plan.unsupported
     if plan.runs_int8:  # transposed convolutions whose int8 kernel fails this machine's self-test stay float
         engine = torch.backends.quantized.engine
@@ -296,7 +298,7 @@ class QATStrategy:
             loss_fn = trajectory_distillation_loss(teacher)
             batches = ctx.calibration().random_batches(self.batch_size, data_gen)
         else:
-            loss_fn = distillation_loss(teacher, ctx.diffusion, data_gen, self.data_weight, self.distill_weight)
+            loss_fn = distillation_loss(teacher, ctx.diffusion, data_gen, self.data_weight, self.distill_weight, ctx.conditioning)
             batches = ctx.train_batches()
         frozen = [False]
 

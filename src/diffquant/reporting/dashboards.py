@@ -23,7 +23,7 @@ from diffquant.diffusion.config import SamplerConfig
 from diffquant.evaluation.uncertainty import interval_scalars
 from diffquant.reporting.tensorboard import RunLogger, to_grid
 
-FIGURES = ("samples.png", "eps_rel_err.png", "traj_eps_mse.png", "act_ranges.png")
+FIGURES = ("samples.png", "samples_by_class.png", "eps_rel_err.png", "traj_eps_mse.png", "act_ranges.png")
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:

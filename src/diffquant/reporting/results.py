@@ -43,6 +43,20 @@ def save_comparison_grid(panels: dict[str, Tensor], path: Path, nrow: int = 8) -
     save_figure(fig, path)
 
 
+def save_class_grid(panels: dict[str, Tensor], num_classes: int, path: Path, note: str = "") -> None:
+    """Panels of class-conditional samples whose column k holds samples asked for class k (labelled under each panel)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.4 * num_classes * len(panels) + 1.0, 3.8), squeeze=False)
+    for ax, (title, images) in zip(axes[0], panels.items()):
+        grid = to_grid(images, num_classes).permute(1, 2, 0).numpy()
+        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        width = grid.shape[1] / num_classes
+        ax.set_xticks([width * (k + 0.5) for k in range(num_classes)], [str(k) for k in range(num_classes)], fontsize=7)
+        ax.set_yticks([])
+        ax.set_xlabel("requested class", fontsize=8)
+        ax.set_title(f"{title} ({note})" if note else title, fontsize=9)
+    save_figure(fig, path)
+
+
 def save_curves(curves: dict[str, dict[int, float]], path: Path, xlabel: str, ylabel: str, logy: bool = False) -> None:
     """One line per labelled {x: y} curve (e.g. an error against the timestep)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))

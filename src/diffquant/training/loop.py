@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffquant.diffusion.guidance import Guide, drop_conditions
 from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.errors import DiffquantError
 from diffquant.training.checkpoint import Checkpointer, TrainState
@@ -66,31 +67,51 @@ def epsilon_loss(diffusion: GaussianDiffusion, generator: torch.Generator) -> Lo
     return lambda model, x0: diffusion.training_loss(model, x0, generator)
 
 
-def distillation_loss(
-    teacher: nn.Module, diffusion: GaussianDiffusion, generator: torch.Generator, data_weight: float, distill_weight: float
-) -> LossFn:
-    """QAT on images: data_weight·‖ε − ε_s‖² + distill_weight·‖ε_teacher − ε_s‖² at the same (x_t, t)."""
+def conditional_epsilon_loss(diffusion: GaussianDiffusion, generator: torch.Generator, guide: Guide, dropout: float) -> LossFn:
+    """The DDPM objective on (images, conditions) batches; each condition is dropped to the null one with
+    probability `dropout`, so the model also learns the unconditional ε of classifier-free guidance."""
 
-    def loss(student: nn.Module, x0: Tensor) -> Tensor:
+    def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x0, cond = batch
+        return diffusion.training_loss(model, x0, generator, drop_conditions(cond, guide, dropout, generator))
+
+    return loss
+
+
+def distillation_loss(
+    teacher: nn.Module,
+    diffusion: GaussianDiffusion,
+    generator: torch.Generator,
+    data_weight: float,
+    distill_weight: float,
+    conditioning: tuple[Guide, float] | None = None,
+) -> LossFn:
+    """QAT on images: data_weight·‖ε − ε_s‖² + distill_weight·‖ε_teacher − ε_s‖² at the same (x_t, t[, cond]).
+
+    With `conditioning` (guide, dropout) batches are (images, conditions), dropped to the null
+    condition as in FP32 training, so both halves of a guided call are distilled.
+    """
+
+    def loss(student: nn.Module, batch: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        x0, cond = (batch, ()) if conditioning is None else (batch[0], (drop_conditions(batch[1], *conditioning, generator),))
         t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = diffusion.q_sample(x0, t, noise)
-        eps = student(x_t, t)
+        eps = student(x_t, t, *cond)
         with torch.no_grad():
-            target = teacher(x_t, t)
+            target = teacher(x_t, t, *cond)
         return data_weight * nn.functional.mse_loss(eps, noise) + distill_weight * nn.functional.mse_loss(eps, target)
 
     return loss
 
 
 def trajectory_distillation_loss(teacher: nn.Module) -> LossFn:
-    """Data-free QAT: batches are (x_t, t) pairs from the teacher's own sampling trajectories."""
+    """Data-free QAT: batches are (x_t, t[, cond]) rows of the teacher's own sampling trajectories."""
 
-    def loss(student: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x_t, t = batch
+    def loss(student: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         with torch.no_grad():
-            target = teacher(x_t, t)
-        return nn.functional.mse_loss(student(x_t, t), target)
+            target = teacher(*batch)
+        return nn.functional.mse_loss(student(*batch), target)
 
     return loss
 

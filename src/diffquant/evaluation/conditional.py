@@ -1,0 +1,46 @@
+"""Evaluation of conditional models: the conditions samples ask for, and class accuracy with a paired interval.
+
+Sample i of every seed asks for class i mod K (balanced classes; identical for the FP32 and the
+quantized model, so rows stay paired). `eval/class_accuracy` is the share of samples the feature
+classifier assigns to the class they were asked for. Its delta (quantized − FP32) gets a 95 %
+percentile interval from the same paired bootstrap indices as the FID delta (metrics/paired.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diffquant.diffusion.guidance import Guide
+from diffquant.metrics.paired import bootstrap_indices, percentile_interval
+
+
+def requested_conditions(guide: Guide, seeds: int, num_samples: int, pool: Tensor | None = None) -> Tensor:
+    """The condition of each evaluation sample: per seed, `guide.requested(num_samples)`, seeds concatenated."""
+    return torch.cat([guide.requested(num_samples, pool) for _ in range(seeds)])
+
+
+@torch.no_grad()
+def predicted_classes(classifier: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """The classifier's arg-max class of each image [N] (CPU)."""
+    device = next(classifier.parameters()).device
+    chunks = [classifier(images[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
+
+
+def class_accuracy_metrics(
+    classifier: nn.Module, fp32: Tensor, quantized: Tensor, labels: Tensor, replicates: int, seed: int
+) -> dict[str, float | list[float] | None]:
+    """`eval/class_accuracy` (quantized), `_fp32`, `_delta` and its paired 95 % interval `_delta_ci95`."""
+    keys = ("eval/class_accuracy", "eval/class_accuracy_fp32", "eval/class_accuracy_delta", "eval/class_accuracy_delta_ci95")
+    correct = {}
+    for name, samples in (("fp32", fp32), ("quantized", quantized)):
+        if not bool(torch.isfinite(samples).all()):
+            return dict.fromkeys(keys)
+        correct[name] = (predicted_classes(classifier, samples) == labels).double().numpy()
+    q, f = correct["quantized"], correct["fp32"]
+    indices = bootstrap_indices(len(labels), replicates, seed)
+    deltas = q[indices].mean(axis=1) - f[indices].mean(axis=1)
+    low, high = percentile_interval(np.asarray(deltas))
+    return dict(zip(keys, (float(q.mean()), float(f.mean()), float(q.mean() - f.mean()), [low, high])))
