@@ -3,7 +3,7 @@
 A conditional model is `forward(x_t, t, cond)`: `cond` is a class label [B] (int64) or an embedding
 [B, L, D] (text-style, e.g. `encoder_hidden_states`). It says so by an attribute: `num_classes`
 (labels 0..K-1, the null label K drops the class) or `cond_shape` ((L, D), the null condition is
-zeros). `Guide.bind(model, cond)` gives the sampler an ordinary `forward(x_t, t)` for one batch:
+zeros; its `cond_pool` [M, L, D] holds the conditions label k stands for, row k mod M). `Guide.bind(model, cond)` gives the sampler an ordinary `forward(x_t, t)` for one batch:
 with a guidance scale s != 1 it evaluates the conditional and the unconditional pass in ONE
 batched call and returns ε_u + s (ε_c − ε_u). `Guide.inputs` is that call's inputs: calibration
 keeps them, so observers see exactly the activations a guided quantized model sees.
@@ -21,11 +21,17 @@ from diffquant.errors import DiffquantError
 
 @dataclass(frozen=True)
 class Guide:
-    """How to condition one model: its null condition (one sample's), the class count (0: embeddings) and the scale."""
+    """How to condition one model: its null condition (one sample's), the class count (0: embeddings) and the scale.
+
+    An embedding-conditioned model has a `pool` [M, L, D] of conditions (its `cond_pool`): label k
+    stands for `pool[k % M]` (a prompt per class), so labelled data trains and evaluates it like a
+    class-conditional model.
+    """
 
     null: Tensor
     scale: float = 1.0
     num_classes: int = 0
+    pool: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.scale >= 0:
@@ -61,20 +67,35 @@ class Guide:
         """`model` as a `forward(x_t, t)` denoiser for one batch with conditions `cond`."""
         return Bound(model, cond, self)
 
-    def requested(self, n: int, pool: Tensor | None = None) -> Tensor:
-        """The conditions `n` samples ask for: labels 0..K-1 in turn, or rows of `pool` [M, L, D] in turn."""
-        if self.num_classes:
-            return torch.arange(n, dtype=torch.long) % self.num_classes
-        if pool is None:
-            raise DiffquantError("an embedding-conditioned model needs conditions to sample with (model.cond_file)")
-        return pool[torch.arange(n) % pool.shape[0]]
+    @property
+    def num_labels(self) -> int:
+        """How many distinct labels the model tells apart: its classes, or its pool's rows."""
+        return self.num_classes or (0 if self.pool is None else int(self.pool.shape[0]))
 
-    def check(self, cond: Tensor, setting: str) -> None:
-        """Conditions must be labels within the class count, or embeddings of the null's shape."""
+    def from_labels(self, labels: Tensor) -> Tensor:
+        """The model's conditions for data labels: the labels themselves, or their pool rows (label mod M)."""
+        if self.num_classes:
+            return labels
+        if self.pool is None:
+            raise DiffquantError(
+                "an embedding-conditioned model needs a pool of conditions to train or sample with (model.conditions)"
+            )
+        return self.pool[labels.cpu() % self.pool.shape[0]].to(labels.device)
+
+    def requested_labels(self, n: int) -> Tensor:
+        """The labels `n` samples ask for: 0..K-1 in turn (K: classes or pool rows)."""
+        return torch.arange(n, dtype=torch.long) % max(self.num_labels, 1)
+
+    def requested(self, n: int) -> Tensor:
+        """The conditions `n` samples ask for (those of `requested_labels`)."""
+        return self.from_labels(self.requested_labels(n))
+
+    def check(self, cond: Tensor, setting: str, allow_null: bool = False) -> None:
+        """Conditions must be labels within the class count (or the null class, for model inputs), or embeddings of the null's shape."""
         if self.num_classes:
             if cond.dtype != torch.long or cond.ndim != 1:
                 raise DiffquantError(f"{setting}: class labels must be an int64 tensor [N], got {cond.dtype} {tuple(cond.shape)}")
-            if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_classes):
+            if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_classes + allow_null):
                 raise DiffquantError(
                     f"{setting}: labels {int(cond.min())}..{int(cond.max())} are outside the model's classes "
                     f"0..{self.num_classes - 1} (model.num_classes={self.num_classes})"
@@ -103,7 +124,7 @@ def guide_for(model: nn.Module, scale: float = 1.0) -> Guide | None:
         return Guide(torch.tensor(num_classes, dtype=torch.long), scale, num_classes)
     shape = getattr(model, "cond_shape", None)
     if shape:
-        return Guide(torch.zeros(tuple(shape)), scale)
+        return Guide(torch.zeros(tuple(shape)), scale, pool=getattr(model, "cond_pool", None))
     if scale != 1.0:
         Guide(torch.zeros(()), scale)  # a negative scale is refused even here
         raise DiffquantError(

@@ -63,6 +63,11 @@ class Requested:
 
     guide: Guide
     cond: Tensor
+    labels: Tensor  # the label behind each condition (the class asked for, or the pool row)
+
+    def first(self, n: int) -> Requested:
+        """The requests of the first `n` rows."""
+        return Requested(self.guide, self.cond[:n], self.labels[:n])
 
     def bound(self, model: nn.Module, rows: slice) -> nn.Module:
         """`model` bound to the conditions of `rows` (a `forward(x_t, t)` denoiser)."""

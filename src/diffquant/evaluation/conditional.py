@@ -1,7 +1,7 @@
 """Evaluation of conditional models: the conditions samples ask for, and class accuracy with a paired interval.
 
 Sample i of every seed asks for class i mod K (balanced classes; identical for the FP32 and the
-quantized model, so rows stay paired). `eval/class_accuracy` is the share of samples the feature
+quantized model, so rows stay paired); an embedding-conditioned model for its pool row i mod M. `eval/class_accuracy` is the share of samples the feature
 classifier assigns to the class they were asked for. Its delta (quantized − FP32) gets a 95 %
 percentile interval from the same paired bootstrap indices as the FID delta (metrics/paired.py).
 """
@@ -16,9 +16,9 @@ from diffquant.diffusion.guidance import Guide
 from diffquant.metrics.paired import bootstrap_indices, percentile_interval
 
 
-def requested_conditions(guide: Guide, seeds: int, num_samples: int, pool: Tensor | None = None) -> Tensor:
-    """The condition of each evaluation sample: per seed, `guide.requested(num_samples)`, seeds concatenated."""
-    return torch.cat([guide.requested(num_samples, pool) for _ in range(seeds)])
+def requested_labels(guide: Guide, seeds: int, num_samples: int) -> Tensor:
+    """The label each evaluation sample asks for: per seed, `guide.requested_labels(num_samples)`, seeds concatenated."""
+    return torch.cat([guide.requested_labels(num_samples) for _ in range(seeds)])
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from diffquant.evaluation.compare import (
     sample_metrics,
     time_first_batch,
 )
-from diffquant.evaluation.conditional import class_accuracy_metrics, requested_conditions
+from diffquant.evaluation.conditional import class_accuracy_metrics, requested_labels
 from diffquant.evaluation.features import build_spaces, images_fingerprint, reference_statistics
 from diffquant.evaluation.protocol import eval_protocol
 from diffquant.evaluation.trajectory import mean_over_steps, trajectory_eps_mse
@@ -78,7 +78,6 @@ class EvalInputs:
     classifier_acc: float
     device: str = "cpu"  # cfg.device: FP32 and fake-quantized models are sampled there (int8 stays on the CPU)
     guide: Guide | None = None  # a conditional model's (sampler.guidance_scale, its null condition)
-    cond_pool: Tensor | None = None  # an embedding-conditioned model: the conditions samples ask for, in turn
 
 
 def reference_samples(
@@ -133,8 +132,9 @@ def sample_both(
     guide = inputs.guide
     requested = None
     if guide is not None:
-        requested = Requested(guide, requested_conditions(guide, len(ev.seeds), ev.num_samples, inputs.cond_pool))
-    per_seed = None if requested is None else Requested(requested.guide, requested.cond[: ev.num_samples])  # equal per seed
+        labels = requested_labels(guide, len(ev.seeds), ev.num_samples)
+        requested = Requested(guide, guide.from_labels(labels), labels)
+    per_seed = None if requested is None else requested.first(ev.num_samples)  # every seed asks for the same
     fp32 = torch.cat(
         [
             reference_samples(
@@ -215,8 +215,8 @@ def evaluate_and_report(
         "eval/traj_eps_mse": mean_over_steps(traj),
         "eval/classifier_acc": inputs.classifier_acc,
         **(
-            class_accuracy_metrics(inputs.classifier, fp32_samples, q_samples, sampled.requested.cond, ev.bootstrap, seed)
-            if sampled.requested is not None and inputs.guide is not None and inputs.guide.num_classes
+            class_accuracy_metrics(inputs.classifier, fp32_samples, q_samples, sampled.requested.labels, ev.bootstrap, seed)
+            if sampled.requested is not None
             else {}
         ),
         **record.model_metrics(),
@@ -267,8 +267,8 @@ def evaluate_and_report(
         },
         out_dir / "samples.png",
     )
-    if sampled.requested is not None and inputs.guide is not None and inputs.guide.num_classes:
-        k = inputs.guide.num_classes
+    if sampled.requested is not None and inputs.guide is not None:
+        k = inputs.guide.num_labels
         rows = max(1, n // k)
         save_class_grid(
             {"FP32": fp32_samples[: rows * k], label: q_samples[: rows * k]},
@@ -314,10 +314,8 @@ def evaluate_and_report(
 
 
 def probe_conditions(guide: Guide | None, labels: Tensor) -> Tensor | None:
-    """The ε probe's conditions: each held-out image's own label (class models), the null condition otherwise."""
-    if guide is None:
-        return None
-    return labels if guide.num_classes else guide.nulls(len(labels))
+    """The ε probe's conditions: those of each held-out image's own label."""
+    return None if guide is None else guide.from_labels(labels)
 
 
 def guide_note(guide: Guide) -> str:

@@ -42,48 +42,52 @@ class DiffusersUNet(nn.Module):
         return self.unet(x, t, class_labels=class_or_null(y, self.num_classes, t), return_dict=False)[0]
 
 
-def _diffusers(pretrained: str | None) -> ModuleType:
+def import_diffusers(factory: str, pretrained: str | None) -> ModuleType:
     try:
         return importlib.import_module("diffusers")
     except ImportError:
         raise DiffquantError(
-            f"model._target_=diffquant.models.diffusers_unet.build_diffusers_unet (model.pretrained={pretrained!r}) needs the optional extra: pip install -e '.[diffusers]'"
+            f"model._target_=diffquant.models.{factory} (model.pretrained={pretrained!r}) needs the optional extra: pip install -e '.[diffusers]'"
         ) from None
 
 
-def model_folder(pretrained: str) -> Path | None:
-    """The local folder holding the UNet's config.json (`pretrained` itself or its `unet/`); None for a hub id."""
+def model_folder(pretrained: str, sub: str = "unet", kind: str = "UNet2DModel") -> Path | None:
+    """The local folder holding the model's config.json (`pretrained` itself or its `sub`/); None for a hub id."""
     path = Path(pretrained).expanduser()
     if path.is_dir():
-        for folder in (path, path / "unet"):
+        for folder in (path, path / sub):
             if (folder / "config.json").is_file():
                 return folder
         raise DiffquantError(
-            f"model.pretrained={pretrained!r} holds no config.json (nor unet/config.json); "
-            "give a folder written by UNet2DModel.save_pretrained"
+            f"model.pretrained={pretrained!r} holds no config.json (nor {sub}/config.json); "
+            f"give a folder written by {kind}.save_pretrained"
         )
     if path.exists() or not HUB_ID.match(pretrained):
         raise DiffquantError(
             f"model.pretrained={pretrained!r} is not a folder; give a folder written by "
-            "UNet2DModel.save_pretrained (or a hub id such as google/ddpm-cifar10-32, online only)"
+            f"{kind}.save_pretrained (or a hub id such as google/ddpm-cifar10-32, online only)"
         )
     return None
 
 
-def load_pretrained(pretrained: str, in_channels: int, image_size: int) -> DiffusersUNet:
-    """`UNet2DModel.from_pretrained`; a missing or malformed folder is a one-line DiffquantError."""
-    diffusers = _diffusers(pretrained)
-    folder = model_folder(pretrained)
+def load_folder(cls: Any, pretrained: str, sub: str, kind: str) -> nn.Module:
+    """`cls.from_pretrained` of the folder (or hub id); a missing or malformed folder is a one-line DiffquantError."""
+    folder = model_folder(pretrained, sub, kind)
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(
-            str(folder) if folder is not None else pretrained, low_cpu_mem_usage=False
-        )  # True needs `accelerate`
+        return cls.from_pretrained(str(folder) if folder is not None else pretrained, low_cpu_mem_usage=False).eval()
     except Exception as exc:  # noqa: BLE001 - diffusers raises OSError, ValueError, JSON and safetensors errors
         detail = " ".join(str(exc).split())[:300]
         where = "the folder" if folder is not None else "no local folder; the hub"
         raise DiffquantError(
-            f"model.pretrained={pretrained!r} could not be loaded as a UNet2DModel from {where} ({type(exc).__name__}: {detail})"
+            f"model.pretrained={pretrained!r} could not be loaded as a {kind} from {where} ({type(exc).__name__}: {detail})"
         ) from None
+
+
+def load_pretrained(pretrained: str, in_channels: int, image_size: int) -> DiffusersUNet:
+    """`UNet2DModel.from_pretrained` (`low_cpu_mem_usage=True` would need `accelerate`), checked against the data."""
+    unet = load_folder(
+        import_diffusers("diffusers_unet.build_diffusers_unet", pretrained).UNet2DModel, pretrained, "unet", "UNet2DModel"
+    )
     cfg = unet.config
     if cfg.in_channels != in_channels or cfg.out_channels != in_channels:
         raise DiffquantError(
@@ -112,7 +116,7 @@ def build_diffusers_unet(
     """Load `pretrained`, or build a fresh UNet2DModel with the layout of the UNet fields (attention where listed)."""
     if pretrained:
         return load_pretrained(pretrained, in_channels, image_size)
-    diffusers = _diffusers(pretrained)
+    diffusers = import_diffusers("diffusers_unet.build_diffusers_unet", pretrained)
     resolutions = [image_size // 2**level for level in range(len(channel_mults))]
     attn = [res in attn_resolutions for res in resolutions]
     kwargs: dict[str, Any] = dict(

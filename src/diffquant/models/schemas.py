@@ -70,6 +70,46 @@ class DiTConfig:
             )
 
 
+@dataclass
+class DiffusersDiTConfig:
+    """`diffquant.models.diffusers_cond.build_diffusers_dit`: a class-conditional DiTTransformer2DModel."""
+
+    targets: ClassVar[tuple[str, ...]] = ("diffquant.models.diffusers_cond.build_diffusers_dit",)
+    pretrained: Optional[str] = None  # a DiTTransformer2DModel folder: its weights, no FP32 training
+    patch_size: int = 2
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "num_layers", "num_attention_heads", "attention_head_dim", "num_classes"):
+            check_range(f"model.{name}", getattr(self, name), 1)
+
+
+@dataclass
+class DiffusersCondUNetConfig:
+    """`diffquant.models.diffusers_cond.build_diffusers_cond_unet`: a UNet2DConditionModel on `encoder_hidden_states`."""
+
+    targets: ClassVar[tuple[str, ...]] = ("diffquant.models.diffusers_cond.build_diffusers_cond_unet",)
+    pretrained: Optional[str] = None  # a UNet2DConditionModel folder: its weights, no FP32 training
+    conditions: Optional[str] = None  # the pool of conditions [M, L, D]: a tensor file or package.module.function
+    base_channels: int = 32
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2])
+    layers_per_block: int = 1
+    cross_attention_dim: int = 64
+    attention_head_dim: int = 8
+    groups: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("base_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim", "groups"):
+            check_range(f"model.{name}", getattr(self, name), 1)
+        if len(self.channel_mults) < 2 or min(self.channel_mults) < 1:
+            raise DiffquantError(f"model.channel_mults={list(self.channel_mults)} must list at least two positive integers")
+        if self.base_channels % self.groups:
+            raise DiffquantError(f"model.base_channels={self.base_channels} must be divisible by model.groups={self.groups}")
+
+
 def model_schemas() -> tuple[type, ...]:
     """The schemas of the built-in model targets."""
-    return (UNetConfig, DiffusersUNetConfig, DiTConfig)
+    return (UNetConfig, DiffusersUNetConfig, DiTConfig, DiffusersDiTConfig, DiffusersCondUNetConfig)

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from diffquant.components import import_target
 from diffquant.diffusion.config import DiffusionConfig, SamplerConfig, build_diffusion, build_sampler
+from diffquant.diffusion.guidance import guide_for
 from diffquant.errors import DiffquantError, check_choice
-from diffquant.quant.calibration import CalibrationData, trajectory_pairs
+from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_pairs
 from diffquant.quant.config import BackendConfig, CalibConfig, QuantConfig
 from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.methods import MethodInputs, Strategy
@@ -53,23 +54,74 @@ def calibration_pairs(
     steps: int = 50,
     num_samples: int = 64,
     timesteps: int = 25,
+    cond: Tensor | None = None,
+    guidance_scale: float = 1.0,
     seed: int = 0,
 ) -> CalibrationData:
-    """(x_t, t) pairs from `model`'s own DDIM / DDPM trajectories (Q-Diffusion's practice), reusable across `quantize` calls.
+    """(x_t, t[, cond]) pairs from `model`'s own DDIM / DDPM trajectories (Q-Diffusion's practice), reusable across `quantize` calls.
 
     `shape` is one image's (C, H, W); `schedule` a beta schedule (linear, cosine) of `num_timesteps`;
     `timesteps` of the `steps` sampler steps are kept from each of `num_samples` trajectories. The
-    pairs equal the CLI's for the same settings and `seed`.
+    pairs equal the CLI's for the same settings and `seed`. A conditional model (`num_classes` or
+    `cond_shape`, diffusion/guidance.py) samples trajectory i with `cond[i % len(cond)]` (default: the
+    classes in turn, as the CLI); with `guidance_scale` != 1 the pairs are its batched calls, the
+    conditional and the null half.
     """
     diffusion_cfg = DiffusionConfig(schedule=schedule, num_timesteps=num_timesteps)
-    sampler_cfg = SamplerConfig(name=sampler, steps=steps)
+    sampler_cfg = SamplerConfig(name=sampler, steps=steps, guidance_scale=guidance_scale)
     calib = CalibConfig(num_samples=num_samples, timesteps=timesteps)
     sample = build_sampler(sampler_cfg, build_diffusion(diffusion_cfg))
     model = model.eval()
+    conditions = pair_conditions(model, cond, guidance_scale, num_samples)
+    run = (lambda **kw: sample(model, **kw)) if conditions is None else sample
     with torch.no_grad():
-        return trajectory_pairs(
-            lambda **kw: sample(model, **kw), sampler_cfg.timesteps(num_timesteps), calib, num_timesteps, tuple(shape), seed
+        return trajectory_pairs(run, sampler_cfg.timesteps(num_timesteps), calib, num_timesteps, tuple(shape), seed, conditions)
+
+
+def pair_conditions(model: nn.Module, cond: Tensor | None, guidance_scale: float, n: int) -> Conditions | None:
+    """The conditions of `n` calibration trajectories: `cond` cycled (checked against the model), or its classes in turn."""
+    guide = guide_for(model, guidance_scale)
+    if guide is None:
+        if cond is not None:
+            raise DiffquantError(
+                "calibration_pairs: cond= was given, but the model is unconditional (no num_classes / cond_shape)"
+            )
+        return None
+    if cond is None:
+        if not guide.num_labels:
+            raise DiffquantError(
+                "calibration_pairs: the model is conditioned on embeddings and has no cond_pool; pass cond=<[M, L, D] tensor>"
+            )
+        cond = guide.requested(n)
+    guide.check(cond, "calibration_pairs cond")
+    return Conditions(model, guide, cond[torch.arange(n) % len(cond)])
+
+
+def check_calibration(model: nn.Module, calibration: CalibrationData) -> None:
+    """The pairs must fit the model: its condition present (or absent), one forward on two rows must run."""
+    guide = guide_for(model)
+    if guide is not None and calibration.cond is None:
+        raise DiffquantError(
+            "quantize: the model is conditional but the calibration pairs carry no conditions; "
+            "make them with diffquant.calibration_pairs(model, ...) (cond= for embeddings)"
         )
+    if guide is None and calibration.cond is not None:
+        raise DiffquantError("quantize: the calibration pairs carry conditions, but the model is unconditional")
+    if guide is not None and calibration.cond is not None:
+        guide.check(calibration.cond, "quantize calibration", allow_null=True)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*calibration.cycled(2))
+    except Exception as exc:  # noqa: BLE001 - any failure is the pairs not fitting the model: one line
+        shapes = ", ".join(str(tuple(part.shape[1:])) for part in calibration.cycled(1))
+        detail = " ".join(str(exc).split())[:200]
+        raise DiffquantError(
+            f"quantize: calibration pairs of per-row shapes {shapes} do not fit the model ({type(exc).__name__}: {detail}); "
+            "make them with diffquant.calibration_pairs(model, shape=<one image's (C, H, W)>)"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def group_file(*parts: str) -> dict[str, Any]:
@@ -144,6 +196,8 @@ def quantize(
     int8_scheme: str = "auto",
     torchscript: bool = True,
     train_images: Tensor | None = None,
+    train_labels: Tensor | None = None,
+    cond_dropout: float = 0.1,
     schedule: str = "linear",
     num_timesteps: int = 1000,
     seed: int = 0,
@@ -154,20 +208,30 @@ def quantize(
 
     `settings` are the `quant` group's keys (`weight_bits`, `act_bits`, `granularity`, `observer`,
     `skip`, `layer_bits`, `recon={...}`, `qat={...}`, ...). `method="qat"` trains on `train_images`
-    ([N, C, H, W] in [-1, 1]) under the beta `schedule`, unless `qat={"data_free": True}`.
+    ([N, C, H, W] in [-1, 1]) under the beta `schedule`, unless `qat={"data_free": True}`; a
+    conditional model also needs `train_labels` (dropped to the null condition with `cond_dropout`).
     """
     quant = quant_settings(method, backend, settings)
     backend_cfg = BackendConfig(engine=backend, int8_scheme=int8_scheme, torchscript=torchscript)
+    check_calibration(model, calibration)
+    guide = guide_for(model)
     if method == "qat" and train_images is None and not quant.qat.data_free:
         raise DiffquantError("method='qat' needs train_images=<[N, C, H, W] tensor in [-1, 1]> (or qat={'data_free': True})")
+    if method == "qat" and guide is not None and not quant.qat.data_free:
+        if train_labels is None:
+            raise DiffquantError("method='qat' on a conditional model needs train_labels=<[N] conditions of train_images>")
+        guide.check(train_labels, "quantize train_labels")
     diffusion = build_diffusion(DiffusionConfig(schedule=schedule, num_timesteps=num_timesteps))
     batches = torch.Generator().manual_seed(seed + 2)
 
     def train_batches() -> Any:
-        from diffquant.data.datasets import iterate_batches
+        from diffquant.data.datasets import iterate_batches, iterate_labelled
 
         assert train_images is not None
-        return iterate_batches(train_images, quant.qat.batch_size, batches)
+        if guide is None:
+            return iterate_batches(train_images, quant.qat.batch_size, batches)
+        assert train_labels is not None
+        return iterate_labelled(train_images, train_labels, quant.qat.batch_size, batches)
 
     ctx = QuantContext(
         calibration=lambda: calibration,
@@ -177,7 +241,8 @@ def quantize(
         calib_batch_size=quant.calib.batch_size,
         progress=progress,
         batch_generator=batches,
-        example=(calibration.x[:2], calibration.t[:2]),
+        example=calibration.cycled(2),
+        conditioning=None if guide is None else (guide, cond_dropout),
     )
     set_engine(backend)
     numerics = resolve_int8_numerics(backend, int8_scheme)

@@ -68,12 +68,14 @@ def epsilon_loss(diffusion: GaussianDiffusion, generator: torch.Generator) -> Lo
 
 
 def conditional_epsilon_loss(diffusion: GaussianDiffusion, generator: torch.Generator, guide: Guide, dropout: float) -> LossFn:
-    """The DDPM objective on (images, conditions) batches; each condition is dropped to the null one with
+    """The DDPM objective on (images, labels) batches; each label's condition is dropped to the null one with
     probability `dropout`, so the model also learns the unconditional ε of classifier-free guidance."""
 
     def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x0, cond = batch
-        return diffusion.training_loss(model, x0, generator, drop_conditions(cond, guide, dropout, generator))
+        x0, labels = batch
+        return diffusion.training_loss(
+            model, x0, generator, drop_conditions(guide.from_labels(labels), guide, dropout, generator)
+        )
 
     return loss
 
@@ -88,12 +90,16 @@ def distillation_loss(
 ) -> LossFn:
     """QAT on images: data_weight·‖ε − ε_s‖² + distill_weight·‖ε_teacher − ε_s‖² at the same (x_t, t[, cond]).
 
-    With `conditioning` (guide, dropout) batches are (images, conditions), dropped to the null
+    With `conditioning` (guide, dropout) batches are (images, labels), their conditions dropped to the null
     condition as in FP32 training, so both halves of a guided call are distilled.
     """
 
     def loss(student: nn.Module, batch: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        x0, cond = (batch, ()) if conditioning is None else (batch[0], (drop_conditions(batch[1], *conditioning, generator),))
+        if conditioning is None:
+            x0, cond = batch, ()
+        else:
+            guide, dropout = conditioning
+            x0, cond = batch[0], (drop_conditions(guide.from_labels(batch[1]), guide, dropout, generator),)
         t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = diffusion.q_sample(x0, t, noise)
