@@ -211,6 +211,23 @@ CASES = [
         r"diffusion\._target_=helpers\.custom_diffusion\.short_betas returned torch\.float64 of shape \(999,\); "
         r"expected a float tensor of diffusion\.num_timesteps=1000 betas",
     ),
+    # conditional models
+    Bad(
+        "guidance-scale-negative",
+        ("model.num_classes=10", "sampler.guidance_scale=-1"),
+        r"sampler\.guidance_scale=-1\.0 must be >= 0 \(1: no guidance, 0: unconditional, > 1: guided\)",
+    ),
+    Bad(
+        "guidance-unconditional-model",
+        ("sampler.guidance_scale=3",),
+        r"sampler\.guidance_scale=3\.0 needs a conditional model \(model\.num_classes > 0, e\.g\. experiment=class_cond\)",
+    ),
+    Bad(
+        "labels-outside-classes",
+        ("model.num_classes=5",),
+        r"dataset=digits: labels 0\.\.9 are outside the model's classes 0\.\.4 \(model\.num_classes=5\)",
+    ),
+    Bad("num-classes-negative", ("model.num_classes=-2",), r"model\.num_classes=-2 is out of range"),
     Bad(
         "inception-extra-missing",
         ("eval.fid.extractor=inception",),

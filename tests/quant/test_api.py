@@ -177,6 +177,17 @@ def test_load_refuses_files_this_machine_cannot_run(int8, tmp_path, change, mess
         diffquant.load(tmp_path / "q.pt")
 
 
+def test_load_of_a_truncated_file_is_one_line_and_save_never_leaves_half_a_file(int8, tmp_path) -> None:
+    path = diffquant.save(int8, tmp_path / "q.pt")
+    whole = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DiffquantError, match=r"cut\.pt is not a diffquant quantized-model file \("):
+        diffquant.load(tmp_path / "cut.pt")
+    with pytest.raises(DiffquantError):
+        diffquant.save(torch.nn.Linear(2, 2), path)  # refused (no recipe): the good file stays as it was
+    assert path.read_bytes() == whole
+
+
 def test_save_refuses_a_model_without_a_recipe(tiny, tmp_path) -> None:
     with pytest.raises(DiffquantError, match="carries no recipe"):
         diffquant.save(tiny[0], tmp_path / "q.pt")
