@@ -66,3 +66,33 @@ def test_ddpm_visits_every_timestep(diffusion) -> None:
 def test_summary_leaves_out_t0_unless_it_is_the_only_step() -> None:
     assert mean_over_steps({0: 100.0, 20: 1.0, 40: 3.0}) == 2.0
     assert mean_over_steps({0: 5.0}) == 5.0
+
+
+class LabelShift(nn.Module):
+    """ε(x, t, y) = a·x + y / 10: a conditional stand-in (label K is the null class)."""
+
+    num_classes = 4
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        y = torch.full_like(t, 4) if y is None else y
+        return self.a * x + y.float().view(-1, 1, 1, 1) / 10
+
+
+def test_a_guided_model_is_compared_on_both_halves_of_each_call_in_batches_past_the_noise(diffusion) -> None:
+    from diffquant.diffusion.guidance import guide_for
+    from diffquant.evaluation.compare import Requested
+
+    guide = guide_for(LabelShift(1.0), 2.0)
+    labels = torch.arange(40) % 4  # more requests than the trajectory's rows, as with eval.traj_num_samples < num_samples
+    requested = Requested(guide, labels, labels)
+    noise = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    sample = partial(ddim_sample, diffusion=diffusion, steps=4)
+    per_t = trajectory_eps_mse(sample, LabelShift(1.0), LabelShift(1.1), noise, batch_size=256, bind=requested.bound)
+    assert sorted(per_t) == ddim_timesteps(100, 4)[::-1] and all(v > 0 for v in per_t.values())
+    paired = PairedEps(LabelShift(1.1), LabelShift(1.0))
+    sample(requested.bound(paired, slice(0, 6)), noise=noise)
+    assert per_t == pytest.approx(paired.per_t())

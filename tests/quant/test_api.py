@@ -209,11 +209,3 @@ def test_int8_models_of_the_other_eager_engines_round_trip(tiny, tmp_path, engin
             assert torch.equal(loaded(cal.x[:8], cal.t[:8]), qmodel(cal.x[:8], cal.t[:8]))
     finally:
         torch.backends.quantized.engine = "fbgemm"
-
-
-def test_saving_an_x86_inductor_model_is_refused_with_the_way_out(tmp_path) -> None:
-    model = tiny_unet()
-    setattr(model, RECIPE_ATTR, {"backend": {"engine": "x86_inductor"}, "execution": "int8_inductor"})
-    with pytest.raises(DiffquantError, match="backend=x86_inductor models cannot be saved yet.*backend=x86 or fbgemm"):
-        diffquant.save(model, tmp_path / "q.pt")
-    assert not (tmp_path / "q.pt").exists()

@@ -54,7 +54,7 @@ def trajectory_eps_mse(
     """
     paired = PairedEps(quantized, fp32)
     for start in range(0, noise.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
+        rows = slice(start, min(start + batch_size, noise.shape[0]))
         sample(paired if bind is None else bind(paired, rows), noise=noise[rows])
     return paired.per_t()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import time
 from dataclasses import dataclass, replace
 
@@ -87,14 +88,42 @@ def quantize_pt2e(
 
 
 class CompiledInt8(nn.Module):
-    """The quantized graph (its int8 weights are the state_dict) and its AOTInductor-compiled libraries."""
+    """The quantized graph (its int8 weights are the state_dict) and its AOTInductor-compiled libraries.
 
-    def __init__(self, graph: torch.fx.GraphModule) -> None:
+    `example` (one input batch) lets `save` export the graph with a dynamic batch; `rewritten=True`
+    takes a graph whose GroupNorms and SiLUs were rewritten already (one `load` read back).
+    """
+
+    def __init__(self, graph: torch.fx.GraphModule, example: tuple[Tensor, ...], rewritten: bool = False) -> None:
         super().__init__()
         self.graph = graph
-        rewrite_group_norms(graph)  # after convert_pt2e: the quantizer never saw the arithmetic inside
-        rewrite_quantized_silus(graph)  # SiLUs rounded to 8 bits at once: no exp (see quant/execution/compiling.py)
+        self.example = tuple(a[:2].clone() for a in example)
+        if not rewritten:
+            rewrite_group_norms(graph)  # after convert_pt2e: the quantizer never saw the arithmetic inside
+            rewrite_quantized_silus(graph)  # SiLUs rounded to 8 bits at once: no exp (see quant/execution/compiling.py)
         self._compiled = AotCompiled(graph)
+
+    def train(self, mode: bool = True) -> CompiledInt8:
+        """Inference only: the flag is kept, the graph left alone (an exported program refuses train())."""
+        self.training = mode
+        return self
+
+    def exported(self) -> bytes:
+        """The rewritten graph as a `torch.export` program (batch dimension dynamic): what `save` writes."""
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(self.graph, self.example, dynamic_shapes=tuple({0: batch} for _ in self.example))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_exported(cls, blob: bytes, example: tuple[Tensor, ...]) -> CompiledInt8:
+        """The model `exported` wrote; it compiles per input shape on first use, as after quantization."""
+        require_torchao()
+        import torchao.quantization.pt2e  # noqa: F401 - registers the quantize / dequantize ops the program calls
+
+        program = torch.export.load(io.BytesIO(blob))
+        return cls(program.module(), example, rewritten=True)
 
     @property
     def compile_seconds(self) -> float:
@@ -145,7 +174,7 @@ class InductorPTQStrategy:
         skipped = [n for n in layers if is_skipped(n, plan.float_layers)]
         graph = quantize_pt2e(model, data, ctx.calib_batch_size, self.plan.spec, skipped)
         quantize_seconds = time.perf_counter() - start
-        compiled = CompiledInt8(graph)
+        compiled = CompiledInt8(graph, data.cycled(2))
         inputs = data.cycled(self.warmup_batch)
         with torch.no_grad():
             out, ref = compiled(*inputs), graph(*inputs)

@@ -3,7 +3,8 @@
 The file is a `torch.save` dict of plain values (read with `weights_only=True`, so its checks run
 before any code is unpickled): the format version, the recipe `quantize` attached, the torch and
 diffquant versions, the engine, the pickled module and, for TorchScript int8 models, the frozen
-graphs traced so far. `load` refuses a file made by another torch minor version (int8 packed
+graphs traced so far; an `x86_inductor` model is its quantized graph as a `torch.export` program
+instead (recompiled by AOTInductor at each input shape on first use, minutes on a small CPU). `load` refuses a file made by another torch minor version (int8 packed
 weights and TorchScript graphs do not carry across) or for an engine this machine lacks. The module
 needs its classes importable; where they are not, an int8 model's frozen graphs still serve the
 input shapes they were traced at.
@@ -61,14 +62,13 @@ def save(qmodel: nn.Module, path: str | Path) -> Path:
         raise DiffquantError(
             f"save: {type(qmodel).__name__} carries no recipe; save a model returned by diffquant.quantize (or a CLI run)"
         )
-    if recipe["backend"]["engine"] == "x86_inductor":  # its rewritten PT2E graph calls functions that do not pickle
-        raise DiffquantError(
-            "save: backend=x86_inductor models cannot be saved yet (their compiled PT2E graph does not pickle); "
-            "quantize with backend=x86 or fbgemm to keep the model"
-        )
+    exported, example = None, None  # None, not b"": an empty bytes object pickles as a call weights_only refuses
     module = io.BytesIO()
-    with qconfigs_detached(qmodel):
-        torch.save(qmodel, module)
+    if recipe["backend"]["engine"] == "x86_inductor":  # a torch.export program: its rewritten graph does not pickle
+        exported, example = qmodel.exported(), list(qmodel.example)
+    else:
+        with qconfigs_detached(qmodel):
+            torch.save(qmodel, module)
     graphs: list[dict[str, Any]] = []
     if isinstance(qmodel, ScriptedInt8):
         for key, graph in qmodel._graphs.items():
@@ -84,8 +84,10 @@ def save(qmodel: nn.Module, path: str | Path) -> Path:
         "torch": str(torch.__version__),
         "diffquant": __version__,
         "module_class": f"{type(qmodel).__module__}.{type(qmodel).__qualname__}",
-        "module": module.getvalue(),
+        "module": module.getvalue() or None,
         "graphs": graphs,
+        "exported": exported,  # x86_inductor: the quantized graph as a torch.export program, compiled on load
+        "example": example,
     }
     path = Path(path)
     atomic_torch_save(payload, path)
@@ -152,6 +154,12 @@ def load(path: str | Path) -> nn.Module:
     recipe = payload["recipe"]
     if recipe["execution"].startswith("int8"):
         set_engine(payload["engine"])
+    if payload.get("exported"):
+        from diffquant.quant.pt2e import CompiledInt8
+
+        model = CompiledInt8.from_exported(payload["exported"], tuple(payload["example"]))
+        setattr(model, RECIPE_ATTR, recipe)
+        return model.eval()
     try:
         model = torch.load(io.BytesIO(payload["module"]), map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
