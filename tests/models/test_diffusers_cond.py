@@ -138,3 +138,29 @@ def test_cli_runs_a_saved_cond_unet_on_its_conditions_file_through_ptq_int8_and_
     qat = diffquant(tmp_path, *common, "quant=qat", "quant.qat.steps=4", run_dir="qat")
     assert qat.returncode == 0, qat.stderr[-3000:]
     check_results(tmp_path / "qat", "qat", "int8")  # W8A8 QAT converts to int8 kernels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack"])
+def test_a_dits_attention_and_feed_forward_run_int8_on_every_engine(tmp_path: Path, engine: str) -> None:
+    import diffquant
+    from diffquant.metrics.quality import sqnr_db
+    from diffquant.quant.engine import supported_engines
+
+    if engine not in supported_engines():
+        pytest.skip(f"engine {engine} is not built into this torch")
+    save_random_dit(tmp_path / "dit")
+    model = build_model(model_spec(DIT, pretrained=str(tmp_path / "dit")), 1, 8).eval()
+    pairs = diffquant.calibration_pairs(model, shape=(1, 8, 8), steps=8, num_samples=10, timesteps=4, guidance_scale=2.0)
+    qmodel = diffquant.quantize(model, pairs, backend=engine)
+    recipe = qmodel.diffquant_recipe
+    assert recipe["execution"] == "int8"
+    eager = qmodel.eager
+    for layer in ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2"):
+        for block in (0, 1):
+            name = f"dit.transformer_blocks.{block}.{layer}"
+            assert name in recipe["wrapped_layers"]
+            assert type(eager.get_submodule(name).module).__module__.startswith("torch.ao.nn.quantized"), name
+    inputs = pairs.cycled(40)
+    with torch.no_grad():
+        assert sqnr_db(model(*inputs), qmodel(*inputs)) > 20
