@@ -108,6 +108,7 @@ def check_results(folder: Path, method: str, execution: str) -> dict:
     return results
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_cli_runs_a_saved_dit_through_ptq_int8_and_qat(tmp_path: Path) -> None:
     save_random_dit(tmp_path / "dit")
@@ -124,6 +125,7 @@ def test_cli_runs_a_saved_dit_through_ptq_int8_and_qat(tmp_path: Path) -> None:
     check_results(tmp_path / "qat", "qat", "int8")  # W8A8 QAT converts to int8 kernels
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_cli_runs_a_saved_cond_unet_on_its_conditions_file_through_ptq_int8_and_qat(tmp_path: Path) -> None:
     save_random_cond_unet(tmp_path / "unet")
