@@ -76,6 +76,7 @@ def test_other_methods_and_backends_complete(tmp_path: Path, quant: str, backend
     assert all(math.isfinite(v) for k, v in results["metrics"].items() if k in METRIC_KEYS)
 
 
+@pytest.mark.heavy  # a two-job sweep (about 25 s); the launchers' and Optuna's sweeps are heavy too
 def test_multirun_sweep_writes_one_result_per_job(tmp_path: Path) -> None:
     proc = diffquant(tmp_path, "-m", "quant=ptq", "quant.weight_bits=4,8")  # qnnpack: test_other_methods_and_backends
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -123,6 +123,7 @@ def test_w8a8_ptq_quantizes_the_diffusers_layers(tmp_path: Path) -> None:
         assert scripted.graph_for(x, t) is not None and torch.equal(scripted(x, t), out.model(x, t))
 
 
+@pytest.mark.heavy  # the real CLI on a saved model (about 20 s); the layers' int8 path is tested in process above
 @pytest.mark.slow
 def test_cli_quantizes_a_saved_unet2dmodel_end_to_end(tmp_path: Path) -> None:
     save_random_unet(tmp_path / "saved")
