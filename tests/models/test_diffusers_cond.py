@@ -166,3 +166,23 @@ def test_a_dits_attention_and_feed_forward_run_int8_on_every_engine(tmp_path: Pa
     inputs = pairs.cycled(40)
     with torch.no_grad():
         assert sqnr_db(model(*inputs), qmodel(*inputs)) > 20
+
+
+def test_the_conditions_file_keys_the_fp32_cache_by_content(tmp_path: Path) -> None:
+    from diffquant.cache.artifacts import fp32_key
+    from diffquant.config import TrainConfig
+    from diffquant.diffusion.config import DiffusionConfig
+    from diffquant.models import weights_key
+
+    pool = tmp_path / "pool.pt"
+    torch.save(torch.zeros(2, 3, 16), pool)
+    spec = model_spec(COND_UNET, conditions=str(pool))
+    dataset = model_spec("diffquant.data.datasets.load_digits")
+    key = fp32_key(spec, dataset, DiffusionConfig(), TrainConfig(), 0, 1, 8, True)
+    assert fp32_key(spec, dataset, DiffusionConfig(), TrainConfig(), 0, 1, 8, True) == key
+    save_random_cond_unet(tmp_path / "unet")
+    loaded = model_spec(COND_UNET, pretrained=str(tmp_path / "unet"), conditions=str(pool))
+    before = weights_key(build_model(loaded, 1, 8))
+    torch.save(torch.ones(2, 3, 16), pool)  # the same path, other conditions
+    assert fp32_key(spec, dataset, DiffusionConfig(), TrainConfig(), 0, 1, 8, True) != key
+    assert weights_key(build_model(loaded, 1, 8)) != before  # a pretrained model's key covers its pool too

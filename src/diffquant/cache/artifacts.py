@@ -71,13 +71,17 @@ def fp32_key_parts(
     """The settings that determine the trained FP32 weights (stored in the cache entry beside their hash).
 
     A model or data set enters as its `_target_` import path and the arguments actually passed to
-    it, so two user models never share an entry and keys the target ignores do not split one. The
+    it, so two user models never share an entry and keys the target ignores do not split one; an
+    argument naming a file adds the file's digest (a changed `model.conditions` file retrains). The
     schedule enters as its settings, plus its import path when it is not the built-in of its name.
     """
     parts: dict[str, Any] = {"diffusion": diffusion.key(), "train": dataclasses.asdict(train)}
     parts["model"] = model.key(in_channels=in_channels, image_size=image_size)
     if parts["model"].get("num_classes") == 0:  # unconditional: the key it had before models took classes
         parts["model"].pop("num_classes")
+    for name, value in list(parts["model"].items()):  # a file the model reads (model.conditions) enters by content
+        if isinstance(value, str) and Path(value).expanduser().is_file():
+            parts["model"][f"{name}_sha256"] = file_key(Path(value).expanduser())
     parts["dataset"] = dataset.key(seed=seed)
     parts["train"].pop("checkpoint_every")  # how often to save does not change the weights
     parts["train"].pop("bundled")  # a bundled model is the one this config trains

@@ -112,7 +112,7 @@ class DiffusersCondUNet(nn.Module):
                 f"model.conditions holds {pool.shape[-1]}-wide embeddings; the UNet's cross_attention_dim is {dim}"
             )
         self.cond_shape = tuple(pool.shape[1:])
-        self.register_buffer("cond_pool", pool, persistent=False)
+        self.register_buffer("cond_pool", pool)  # in the state_dict: a pretrained model's cache key covers its pool
 
     def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         if c is None:
