@@ -120,7 +120,11 @@ class CompiledInt8(nn.Module):
     def from_exported(cls, blob: bytes, example: tuple[Tensor, ...]) -> CompiledInt8:
         """The model `exported` wrote; it compiles per input shape on first use, as after quantization."""
         require_torchao()
-        import torchao.quantization.pt2e  # noqa: F401 - registers the quantize / dequantize ops the program calls
+        # What quantizing imported: the quantize / dequantize ops the program calls, and the X86 quantizer's
+        # Inductor passes that lower quantize -> conv / linear -> dequantize to oneDNN int8 kernels (without
+        # them the same graph compiles to other kernels, with other numerics).
+        from torchao.quantization.pt2e import quantize_pt2e  # noqa: F401
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
 
         program = torch.export.load(io.BytesIO(blob))
         return cls(program.module(), example, rewritten=True)
