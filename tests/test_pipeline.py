@@ -53,6 +53,7 @@ def test_a_user_sampler_schedule_and_method_run_end_to_end(compose_cfg) -> None:
     assert results["metrics"]["eval/eps_rel_err"] > 0  # 4-bit weights: the model did change
 
 
+@pytest.mark.heavy  # two in-process runs (about 16 s)
 @pytest.mark.slow
 def test_a_saved_quantized_model_evaluates_without_requantizing(compose_cfg, tmp_path) -> None:
     """quant.save=true writes quantized.pt; quant.load=<it> gives the same metrics, and refuses another FP32 model."""

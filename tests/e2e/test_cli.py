@@ -138,6 +138,7 @@ def test_every_method_on_every_backend_completes(tmp_path: Path) -> None:
         assert all(math.isfinite(r["metrics"][k]) for k in METRIC_KEYS - {"eval/psnr_vs_fp32", "eval/mse_vs_fp32"})
 
 
+@pytest.mark.heavy  # three tiny CLI runs (about 22 s): the README command stays under 10 min
 def test_runs_are_deterministic_and_a_truncated_cache_entry_is_rebuilt(tmp_path: Path) -> None:
     first = diffquant(tmp_path, "quant.weight_bits=4", run_dir="a")
     assert first.returncode == 0, first.stderr[-3000:]

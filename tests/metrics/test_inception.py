@@ -61,6 +61,7 @@ def digits() -> torch.Tensor:
     return load_digits(image_size=16, channels=1, holdout_fraction=0.2, seed=0).test_images[:4]
 
 
+@pytest.mark.heavy  # Inception-v3 on CPU over a few hundred images (about 16 s)
 @pytest.mark.slow
 def test_identical_sets_give_zero_and_shifts_grow(extractor, digits) -> None:
     """4 digits: the same set twice gives FID 0; brightening it by 0.25, 0.5, 1 gives a growing FID."""
