@@ -13,20 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from diffquant.diffusion.guidance import Guide
+from diffquant.metrics.classifier import predicted_classes
 from diffquant.metrics.paired import bootstrap_indices, percentile_interval
 
 
 def requested_labels(guide: Guide, seeds: int, num_samples: int) -> Tensor:
     """The label each evaluation sample asks for: per seed, `guide.requested_labels(num_samples)`, seeds concatenated."""
     return torch.cat([guide.requested_labels(num_samples) for _ in range(seeds)])
-
-
-@torch.no_grad()
-def predicted_classes(classifier: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """The classifier's arg-max class of each image [N] (CPU)."""
-    device = next(classifier.parameters()).device
-    chunks = [classifier(images[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
 
 
 def class_accuracy_metrics(

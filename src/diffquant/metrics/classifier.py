@@ -78,14 +78,16 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
+def predicted_classes(model: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """The arg-max class of each image [N] (int64, on the CPU)."""
+    device = _device(model)
+    chunks = [model(images[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
+
+
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512) -> float:
     """Fraction of `images` whose arg-max logit equals the label."""
-    device = _device(model)
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start : start + batch_size].to(device))
-        correct += int((logits.argmax(dim=1).cpu() == labels[start : start + batch_size]).sum())
-    return correct / max(images.shape[0], 1)
+    return int((predicted_classes(model, images, batch_size) == labels).sum()) / max(images.shape[0], 1)
 
 
 @torch.no_grad()
