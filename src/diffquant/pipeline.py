@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from functools import partial
@@ -21,12 +22,14 @@ from diffquant.data.datasets import iterate_batches, iterate_labelled
 from diffquant.data.loading import load_data
 from diffquant.diffusion.config import SamplerConfig, build_diffusion, build_sampler
 from diffquant.diffusion.guidance import Guide, guide_for
+from diffquant.evaluation.compare import on_device
 from diffquant.evaluation.features import require_extractor
 from diffquant.evaluation.stage import EvalInputs, evaluate_and_report
 from diffquant.quant.api import RECIPE_ATTR, Run, make_strategy, quantize_with
 from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_pairs
 from diffquant.quant.coverage import mac_fraction
 from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
+from diffquant.quant.gpu.runtime import is_gpu_engine, require_gpu
 from diffquant.quant.machine import cpu_info
 from diffquant.quant.methods import Strategy
 from diffquant.quant.saving import SavedRun, save
@@ -47,6 +50,8 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     if saved is not None:  # the file's recipe is the run's quant and backend groups
         cfg = dataclasses.replace(cfg, quant=saved.quant, backend=saved.backend)
     q = cfg.quant
+    if saved is not None and is_gpu_engine(cfg.backend.engine):
+        require_gpu(cfg.backend.engine, cfg.device)  # a GPU model file is evaluated on the GPU it was made for
     set_engine(cfg.backend.engine)  # inside every job: sweep workers are reused
     numerics = resolve_int8_numerics(cfg.backend.engine, cfg.backend.int8_scheme)
     strategy = build_strategy(cfg, numerics) if saved is None else None
@@ -80,9 +85,11 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         guide = guide_for(fp32.model, cfg.sampler.guidance_scale)
         if guide is not None:
             log.info("Conditional model (%s); sampler.guidance_scale=%g", conditioning_label(guide), guide.scale)
-        conditions = None if guide is None else Conditions(fp32.model, guide, guide.requested(q.calib.num_samples))
+        device = torch.device(cfg.device)  # the FP32 trajectories of calibration run there (a copy: fp32.model stays put)
+        calib_model = fp32.model if device.type == "cpu" else on_device(copy.deepcopy(fp32.model), device)
+        conditions = None if guide is None else Conditions(calib_model, guide, guide.requested(q.calib.num_samples))
         calibration = CachedCalibration(
-            cfg, fp32.entry_dir, sample if guide else partial(sample, fp32.model), data.channels, data.image_size, conditions
+            cfg, fp32.entry_dir, sample if guide else partial(sample, calib_model), data.channels, data.image_size, conditions
         )
         batch_generator = torch.Generator().manual_seed(cfg.seed + 2)
         zeros = (torch.zeros(2, data.channels, data.image_size, data.image_size), torch.tensor([0, 1]))
@@ -163,6 +170,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             cls_acc,
             cfg.device,
             guide,
+            outcome.baselines,
         )
         return evaluate_and_report(cfg, inputs, record, logger)
     finally:
@@ -179,7 +187,7 @@ def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, 
     parts = {
         "fp32": fp32_key,
         "quant": dataclasses.asdict(quant),
-        "backend": dataclasses.asdict(backend),
+        "backend": backend.key(),
         "sampler": sampler.key(),
         "seed": seed,
     }

@@ -16,6 +16,7 @@ from diffquant.metrics.fid import feature_statistics, frechet_distance
 from diffquant.metrics.inception_score import inception_score
 from diffquant.metrics.precision_recall import precision_recall
 from diffquant.metrics.quality import mse, psnr, relative_error
+from diffquant.quant.gpu.runtime import is_gpu_execution
 from diffquant.quant.lsq import to_device
 
 
@@ -31,8 +32,9 @@ class OnDevice(nn.Module):
 
 
 def eval_device(requested: str, execution: str) -> torch.device:
-    """Where evaluation runs both models: `device` for FP32 and fake-quantized ones; int8 kernels are CPU-only."""
-    return torch.device(requested) if execution in ("fp32", "fakequant") else torch.device("cpu")
+    """Where evaluation runs both models: `device` for FP32, fake-quantized and GPU low-bit ones; torch.ao int8 kernels are CPU-only."""
+    on_requested = execution in ("fp32", "fakequant") or is_gpu_execution(execution)
+    return torch.device(requested) if on_requested else torch.device("cpu")
 
 
 def on_device(model: nn.Module, device: torch.device) -> nn.Module:

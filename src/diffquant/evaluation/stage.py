@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class EvalInputs:
     classifier_acc: float
     device: str = "cpu"  # cfg.device: FP32 and fake-quantized models are sampled there (int8 stays on the CPU)
     guide: Guide | None = None  # a conditional model's (sampler.guidance_scale, its null condition)
+    baselines: dict[str, nn.Module] = field(default_factory=dict)  # timed on the first batch too: perf/sample_s_<name>
 
 
 def reference_samples(
@@ -163,6 +164,11 @@ def sample_both(
         context["guidance_scale"] = guide.scale
         context["batched_guidance"] = guide.batched  # each model call carries the conditional and the null half
     seconds = {"perf/sample_s": q_seconds, "perf/sample_s_fp32": fp32_seconds}
+    for name, baseline in inputs.baselines.items():  # e.g. the bf16 compiled FP32 model a GPU backend must beat
+        seconds[f"perf/sample_s_{name}"] = baseline_s = time_first_batch(
+            inputs.sample, on_device(baseline, device), noises[0], ev.batch_size, per_seed
+        )
+        seconds[f"perf/speedup_vs_{name}"] = baseline_s / q_seconds
     return Sampled(noise, fp32, quantized, seconds, context, requested)
 
 

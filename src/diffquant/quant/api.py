@@ -27,7 +27,7 @@ from diffquant.diffusion.guidance import guide_for
 from diffquant.errors import DiffquantError, check_choice
 from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_pairs
 from diffquant.quant.config import BackendConfig, CalibConfig, QuantConfig
-from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
+from diffquant.quant.engine import GPU_ENGINES, Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.methods import MethodInputs, Strategy
 from diffquant.quant.strategies import QuantContext, QuantOutcome
 
@@ -156,10 +156,31 @@ def quant_settings(method: str, backend: str, settings: Mapping[str, Any]) -> Qu
     return quant
 
 
+def backend_config(engine: str, int8_scheme: str, torchscript: bool, extra: Mapping[str, Any]) -> BackendConfig:
+    """The backend group of `quantize`: its engine and int8 scheme, plus the other keys given (a typo gets a suggestion)."""
+    known = [f.name for f in fields(BackendConfig) if f.name not in ("engine", "int8_scheme", "torchscript")]
+    for key in extra:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(known)}"
+            raise DiffquantError(f"quantize: backend_settings has no key {key!r}{hint}")
+    return BackendConfig(engine=engine, int8_scheme=int8_scheme, torchscript=torchscript, **extra)
+
+
 def make_strategy(quant: QuantConfig, backend: BackendConfig, numerics: Int8Numerics, run: Run) -> Strategy:
     """The strategy of `quant._target_` (quant/methods.py); the factory refuses int8 that saturates on this CPU."""
     inputs = MethodInputs(
-        quant, backend.engine, backend.int8_scheme, numerics, backend.torchscript, run.warmup, run.device, run.log_every
+        quant,
+        backend.engine,
+        backend.int8_scheme,
+        numerics,
+        backend.torchscript,
+        run.warmup,
+        run.device,
+        run.log_every,
+        backend.weight_scaling,
+        backend.group_size,
+        backend.compiling(),
     )
     strategy = import_target(quant._target_, "quant._target_")(inputs)
     if not callable(getattr(strategy, "quantize", None)):
@@ -202,6 +223,8 @@ def quantize(
     num_timesteps: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    device: str | None = None,
+    backend_settings: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> nn.Module:
     """Quantize a copy of `model` (never `model` itself): real int8 where the CLI would run int8, fake-quantized otherwise.
@@ -210,9 +233,12 @@ def quantize(
     `skip`, `layer_bits`, `recon={...}`, `qat={...}`, ...). `method="qat"` trains on `train_images`
     ([N, C, H, W] in [-1, 1]) under the beta `schedule`, unless `qat={"data_free": True}`; a
     conditional model also needs `train_labels` (dropped to the null condition with `cond_dropout`).
+    A GPU backend (`cuda_fp8`, `cuda_int8`, `cuda_int4wo`) runs on `device` (default `cuda`) and reads
+    the backend group's other keys from `backend_settings` (`weight_scaling`, `group_size`, `compile`).
     """
     quant = quant_settings(method, backend, settings)
-    backend_cfg = BackendConfig(engine=backend, int8_scheme=int8_scheme, torchscript=torchscript)
+    backend_cfg = backend_config(backend, int8_scheme, torchscript, backend_settings or {})
+    device = device or ("cuda" if backend in GPU_ENGINES else "cpu")
     check_calibration(model, calibration)
     guide = guide_for(model)
     if method == "qat" and train_images is None and not quant.qat.data_free:
@@ -246,5 +272,5 @@ def quantize(
     )
     set_engine(backend)
     numerics = resolve_int8_numerics(backend, int8_scheme)
-    strategy = make_strategy(quant, backend_cfg, numerics, Run(warmup=min(64, len(calibration.t))))
+    strategy = make_strategy(quant, backend_cfg, numerics, Run(warmup=min(64, len(calibration.t)), device=device))
     return quantize_with(strategy, copy.deepcopy(model).eval(), ctx, quant, backend_cfg, numerics).model

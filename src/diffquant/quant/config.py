@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from diffquant.components import import_target
 from diffquant.errors import check_choice, check_range
 from diffquant.quant.coverage import ROLES
-from diffquant.quant.engine import SCHEME_CHOICES, SCHEMES, Int8Scheme
+from diffquant.quant.engine import GPU_ENGINES, SCHEME_CHOICES, SCHEMES, Int8Scheme
+from diffquant.quant.gpu.runtime import Compiling
 from diffquant.quant.qconfig import QuantSpec
 
 
@@ -132,12 +133,41 @@ class QuantConfig:
         )
 
 
+GPU_FIELDS = (
+    "weight_scaling",
+    "group_size",
+    "compile",
+    "compile_mode",
+    "compile_scope",
+)  # read by the GPU backends only (quant/gpu)
+
+
 @dataclass
 class BackendConfig:
     engine: str = "fbgemm"
     int8_scheme: str = "auto"  # auto | w8a8 | w7a8 | w8a7: 8-bit grids; auto: the first exact on this CPU (engine.py)
     torchscript: bool = True  # run eager int8 models as frozen TorchScript graphs (bit-identical, faster)
+    weight_scaling: str = "tensorwise"  # cuda_fp8: one weight scale per tensor | rowwise (per output row)
+    group_size: int = 128  # cuda_int4wo: input channels per weight scale (32, 64, 128, 256)
+    compile: bool = True  # GPU backends: torch.compile the bf16 model with its low-bit layers
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
+    compile_scope: str = "model"  # model (one graph) | blocks (each repeated block, compiled once and reused)
 
     def __post_init__(self) -> None:
-        check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor"))
+        check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor", *GPU_ENGINES))
         check_choice("backend.int8_scheme", self.int8_scheme, SCHEME_CHOICES)
+        check_choice("backend.weight_scaling", self.weight_scaling, ("tensorwise", "rowwise"))
+        check_choice("backend.group_size", self.group_size, (32, 64, 128, 256))
+        self.compiling()  # validates compile_mode and compile_scope
+
+    def compiling(self) -> Compiling:
+        """How a GPU backend compiles its model."""
+        return Compiling(self.compile, self.compile_mode, self.compile_scope)
+
+    def key(self) -> dict[str, object]:
+        """What a cached result depends on: every field, without the GPU-only ones for a CPU engine."""
+        fields = asdict(self)
+        if self.engine not in GPU_ENGINES:
+            for name in GPU_FIELDS:
+                fields.pop(name)
+        return fields

@@ -21,6 +21,8 @@ from diffquant.quant.machine import cpu_info
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 # Backends that are not torch.ao engines, and the engine their eager parts (the self-test, fp32 runs) use.
 EAGER_ENGINE = {"x86_inductor": "x86"}
+# GPU backends (quant/gpu): low-bit GEMMs on a CUDA GPU, no torch.ao engine; each one's low-bit format.
+GPU_ENGINES = {"cuda_fp8": "fp8", "cuda_int8": "int8", "cuda_int4wo": "int4wo"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,9 @@ def supported_engines() -> list[str]:
 
 
 def set_engine(engine: str) -> None:
-    """Select the quantized engine for this process; a clear error if the machine lacks it."""
+    """Select the quantized engine for this process; a clear error if the machine lacks it (GPU backends: nothing to select)."""
+    if engine in GPU_ENGINES:
+        return
     engine = EAGER_ENGINE.get(engine, engine)
     available = supported_engines()
     if engine not in available:
@@ -120,6 +124,8 @@ def scheme_is_exact(engine: str, scheme: Int8Scheme) -> bool:
 def resolve_int8_numerics(engine: str, setting: str) -> Int8Numerics:
     """`backend.int8_scheme`: a named scheme as given, or `auto`: the first exact one in SCHEMES order."""
     check_choice("backend.int8_scheme", setting, SCHEME_CHOICES)
+    if engine in GPU_ENGINES:  # GPU int8 GEMMs accumulate in int32: the full grids are exact; fp8 / int4 use no int8 grid
+        return Int8Numerics(SCHEMES["w8a8"], True, engine)
     if setting != "auto":
         return Int8Numerics(SCHEMES[setting], scheme_is_exact(engine, SCHEMES[setting]), engine)
     for scheme in SCHEMES.values():

@@ -16,7 +16,10 @@ from torch import nn
 
 from diffquant.errors import DiffquantError
 from diffquant.quant.config import QuantConfig
-from diffquant.quant.engine import Int8Numerics, require_exact
+from diffquant.quant.engine import GPU_ENGINES, Int8Numerics, require_exact
+from diffquant.quant.gpu.convert import LowBitSpec
+from diffquant.quant.gpu.runtime import Compiling, require_gpu
+from diffquant.quant.gpu.strategy import GpuPTQStrategy
 from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantOutcome, QuantPlan
@@ -41,6 +44,9 @@ class MethodInputs:
     warmup: int = 64  # the evaluation's sampling batch: compiled / scripted models get ready at it
     device: str = "cpu"
     log_every: int = 50
+    weight_scaling: str = "tensorwise"  # GPU backends (`backend.*`): fp8 weight scales, int4 group size, compiling
+    group_size: int = 128
+    compiling: Compiling = Compiling()
 
     def plan(self) -> QuantPlan:
         """Which layers get which qconfig, on the 8-bit grids of the engine's int8 scheme."""
@@ -57,9 +63,9 @@ class MethodInputs:
         )
 
     def require_eager_engine(self) -> None:
-        """Eager torch.ao methods cannot run on x86_inductor (its specialization picks `ptq_pt2e`)."""
-        if self.engine == "x86_inductor":
-            raise DiffquantError(f"backend=x86_inductor supports quant=ptq only; got quant={self.quant.method}")
+        """Eager torch.ao methods cannot run on x86_inductor or a GPU backend (their specializations pick `ptq_pt2e` / `ptq_gpu`)."""
+        if self.engine == "x86_inductor" or self.engine in GPU_ENGINES:
+            raise DiffquantError(f"backend={self.engine} supports quant=ptq only; got quant={self.quant.method}")
 
     def require_exact_int8(self, plan: QuantPlan) -> None:
         """Refuse int8 kernels whose accumulation saturates on this CPU (simulated runs are exempt)."""
@@ -96,6 +102,42 @@ def ptq_pt2e(inputs: MethodInputs) -> InductorPTQStrategy:
         )
     require_exact(inputs.numerics, inputs.int8_scheme)
     return InductorPTQStrategy(inputs.plan(), q.recon.method, inputs.warmup)
+
+
+def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
+    """Post-training quantization to a GPU low-bit format (backend=cuda_fp8, cuda_int8, cuda_int4wo), run compiled in bf16."""
+    q, engine = inputs.quant, inputs.engine
+    if engine not in GPU_ENGINES:
+        raise DiffquantError(
+            f"quant._target_=diffquant.quant.methods.ptq_gpu needs a GPU backend ({', '.join(GPU_ENGINES)}); got backend={engine}"
+        )
+    fmt = GPU_ENGINES[engine]
+    bits = (4, None) if fmt == "int4wo" else (8, 8)
+    if (q.weight_bits, q.act_bits) != bits:
+        wanted = (
+            "quant.weight_bits=4 quant.act_bits=null (weight-only)" if fmt == "int4wo" else "quant.weight_bits=8 quant.act_bits=8"
+        )
+        raise DiffquantError(
+            f"backend={engine} runs {fmt} with {wanted}; got quant.weight_bits={q.weight_bits} "
+            f"quant.act_bits={'null' if q.act_bits is None else q.act_bits}"
+        )
+    given = [
+        k
+        for k, v in (
+            ("quant.recon.method", q.recon.method != "none"),
+            ("quant.layer_bits", bool(q.layer_bits)),
+            ("quant.split_shortcut", q.split_shortcut),
+            ("quant.dynamic_input", q.dynamic_input),
+            ("quant.bias_correction", q.bias_correction > 0),
+            ("quant.simulate", q.simulate),
+        )
+        if v
+    ]
+    if given:
+        raise DiffquantError(f"backend={engine} does not support {', '.join(given)}; use backend=fbgemm or x86 for those")
+    require_gpu(engine, inputs.device)  # before any training: no CUDA, or fp8 on a GPU older than 8.9
+    spec = LowBitSpec(fmt, inputs.weight_scaling, inputs.group_size)
+    return GpuPTQStrategy(spec, engine, inputs.device, tuple(q.skip), tuple(q.keep_float), inputs.compiling, inputs.warmup)
 
 
 def qat(inputs: MethodInputs) -> QATStrategy:

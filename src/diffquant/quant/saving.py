@@ -32,6 +32,7 @@ from diffquant.quant.api import RECIPE_ATTR
 from diffquant.quant.config import BackendConfig, QuantConfig
 from diffquant.quant.engine import EAGER_ENGINE, set_engine, supported_engines
 from diffquant.quant.execution.scripted import ScriptedInt8
+from diffquant.quant.gpu.runtime import is_gpu_execution, uncompiled_state
 from diffquant.quant.strategies import QuantOutcome
 
 FORMAT = "diffquant.quantized"
@@ -46,13 +47,17 @@ def minor(version: str) -> str:
 
 @contextmanager
 def qconfigs_detached(model: nn.Module) -> Iterator[None]:
-    """Drop the `qconfig` attributes torch.ao leaves on prepared modules (local functions: unpicklable) while pickling."""
+    """Drop what does not pickle while pickling: the `qconfig` attributes torch.ao leaves on prepared modules (local
+    functions) and the compiled callables `nn.Module.compile` leaves on a GPU model's blocks."""
     held = {m: m.__dict__.pop("qconfig") for m in model.modules() if "qconfig" in m.__dict__}
+    compiled = uncompiled_state(model)
     try:
         yield
     finally:
         for m, qconfig in held.items():
             m.qconfig = qconfig
+        for m, impl in compiled.items():
+            m.__dict__["_compiled_call_impl"] = impl
 
 
 def save(qmodel: nn.Module, path: str | Path) -> Path:
@@ -112,7 +117,7 @@ def read_payload(path: Path) -> dict[str, Any]:
             "quantized weights do not carry across torch versions: re-quantize, or load it with that torch"
         )
     execution = payload["recipe"]["execution"]
-    if execution.startswith("int8") and payload["engine"] not in supported_engines():
+    if execution.startswith("int8") and not is_gpu_execution(execution) and payload["engine"] not in supported_engines():
         raise DiffquantError(
             f"load: {path} holds an int8 model for engine {payload['engine']}, which this machine lacks "
             f"(available: {', '.join(supported_engines())}); re-quantize with one of those"
@@ -153,7 +158,7 @@ def load(path: str | Path) -> nn.Module:
     payload = read_payload(path)
     recipe = payload["recipe"]
     if recipe["execution"].startswith("int8"):
-        set_engine(payload["engine"])
+        set_engine(payload["engine"])  # a GPU backend has no engine to select
     if payload.get("exported"):
         from diffquant.quant.pt2e import CompiledInt8
 
@@ -172,6 +177,8 @@ def load(path: str | Path) -> nn.Module:
         graphs = {tuple(map(tuple, g["shapes"])): torch.jit.load(io.BytesIO(g["graph"])) for g in payload["graphs"]}
         model = FrozenGraphs(graphs, f"{exc}")
     restore_module_state(model)
+    if is_gpu_execution(recipe["execution"]) and torch.cuda.is_available():
+        model.prepare(torch.device("cuda"))  # a GPU backend's model loads onto the GPU where there is one
     setattr(model, RECIPE_ATTR, recipe)
     return model.eval()
 

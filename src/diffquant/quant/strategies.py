@@ -72,6 +72,7 @@ class QuantOutcome:
     recon_loss: dict[str, float] = field(default_factory=dict)
     compile_seconds: float = 0.0  # compiled executions (backend=x86_inductor): compile + first run per shape
     float_layers: dict[str, str] = field(default_factory=dict)  # quantizable layers kept float -> why
+    baselines: dict[str, nn.Module] = field(default_factory=dict)  # timed beside it (GPU backends: the bf16 compiled model)
 
 
 @dataclass(frozen=True)
