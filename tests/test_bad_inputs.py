@@ -233,6 +233,17 @@ CASES = [
         r"dataset=digits: labels 0\.\.9 are outside the model's classes 0\.\.4 \(model\.num_classes=5\)",
     ),
     Bad("num-classes-negative", ("model.num_classes=-2",), r"model\.num_classes=-2 is out of range"),
+    # simulated number formats
+    Bad(
+        "weight-format-unknown",
+        ("quant.weight_format=mxfp5",),
+        r"quant\.weight_format='mxfp5' is not a number format; allowed: int, fp8_e4m3, fp8_e5m2, mxfp4, nvfp4",
+    ),
+    Bad(
+        "group-size-not-dividing",
+        ("quant.weight_bits=4", "quant.group_size=48"),
+        r"quant\.group_size=48 does not divide the \d+ weights per output of layer [\w.]+; use a group size",
+    ),
     # GPU backends on a machine without CUDA, and fp8 on a GPU without fp8 tensor cores (both before any training)
     Bad(
         "gpu-backend-no-cuda",

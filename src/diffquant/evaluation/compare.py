@@ -15,7 +15,7 @@ from diffquant.evaluation.features import FeatureSpace, Reference
 from diffquant.metrics.fid import feature_statistics, frechet_distance
 from diffquant.metrics.inception_score import inception_score
 from diffquant.metrics.precision_recall import precision_recall
-from diffquant.metrics.quality import mse, psnr, relative_error
+from diffquant.metrics.quality import mse, psnr, relative_error, ssim
 from diffquant.quant.gpu.runtime import is_gpu_execution
 from diffquant.quant.lsq import to_device
 
@@ -241,8 +241,9 @@ def sample_metrics(
             metrics.update({f"{key}_fp32": value for key, value in quantized.items()})
         else:
             metrics.update(space_metrics(space, refs[space.name], fp32_feats, "_fp32", k))
-    metrics["eval/psnr_vs_fp32"], metrics["eval/mse_vs_fp32"] = None, None
+    metrics["eval/psnr_vs_fp32"], metrics["eval/mse_vs_fp32"], metrics["eval/ssim_vs_fp32"] = None, None, None
     if compare and bool(torch.isfinite(q_samples).all()):
         metrics["eval/psnr_vs_fp32"] = finite_or_none(psnr(q_samples, fp32_samples, data_range=2.0))
         metrics["eval/mse_vs_fp32"] = mse(q_samples, fp32_samples)
+        metrics["eval/ssim_vs_fp32"] = ssim(q_samples, fp32_samples, data_range=2.0)
     return metrics

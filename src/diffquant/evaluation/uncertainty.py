@@ -67,7 +67,7 @@ def paired_metrics(
     log = logging.getLogger("diffquant")
     n = fp32_samples.shape[0]
     digest = indices_digest(bootstrap_indices(n, replicates, seed))
-    metrics: dict[str, Any] = {"eval/psnr_vs_fp32_ci95": None}
+    metrics: dict[str, Any] = {"eval/psnr_vs_fp32_ci95": None, "eval/ssim_vs_fp32_ci95": None}
     deltas: dict[str, list[float]] = {}
     for i, space in enumerate(spaces):
         fp32_feats, q_feats = features[space.name]
@@ -110,6 +110,7 @@ def paired_metrics(
             )
         if with_images:
             metrics["eval/psnr_vs_fp32_ci95"] = _interval(result.ci95["psnr"])
+            metrics["eval/ssim_vs_fp32_ci95"] = _interval(result.ci95["ssim"])
     return metrics, deltas, digest
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from diffquant.metrics.fid import feature_statistics, sqrt_psd
 from diffquant.metrics.inception_score import inception_score_from_probs
 from diffquant.metrics.precision_recall import knn_radii, pairwise_distances
-from diffquant.metrics.quality import psnr, psnr_from_mse
+from diffquant.metrics.quality import psnr, psnr_from_mse, ssim_per_image
 
 
 def bootstrap_indices(n: int, replicates: int, seed: int) -> np.ndarray:
@@ -162,7 +162,7 @@ class PairedSets:
 class PairedBootstrap:
     """Point estimates on the full sets, 95 % percentile intervals and the per-replicate values.
 
-    Names: `fid`, `precision`, `recall`, `is` are deltas (quantized − FP32); `psnr` is PSNR(q vs FP32).
+    Names: `fid`, `precision`, `recall`, `is` are deltas (quantized − FP32); `psnr` and `ssim` compare q with FP32.
     `point` also holds `fid_fp32` and `fid_quantized`.
     """
 
@@ -241,6 +241,8 @@ def paired_bootstrap(sets: PairedSets, k: int = 3, replicates: int = 1000, seed:
         point["psnr"] = psnr(sets.q_samples, sets.fp32_samples, data_range=2.0)
         errors = row_mse[indices].mean(axis=1)
         reps["psnr"] = np.array([psnr_from_mse(float(e), 2.0) for e in errors])
+        row_ssim = ssim_per_image(sets.q_samples, sets.fp32_samples, data_range=2.0).numpy()
+        point["ssim"], reps["ssim"] = float(row_ssim.mean()), row_ssim[indices].mean(axis=1)
 
     ci95 = {name: percentile_interval(values) for name, values in reps.items() if name != "psnr"}
     if "psnr" in reps:  # PSNR falls as the error grows; via the error, identical rows (inf dB) stay well-defined

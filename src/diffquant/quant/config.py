@@ -81,6 +81,10 @@ class QuantConfig:
     weight_bits: int = 8
     act_bits: Optional[int] = 8  # null: activations stay float (weight-only quantization)
     granularity: str = "per_channel"
+    weight_format: str = "int"  # int | fp8_e4m3 | fp8_e5m2 | mxfp4 | nvfp4: the others are simulated (number_formats.py)
+    act_format: str = "int"
+    group_size: int = 0  # > 0: integer weights with one scale per group of this many inputs (simulated)
+    smooth_alpha: Optional[float] = None  # SmoothQuant: migrate activation outliers into weights with this α (0..1)
     symmetric: Optional[bool] = None  # null (auto): symmetric on the full 8-bit weight grid, affine otherwise
     observer: str = "histogram"
     percentile: float = 99.99  # observer=percentile: clip activations at this percentile
@@ -102,6 +106,8 @@ class QuantConfig:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
         import_target(self._target_, "quant._target_")
         check_range("quant.bias_correction", self.bias_correction, 0, 10)
+        if self.smooth_alpha is not None:
+            check_range("quant.smooth_alpha", self.smooth_alpha, 0.0, 1.0)
         self.spec(SCHEMES["w8a8"])  # QuantSpec validates bits, granularity and observer
         for role in self.keep_float:
             check_choice("quant.keep_float", role, ROLES)
@@ -125,6 +131,9 @@ class QuantConfig:
             weight_bits=self.weight_bits,
             act_bits=self.act_bits,
             granularity=self.granularity,
+            weight_format=self.weight_format,
+            act_format=self.act_format,
+            group_size=self.group_size,
             symmetric=self.weight_symmetric(scheme),
             observer=self.observer,
             percentile=self.percentile,

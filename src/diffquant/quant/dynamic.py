@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from diffquant.quant.execution.fast_int8 import quantize_dynamic
+from diffquant.quant.number_formats import FormatFakeQuantize
 
 
 def dynamic_qparams(x: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
@@ -61,6 +62,9 @@ def use_dynamic_inputs(qmodel: nn.Module, wrapped: list[str]) -> None:
     for name in wrapped:
         stub = qmodel.get_submodule(name).quant
         fq = stub.activation_post_process
+        if isinstance(fq, FormatFakeQuantize):  # a simulated format: its range comes from each call instead
+            fq.dynamic = True
+            continue
         stub.activation_post_process = DynamicFakeQuantize(int(fq.quant_min), int(fq.quant_max))
 
 

@@ -60,12 +60,24 @@ class MethodInputs:
             script=self.torchscript,
             keep_float=tuple(q.keep_float),
             simulate=q.simulate,
+            smooth_alpha=q.smooth_alpha,
         )
 
     def require_eager_engine(self) -> None:
         """Eager torch.ao methods cannot run on x86_inductor or a GPU backend (their specializations pick `ptq_pt2e` / `ptq_gpu`)."""
         if self.engine == "x86_inductor" or self.engine in GPU_ENGINES:
             raise DiffquantError(f"backend={self.engine} supports quant=ptq only; got quant={self.quant.method}")
+
+    def require_integer_grids(self, *uses: tuple[str, bool]) -> None:
+        """Rounding learned on an integer grid (AdaRound, BRECQ, LSQ) needs integer weights per channel / tensor."""
+        spec = self.quant.spec(self.numerics.scheme)
+        used = [name for name, on in uses if on]
+        if spec.simulated_formats and used:
+            q = self.quant
+            raise DiffquantError(
+                f"{used[0]} learns on integer grids per channel or tensor; got quant.weight_format={q.weight_format} "
+                f"quant.act_format={q.act_format} quant.group_size={q.group_size} (use int formats and group_size=0)"
+            )
 
     def require_exact_int8(self, plan: QuantPlan) -> None:
         """Refuse int8 kernels whose accumulation saturates on this CPU (simulated runs are exempt)."""
@@ -82,6 +94,7 @@ def ptq(inputs: MethodInputs) -> PTQStrategy:
     """Eager torch.ao post-training quantization: calibrate, reconstruct (optional), bias-correct, convert."""
     inputs.require_eager_engine()
     q, r, plan = inputs.quant, inputs.quant.recon, inputs.plan()
+    inputs.require_integer_grids((f"quant.recon.method={r.method}", r.method != "none"))
     inputs.require_exact_int8(plan)
     recon = (
         None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
@@ -130,6 +143,7 @@ def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
             ("quant.dynamic_input", q.dynamic_input),
             ("quant.bias_correction", q.bias_correction > 0),
             ("quant.simulate", q.simulate),
+            ("quant.smooth_alpha", q.smooth_alpha is not None),
         )
         if v
     ]
@@ -144,6 +158,7 @@ def qat(inputs: MethodInputs) -> QATStrategy:
     """Quantization-aware training with fake quantization through the shared training loop, then convert."""
     inputs.require_eager_engine()
     t, plan = inputs.quant.qat, inputs.plan()
+    inputs.require_integer_grids(("quant.qat.lsq=true", t.lsq))
     inputs.require_exact_int8(plan)
     settings = TrainSettings(
         steps=t.steps,

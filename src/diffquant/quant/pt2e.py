@@ -163,6 +163,7 @@ class InductorPTQStrategy:
             "quant.layer_bits": dict(self.plan.layer_bits) or None,
             "quant.recon.method": None if self.recon_method == "none" else self.recon_method,
             "quant.split_shortcut": self.plan.split_shortcut or None,
+            "quant.smooth_alpha": self.plan.smooth_alpha,
         }
         given = [f"{key}={value}" for key, value in unsupported.items() if value is not None]
         if given:

@@ -9,6 +9,7 @@ from torch.ao.quantization import FakeQuantize, QConfig
 from torch.ao.quantization import observer as obs
 
 from diffquant.errors import check_choice, check_range
+from diffquant.quant.number_formats import FormatFakeQuantize, check_format
 from diffquant.quant.observers import PercentileObserver
 
 
@@ -24,6 +25,9 @@ class QuantSpec:
     percentile: float = 99.99
     reduce_range: bool = True  # 7-bit activations at 8 bits (one overflow guard of AVX2 int8 kernels, see engine.py)
     reduce_weight_range: bool = False  # 7-bit weights at 8 bits (the other guard: [-64, 63])
+    weight_format: str = "int"  # int | fp8_e4m3 | fp8_e5m2 | mxfp4 | nvfp4 (simulated, number_formats.py)
+    act_format: str = "int"
+    group_size: int = 0  # > 0: integer weights with one scale per group of this many inputs (simulated)
 
     def __post_init__(self) -> None:
         check_range("quant.weight_bits", self.weight_bits, 2, 8)
@@ -32,11 +36,20 @@ class QuantSpec:
         check_choice("quant.granularity", self.granularity, ("per_channel", "per_tensor"))
         check_choice("quant.observer", self.observer, tuple(observer_classes()))
         check_range("quant.percentile", self.percentile, 50.0, 100.0)
+        check_format("quant.weight_format", self.weight_format)
+        check_format("quant.act_format", self.act_format)
+        check_range("quant.group_size", self.group_size, 0)
 
     @property
     def is_int8(self) -> bool:
-        """True when the converted model can run real int8 kernels (8-bit weights and activations)."""
-        return self.weight_bits == 8 and self.act_bits == 8
+        """True when the converted model can run real int8 kernels (8-bit integer weights per channel / tensor and activations)."""
+        integer = self.weight_format == "int" and self.act_format == "int" and self.group_size == 0
+        return integer and self.weight_bits == 8 and self.act_bits == 8
+
+    @property
+    def simulated_formats(self) -> bool:
+        """Whether weights or activations use a format torch.ao cannot convert (fp8, MX / NV FP4, integer groups)."""
+        return self.weight_format != "int" or self.act_format != "int" or self.group_size > 0
 
     def act_range(self) -> tuple[int, int]:
         """(quant_min, quant_max) of the unsigned activation grid."""
@@ -88,4 +101,10 @@ def make_qconfig(spec: QuantSpec) -> QConfig:
     weight = FakeQuantize.with_args(
         observer=weight_observer, quant_min=wmin, quant_max=wmax, dtype=torch.qint8, qscheme=qscheme, **extra
     )
+    if spec.weight_format != "int" or spec.group_size:
+        weight = FormatFakeQuantize.with_args(
+            fmt=spec.weight_format, weight=True, bits=spec.weight_bits, group_size=spec.group_size
+        )
+    if spec.act_format != "int" and spec.act_bits is not None:
+        activation = FormatFakeQuantize.with_args(fmt=spec.act_format)
     return QConfig(activation=activation, weight=weight)

@@ -33,9 +33,10 @@ from diffquant.quant.machine import pinned_threads
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.sensitivity import layer_sensitivity
+from diffquant.quant.smoothing import smooth
 from diffquant.quant.split import apply_split_shortcut, concat_splits
 from diffquant.quant.transpose import convert_mapping, qat_mapping, transposed_int8_is_exact
-from diffquant.quant.wrap import fuse, quantizable_types, wrap_layers
+from diffquant.quant.wrap import fuse, is_skipped, quantizable_types, wrap_layers
 from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.loop import TrainSettings, distillation_loss, train_diffusion, trajectory_distillation_loss
 
@@ -90,6 +91,7 @@ class QuantPlan:
     uncalled: tuple[str, ...] = ()  # layers the forward never calls as modules (`coverage.uncalled_layers`): float
     simulate: bool = False  # fake quantization even where the plan could run int8 kernels (`quant.simulate`)
     unsupported: tuple[tuple[str, str], ...] = ()  # (layer, why) this engine cannot run in int8 (`resolve_plan`)
+    smooth_alpha: float | None = None  # SmoothQuant migration strength (`smoothing.py`); None: off
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -128,7 +130,21 @@ def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantP
         )
     for name, why in unsupported:
         logging.getLogger("diffquant").warning("Kept in float: %s (%s)", name, why)
+    if plan.spec.group_size:
+        check_groups(model, plan.spec.group_size, (*plan.skip, *kept, *uncalled, *(n for n, _ in unsupported)))
     return replace(plan, kept_float=kept, keep_float=(), uncalled=uncalled, unsupported=unsupported)
+
+
+def check_groups(model: nn.Module, group_size: int, float_patterns: tuple[str, ...]) -> None:
+    """Every quantized layer's inputs per output (the GEMM's reduction length) must split into whole groups."""
+    for name, module in model.named_modules():
+        if isinstance(module, quantizable_types()) and not is_skipped(name, float_patterns):
+            n = module.weight[0].numel()
+            if n % group_size:
+                raise DiffquantError(
+                    f"quant.group_size={group_size} does not divide the {n} weights per output of layer {name}; "
+                    f"use a group size that divides every quantized layer's, or quant.skip=[{name}]"
+                )
 
 
 def float_layer_reasons(model: nn.Module, plan: QuantPlan, wrapped: list[str]) -> dict[str, str]:
@@ -149,10 +165,19 @@ def float_layer_reasons(model: nn.Module, plan: QuantPlan, wrapped: list[str]) -
     return kept
 
 
-def prepare_fake_quant(model: nn.Module, plan: QuantPlan, qat: bool) -> tuple[nn.Module, list[str], list[list[str]]]:
-    """Copy, fuse, wrap and `prepare_qat` a float model: every wrapped layer carries FakeQuantize modules."""
+def prepare_fake_quant(
+    model: nn.Module, plan: QuantPlan, qat: bool, data: CalibrationData | None = None, batch_size: int = 128
+) -> tuple[nn.Module, list[str], list[list[str]]]:
+    """Copy, fuse, smooth (`plan.smooth_alpha`, on `data`), wrap and `prepare_qat` a float model: every wrapped
+    layer carries FakeQuantize modules."""
     qmodel = copy.deepcopy(model).train(qat)
     fused = fuse(qmodel, qat=qat)
+    if plan.smooth_alpha is not None:
+        if data is None:
+            raise DiffquantError("quant.smooth_alpha needs calibration pairs to measure the input channels' ranges")
+        qmodel.eval()
+        smooth(qmodel, data, plan.smooth_alpha, batch_size, plan.float_layers)
+        qmodel.train(qat)
     wrapped = wrap_layers(qmodel, plan.qconfig_for, list(plan.float_layers))
     if not wrapped:
         kept = f" and quant.keep_float (layers {', '.join(plan.kept_float)})" if plan.kept_float else ""
@@ -235,7 +260,7 @@ class PTQStrategy:
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
         plan = resolve_plan(self.plan, model, ctx)
-        qmodel, wrapped, fused = prepare_fake_quant(model, plan, qat=False)
+        qmodel, wrapped, fused = prepare_fake_quant(model, plan, False, ctx.calibration(), ctx.calib_batch_size)
         calibrate(qmodel, ctx)
         recon_loss: dict[str, float] = {}
         if self.recon is not None:
@@ -285,7 +310,8 @@ class QATStrategy:
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
         plan = resolve_plan(self.plan, model, ctx)
-        qmodel, wrapped, fused = prepare_fake_quant(model, plan, qat=True)
+        smoothing_data = ctx.calibration() if plan.smooth_alpha is not None else None
+        qmodel, wrapped, fused = prepare_fake_quant(model, plan, True, smoothing_data, ctx.calib_batch_size)
         if self.init_from_ptq or self.lsq:
             calibrate(qmodel, ctx)
         qmodel.apply(tq.enable_observer)  # ranges keep adapting until freeze_observer_step

@@ -23,6 +23,7 @@ PANELS = (
     ("eval/fid_cls", "fid_cls (lower is better)", "eval/fid_cls_fp32"),
     (DELTA, "fid_cls − FP32, same noise (95 % paired interval)", None),
     ("eval/psnr_vs_fp32", "PSNR vs FP32 samples, dB (higher is better)", None),
+    ("eval/ssim_vs_fp32", "SSIM vs FP32 samples from the same noise (higher is better)", None),
 )
 KEY_PARTS = ("quant", "backend", "quant.weight_bits", "quant.act_bits")
 

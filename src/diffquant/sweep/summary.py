@@ -34,6 +34,7 @@ FIRST_METRICS = (
     f"{DELTA}_ci95_high",
     "eval/fid_cls_floor",
     "eval/psnr_vs_fp32",
+    "eval/ssim_vs_fp32",
     "eval/mse_vs_fp32",
     "eval/eps_rel_err",
 )
