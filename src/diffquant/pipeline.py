@@ -192,7 +192,13 @@ def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, 
         "seed": seed,
     }
     parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
-    for key, default in (("weight_format", "int"), ("act_format", "int"), ("group_size", 0), ("smooth_alpha", None)):
+    for key, default in (
+        ("weight_format", "int"),
+        ("act_format", "int"),
+        ("group_size", 0),
+        ("smooth_alpha", None),
+        ("rotate", False),
+    ):
         if parts["quant"][key] == default:  # settings added later: keys of runs that do not use them stay as they were
             parts["quant"].pop(key)
     for key in ("save", "load"):  # whether the result is written, or read instead of trained

@@ -85,6 +85,7 @@ class QuantConfig:
     act_format: str = "int"
     group_size: int = 0  # > 0: integer weights with one scale per group of this many inputs (simulated)
     smooth_alpha: Optional[float] = None  # SmoothQuant: migrate activation outliers into weights with this α (0..1)
+    rotate: bool = False  # Hadamard rotation of every Linear / 1x1 conv input (weights rotated, inputs online)
     symmetric: Optional[bool] = None  # null (auto): symmetric on the full 8-bit weight grid, affine otherwise
     observer: str = "histogram"
     percentile: float = 99.99  # observer=percentile: clip activations at this percentile

@@ -61,6 +61,7 @@ class MethodInputs:
             keep_float=tuple(q.keep_float),
             simulate=q.simulate,
             smooth_alpha=q.smooth_alpha,
+            rotate=q.rotate,
         )
 
     def require_eager_engine(self) -> None:
@@ -144,6 +145,7 @@ def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
             ("quant.bias_correction", q.bias_correction > 0),
             ("quant.simulate", q.simulate),
             ("quant.smooth_alpha", q.smooth_alpha is not None),
+            ("quant.rotate", q.rotate),
         )
         if v
     ]

@@ -164,6 +164,7 @@ class InductorPTQStrategy:
             "quant.recon.method": None if self.recon_method == "none" else self.recon_method,
             "quant.split_shortcut": self.plan.split_shortcut or None,
             "quant.smooth_alpha": self.plan.smooth_alpha,
+            "quant.rotate": self.plan.rotate or None,
         }
         given = [f"{key}={value}" for key, value in unsupported.items() if value is not None]
         if given:

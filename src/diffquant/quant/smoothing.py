@@ -22,7 +22,14 @@ if TYPE_CHECKING:  # calibration imports the config, which imports wrap, which i
     from diffquant.quant.calibration import CalibrationData
 
 
-class InputScale:
+class InputTransform:
+    """A forward pre-hook that changes a layer's input before its quantizer (`move_input_scales` moves it there)."""
+
+    def __call__(self, _module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+
+class InputScale(InputTransform):
     """Forward pre-hook multiplying a layer's input by `inv` (1/s) along its channel axis (picklable)."""
 
     def __init__(self, inv: Tensor, conv: bool) -> None:
@@ -92,8 +99,8 @@ def smooth(model: nn.Module, data: CalibrationData, alpha: float, batch_size: in
 
 
 def move_input_scales(inner: nn.Module, wrapper: nn.Module) -> None:
-    """Move `InputScale` hooks from a layer onto its wrapper, ahead of the wrapper's input quantizer."""
+    """Move `InputTransform` hooks (scales, rotations) from a layer onto its wrapper, ahead of its input quantizer."""
     for key, hook in list(inner._forward_pre_hooks.items()):
-        if isinstance(hook, InputScale):
+        if isinstance(hook, InputTransform):
             del inner._forward_pre_hooks[key]
             wrapper.register_forward_pre_hook(hook)

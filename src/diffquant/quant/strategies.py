@@ -32,6 +32,7 @@ from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_s
 from diffquant.quant.machine import pinned_threads
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
+from diffquant.quant.rotation import rotate
 from diffquant.quant.sensitivity import layer_sensitivity
 from diffquant.quant.smoothing import smooth
 from diffquant.quant.split import apply_split_shortcut, concat_splits
@@ -92,6 +93,7 @@ class QuantPlan:
     simulate: bool = False  # fake quantization even where the plan could run int8 kernels (`quant.simulate`)
     unsupported: tuple[tuple[str, str], ...] = ()  # (layer, why) this engine cannot run in int8 (`resolve_plan`)
     smooth_alpha: float | None = None  # SmoothQuant migration strength (`smoothing.py`); None: off
+    rotate: bool = False  # Hadamard rotation of Linear / 1x1-conv inputs (`rotation.py`)
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -168,10 +170,12 @@ def float_layer_reasons(model: nn.Module, plan: QuantPlan, wrapped: list[str]) -
 def prepare_fake_quant(
     model: nn.Module, plan: QuantPlan, qat: bool, data: CalibrationData | None = None, batch_size: int = 128
 ) -> tuple[nn.Module, list[str], list[list[str]]]:
-    """Copy, fuse, smooth (`plan.smooth_alpha`, on `data`), wrap and `prepare_qat` a float model: every wrapped
-    layer carries FakeQuantize modules."""
+    """Copy, fuse, rotate (`plan.rotate`), smooth (`plan.smooth_alpha`, on `data`), wrap and `prepare_qat` a float
+    model: every wrapped layer carries FakeQuantize modules."""
     qmodel = copy.deepcopy(model).train(qat)
     fused = fuse(qmodel, qat=qat)
+    if plan.rotate:  # before smoothing: SmoothQuant then measures the rotated inputs
+        rotate(qmodel, plan.float_layers)
     if plan.smooth_alpha is not None:
         if data is None:
             raise DiffquantError("quant.smooth_alpha needs calibration pairs to measure the input channels' ranges")

@@ -144,6 +144,7 @@ def test_regional_compilation_finds_the_repeated_blocks() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # an in-process DiT run (about 15 s)
 def test_a_dit_run_on_a_gpu_backend_reports_its_execution_and_the_bf16_baseline(
     compose_cfg, cpu_stands_in: None, tmp_path
 ) -> None:
