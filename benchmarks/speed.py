@@ -82,7 +82,7 @@ from diffquant.diffusion.schedule import GaussianDiffusion  # noqa: E402
 from diffquant.metrics.quality import relative_error  # noqa: E402
 from diffquant.models import build_model  # noqa: E402
 from diffquant.pipeline import build_strategy  # noqa: E402
-from diffquant.quant.calibration import collect_trajectory  # noqa: E402
+from diffquant.quant.calibration import CalibrationData, collect_trajectory  # noqa: E402
 from diffquant.quant.engine import resolve_int8_numerics, set_engine  # noqa: E402
 from diffquant.quant.execution.compiling import compile_fp32  # noqa: E402
 from diffquant.quant.execution.scripted import ScriptedInt8  # noqa: E402
@@ -169,12 +169,21 @@ def compile_at(variant: Variant, model: torch.nn.Module, x: torch.Tensor) -> Non
         assert error < 1e-3, f"{variant.name} differs from its eager model ({error:.2g}): a stale compiled graph?"
 
 
-def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Variant]:
-    """Build, quantize and time every variant of one model; return them with their timings."""
-    overrides = [f"model={name}", *overrides]
+@dataclass
+class Setup:
+    """One model with random weights, its schedule, and PTQ's context on the model's own DDIM trajectory."""
+
+    cfg: Config
+    model: torch.nn.Module
+    diffusion: GaussianDiffusion
+    calib: CalibrationData
+    ctx: QuantContext
+    shape: tuple[int, int, int]
+
+
+def build_setup(overrides: list[str], calib_samples: int) -> Setup:
+    """The composed model (seeded random weights) and calibration pairs from `calib_samples` DDIM trajectories."""
     cfg = compose_config(overrides)
-    batches = [int(b) for b in opts["batch"].split(",")]
-    steps, repeats = int(opts["steps"]), int(opts["repeats"])
     torch.manual_seed(cfg.seed)
     channels, size = cfg.dataset.kwargs["channels"], cfg.dataset.kwargs["image_size"]
     model = build_model(cfg.model, channels, size).eval()
@@ -182,7 +191,7 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
         cfg.diffusion.target, cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
     )
     shape = (channels, size, size)
-    calib_noise = torch.randn(int(opts["calib_samples"]), *shape, generator=torch.Generator().manual_seed(1))
+    calib_noise = torch.randn(calib_samples, *shape, generator=torch.Generator().manual_seed(1))
     calib = collect_trajectory(
         partial(ddim_sample, model, diffusion, steps=cfg.sampler.steps), cfg.sampler.steps, cfg.quant.calib.timesteps, calib_noise
     )
@@ -194,6 +203,16 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
         calib_batch_size=cfg.quant.calib.batch_size,
         progress=False,
     )
+    return Setup(cfg, model, diffusion, calib, ctx, shape)
+
+
+def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Variant]:
+    """Build, quantize and time every variant of one model; return them with their timings."""
+    overrides = [f"model={name}", *overrides]
+    setup = build_setup(overrides, int(opts["calib_samples"]))
+    model, diffusion, calib, ctx, shape = setup.model, setup.diffusion, setup.calib, setup.ctx, setup.shape
+    batches = [int(b) for b in opts["batch"].split(",")]
+    steps, repeats = int(opts["steps"]), int(opts["repeats"])
     torch._dynamo.reset()  # nothing compiled for an earlier model may serve this one
     int8 = [int8_variant(overrides, e, model, ctx, batches[0]) for e in opts["engines"].split(",") if e]
     int8 += python_variants(int8)
