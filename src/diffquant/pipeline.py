@@ -40,6 +40,9 @@ from diffquant.reporting.results import save_figure, sensitivity_figure, source_
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.distributed import DistInfo
 
+# `quant` settings added after QAT state keys were pinned: left out of the key at their defaults
+QUANT_ADDED_LATER = ("weight_format", "act_format", "group_size", "smooth_alpha", "rotate")
+
 
 def run_experiment(cfg: Config) -> dict[str, Any]:
     """Run every stage for one configuration; return the results dict also written to results.json."""
@@ -192,14 +195,9 @@ def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, 
         "seed": seed,
     }
     parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
-    for key, default in (
-        ("weight_format", "int"),
-        ("act_format", "int"),
-        ("group_size", 0),
-        ("smooth_alpha", None),
-        ("rotate", False),
-    ):
-        if parts["quant"][key] == default:  # settings added later: keys of runs that do not use them stay as they were
+    defaults = {f.name: f.default for f in dataclasses.fields(QuantConfig)}
+    for key in QUANT_ADDED_LATER:  # keys of runs that do not use these settings stay as they were before them
+        if parts["quant"][key] == defaults[key]:
             parts["quant"].pop(key)
     for key in ("save", "load"):  # whether the result is written, or read instead of trained
         parts["quant"].pop(key)

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from diffquant.components import Component
     from diffquant.config import Config
+    from diffquant.quant.calibration import CalibrationData
     from diffquant.quant.qconfig import QuantSpec
     from diffquant.quant.strategies import QuantContext
 
@@ -71,3 +72,13 @@ def model_spec(target: str, **kwargs: object) -> Component:
     names = signature_of(import_target(target, "model._target_"), target).names
     supplied = tuple(n for n in ("in_channels", "image_size") if n in names)
     return Component("model", target, dict(kwargs), name=target.rsplit(".", 1)[-1], supplied=supplied)
+
+
+def random_pairs(n: int, shape: tuple[int, int, int], seed: int) -> CalibrationData:
+    """`n` calibration pairs: x ~ N(0, 1) of one image `shape` each, t uniform in 0..999, drawn in that order from `seed`."""
+    import torch
+
+    from diffquant.quant.calibration import CalibrationData
+
+    g = torch.Generator().manual_seed(seed)
+    return CalibrationData(torch.randn((n, *shape), generator=g), torch.randint(0, 1000, (n,), generator=g))

@@ -11,6 +11,7 @@ from torch import nn
 from diffquant.errors import DiffquantError
 from diffquant.quant.number_formats import FormatFakeQuantize, group_int, quantize_dequantize, round_e2m1
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
+from helpers import random_pairs
 
 FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
@@ -124,12 +125,10 @@ def test_qconfig_picks_the_format_and_marks_it_simulated() -> None:
 
 def tiny_unet_and_pairs() -> tuple[nn.Module, object]:
     from diffquant.models.unet import UNet
-    from diffquant.quant.calibration import CalibrationData
 
     torch.manual_seed(0)
     model = UNet(base_channels=16, channel_mults=(1, 2), image_size=8, groups=4).eval()
-    g = torch.Generator().manual_seed(3)
-    return model, CalibrationData(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 1000, (32,), generator=g))
+    return model, random_pairs(32, (1, 8, 8), seed=3)
 
 
 @pytest.mark.parametrize(

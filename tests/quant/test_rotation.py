@@ -9,6 +9,7 @@ import diffquant
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.rotation import InputRotation, hadamard, rotate
+from helpers import random_pairs
 
 
 def test_hadamard_is_orthonormal_and_block_diagonal_for_widths_that_are_not_powers_of_two() -> None:
@@ -43,8 +44,7 @@ class Mixer(nn.Module):
 
 
 def pairs() -> CalibrationData:
-    g = torch.Generator().manual_seed(1)
-    return CalibrationData(torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 1000, (64,), generator=g))
+    return random_pairs(64, (1, 8, 8), seed=1)
 
 
 def test_rotation_folded_into_weights_leaves_the_float_output_unchanged() -> None:

@@ -11,6 +11,7 @@ from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import relative_error
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.smoothing import InputScale, smooth, smoothing_scales
+from helpers import random_pairs
 
 
 class OutlierNet(nn.Module):
@@ -34,8 +35,7 @@ class OutlierNet(nn.Module):
 
 
 def pairs() -> CalibrationData:
-    g = torch.Generator().manual_seed(1)
-    return CalibrationData(torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 1000, (64,), generator=g))
+    return random_pairs(64, (1, 8, 8), seed=1)
 
 
 def test_scales_follow_the_formula_and_leave_the_float_output_unchanged() -> None:

@@ -9,6 +9,8 @@ from diffquant.components import import_target
 from diffquant.errors import check_choice, check_range
 from diffquant.quant.coverage import ROLES
 from diffquant.quant.engine import GPU_ENGINES, SCHEME_CHOICES, SCHEMES, Int8Scheme
+from diffquant.quant.gpu.convert import WEIGHT_SCALINGS
+from diffquant.quant.gpu.formats import INT4_GROUP_SIZES
 from diffquant.quant.gpu.runtime import Compiling
 from diffquant.quant.qconfig import QuantSpec
 
@@ -166,8 +168,8 @@ class BackendConfig:
     def __post_init__(self) -> None:
         check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor", *GPU_ENGINES))
         check_choice("backend.int8_scheme", self.int8_scheme, SCHEME_CHOICES)
-        check_choice("backend.weight_scaling", self.weight_scaling, ("tensorwise", "rowwise"))
-        check_choice("backend.group_size", self.group_size, (32, 64, 128, 256))
+        check_choice("backend.weight_scaling", self.weight_scaling, WEIGHT_SCALINGS)
+        check_choice("backend.group_size", self.group_size, INT4_GROUP_SIZES)
         self.compiling()  # validates compile_mode and compile_scope
 
     def compiling(self) -> Compiling:

@@ -4,7 +4,7 @@ Per input channel j of a Linear or Conv2d: s_j = max|X_j|^α / max|W_·j|^(1−�
 pairs; the weights become W·diag(s) and the input X·diag(1/s), so the float output is unchanged while
 the input's per-channel ranges even out (one per-tensor activation scale then suits every channel).
 The division runs as a forward pre-hook (`InputScale`): on the layer while it is float, moved onto
-its quant -> layer -> dequant wrapper by `wrap.wrap_layers`, so the quantizer sees the smoothed input.
+its quant -> layer -> dequant wrapper by `wrap.wrap_layers` (`move_input_transforms`), so the quantizer sees the smoothed input.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # calibration imports the config, which imports wrap, which i
 
 
 class InputTransform:
-    """A forward pre-hook that changes a layer's input before its quantizer (`move_input_scales` moves it there)."""
+    """A forward pre-hook that changes a layer's input before its quantizer (`move_input_transforms` moves it there)."""
 
     def __call__(self, _module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         raise NotImplementedError
@@ -98,7 +98,7 @@ def smooth(model: nn.Module, data: CalibrationData, alpha: float, batch_size: in
     return done
 
 
-def move_input_scales(inner: nn.Module, wrapper: nn.Module) -> None:
+def move_input_transforms(inner: nn.Module, wrapper: nn.Module) -> None:
     """Move `InputTransform` hooks (scales, rotations) from a layer onto its wrapper, ahead of its input quantizer."""
     for key, hook in list(inner._forward_pre_hooks.items()):
         if isinstance(hook, InputTransform):

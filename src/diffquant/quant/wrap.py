@@ -13,7 +13,7 @@ from torch import nn
 from torch.ao.nn import intrinsic as nni
 from torch.ao.quantization import QConfig, QuantWrapper, fuse_modules, fuse_modules_qat
 
-from diffquant.quant.smoothing import move_input_scales
+from diffquant.quant.smoothing import move_input_transforms
 
 
 def quantizable_types() -> tuple[type[nn.Module], ...]:
@@ -74,7 +74,7 @@ def wrap_layers(
             targets.append((name, mod))
     for name, mod in targets:
         wrapper = QuantWrapper(mod)
-        move_input_scales(mod, wrapper)  # SmoothQuant's input division runs before the input quantizer
+        move_input_transforms(mod, wrapper)  # SmoothQuant's scales and rotations run before the input quantizer
         wrapper.qconfig = qconfig_for(name, mod)
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, wrapper)

@@ -25,6 +25,7 @@ from diffquant.quant.gpu import runtime, strategy
 from diffquant.quant.gpu.convert import CONV_REASON, LowBitSpec, plan_layers
 from diffquant.quant.gpu.formats import Fp8Linear, Int4WeightOnlyLinear, Int8Linear
 from diffquant.quant.gpu.runtime import LowBitModel, repeated_blocks, require_gpu
+from helpers import random_pairs
 
 FORMATS = {"cuda_fp8": Fp8Linear, "cuda_int8": Int8Linear, "cuda_int4wo": Int4WeightOnlyLinear}
 
@@ -46,8 +47,7 @@ def tiny_dit() -> DiT:
 
 
 def pairs(n: int = 32) -> CalibrationData:
-    g = torch.Generator().manual_seed(2)
-    return CalibrationData(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 1000, (n,), generator=g))
+    return random_pairs(n, (1, 8, 8), seed=2)
 
 
 def test_plan_converts_the_linears_the_kernel_takes_and_says_why_for_the_rest() -> None:

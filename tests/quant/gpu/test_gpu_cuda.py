@@ -12,9 +12,9 @@ from torch import nn
 import diffquant
 from diffquant.metrics.quality import relative_error
 from diffquant.models.dit import DiT
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.gpu.formats import Fp8Linear, Int4WeightOnlyLinear, Int8Linear
 from diffquant.quant.gpu.runtime import Compiling, LowBitModel
+from helpers import random_pairs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 FP8 = pytest.mark.skipif(
@@ -79,8 +79,7 @@ def tiny_dit() -> DiT:
 @pytest.mark.parametrize("engine", [pytest.param("cuda_fp8", marks=FP8), "cuda_int8", "cuda_int4wo"])
 def test_a_compiled_low_bit_dit_matches_eager_and_survives_save_and_load(engine: str, tmp_path) -> None:
     model = tiny_dit()
-    g = torch.Generator().manual_seed(2)
-    calib = CalibrationData(torch.randn(64, 4, 16, 16, generator=g), torch.randint(0, 1000, (64,), generator=g))
+    calib = random_pairs(64, (4, 16, 16), seed=2)
     q = diffquant.quantize(model, calib, backend=engine)  # device=cuda, compiled
     x, t = calib.x[:32], calib.t[:32]
     with torch.no_grad():

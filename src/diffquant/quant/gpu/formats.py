@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-E4M3_MAX = 448.0
+from diffquant.quant.number_formats import FP8_MAX
+
+E4M3_MAX = FP8_MAX["fp8_e4m3"]
 INT8_MAX = 127.0
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
