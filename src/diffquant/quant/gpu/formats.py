@@ -133,13 +133,20 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel, static input scale"
 
 
-@torch.compiler.disable
+@torch.library.custom_op("diffquant::int4_matmul", mutates_args=())
 def int4_matmul(a: Tensor, packed: Tensor, group_size: int, scales_and_zeros: Tensor) -> Tensor:
-    """tinygemm's int4 GEMM, outside compiled graphs: Inductor may hand it a strided A, which the kernel refuses."""
+    """tinygemm's int4 GEMM as an opaque op: Inductor may hand a fallback op a strided A, which the kernel
+    refuses, so the op makes it contiguous itself; being a custom op, it stays inside the compiled graph
+    (a `torch.compiler.disable` here broke the graph at every layer and recompiled per layer shape)."""
     a = a.contiguous()
     if a.is_cuda:
         return torch.ops.aten._weight_int4pack_mm(a, packed, group_size, scales_and_zeros)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, group_size, scales_and_zeros)
+
+
+@int4_matmul.register_fake
+def _(a: Tensor, packed: Tensor, group_size: int, scales_and_zeros: Tensor) -> Tensor:
+    return a.new_empty(a.shape[0], scales_and_zeros.shape[1])
 
 
 class Int4WeightOnlyLinear(nn.Module):

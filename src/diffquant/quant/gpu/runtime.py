@@ -110,6 +110,7 @@ class LowBitModel(nn.Module):
         if not c.enabled:
             return self.model
         if self.__dict__["_compiled"] is None:
+            allow_recompiles()
             blocks = repeated_blocks(self.model) if c.scope == "blocks" else []
             for block in blocks:
                 block.compile(dynamic=False, mode=c.mode)
@@ -123,6 +124,21 @@ class LowBitModel(nn.Module):
         inputs = [a.to(device, torch.bfloat16) if a.is_floating_point() else a.to(device) for a in args]
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return self.runner()(*inputs).float()
+
+
+RECOMPILE_LIMIT = 64
+
+
+def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
+    """Let Dynamo keep `limit` compiled entries per code object (its default is 8).
+
+    Every compiled copy of a model class shares that class's `forward` code object, and each input shape
+    and each layer type is one more entry: a run compiles the low-bit model and its bf16 baseline at
+    the sampling, probe and last-batch shapes, a benchmark every variant at every batch. Past the limit
+    Dynamo silently runs the rest eagerly, which made compiled variants time like eager ones.
+    """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, limit)
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
