@@ -140,11 +140,15 @@ def tiny_unet() -> UNet:
     return UNet(base_channels=16, channel_mults=(1, 2), image_size=8, groups=4).eval()
 
 
-@pytest.mark.parametrize("group_size", [0, 16], ids=["per-channel", "group16"])
-def test_gptq_weights_lie_on_every_layers_fake_quant_grid(group_size: int) -> None:
+@pytest.mark.parametrize(
+    "grid",
+    [{}, {"symmetric": True}, {"granularity": "per_tensor"}, {"group_size": 16}],
+    ids=["per-channel", "symmetric", "per-tensor", "group16"],
+)
+def test_gptq_weights_lie_on_every_layers_fake_quant_grid(grid: dict[str, object]) -> None:
     set_engine("fbgemm")
     model, data = tiny_unet(), random_pairs(32, (1, 8, 8), seed=1)
-    plan = QuantPlan(QuantSpec(weight_bits=4, observer="minmax", group_size=group_size), skip=("conv_in",))
+    plan = QuantPlan(QuantSpec(weight_bits=4, observer="minmax", **grid), skip=("conv_in",))  # type: ignore[arg-type]
     qmodel, wrapped, _ = prepare_fake_quant(model, plan, qat=False)
     calibrate(qmodel, calibration_context(data.x, data.t))
     losses = gptq(qmodel, wrapped, data, GPTQSettings(num_samples=32), batch_size=16)
@@ -228,3 +232,15 @@ def test_gptq_refuses_simulated_float_weights_and_accepts_groups() -> None:
     with pytest.raises(DiffquantError) as excinfo:
         diffquant.quantize(model, calib, backend="x86_inductor", gptq={"enabled": True})
     assert "backend=x86_inductor does not support quant.gptq.enabled=true" in one_line_error(excinfo)
+
+
+def test_qat_starts_from_gptq_weights() -> None:
+    """lr = 0: the fine-tuned model is its starting point, so the GPTQ start shows in the eps error."""
+    model, calib, held_out = tiny_unet(), random_pairs(64, (1, 8, 8), seed=1), random_pairs(32, (1, 8, 8), seed=7)
+    qat = {"steps": 1, "lr": 0.0, "data_free": True, "batch_size": 16}
+    errors = {}
+    for on in (False, True):
+        q = diffquant.quantize(model, calib, method="qat", weight_bits=4, keep_float=["input"], qat=qat, gptq={"enabled": on})
+        with torch.no_grad():
+            errors[on] = relative_error(q(held_out.x, held_out.t), model(held_out.x, held_out.t))
+    assert errors[True] < 0.85 * errors[False]  # measured: 0.097 from GPTQ, 0.145 from round-to-nearest
