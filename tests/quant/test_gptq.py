@@ -244,3 +244,15 @@ def test_qat_starts_from_gptq_weights() -> None:
         with torch.no_grad():
             errors[on] = relative_error(q(held_out.x, held_out.t), model(held_out.x, held_out.t))
     assert errors[True] < 0.85 * errors[False]  # measured: 0.097 from GPTQ, 0.145 from round-to-nearest
+
+
+def test_a_saved_group_wise_gptq_model_keeps_its_group_scales(tmp_path) -> None:
+    model, calib = tiny_unet(), random_pairs(32, (1, 8, 8), seed=1)
+    settings = dict(weight_bits=4, group_size=16, keep_float=["input"], bias_correction=0, sensitivity=False)
+    q = diffquant.quantize(model, calib, gptq={"enabled": True, "num_samples": 32}, **settings)
+    loaded = diffquant.load(diffquant.save(q, tmp_path / "q.pt"))
+    fq = loaded.conv_out.module.weight_fake_quant
+    assert fq.group_scale.shape == (1, 9, 1)  # conv_out: 1 output, 144 inputs in groups of 16
+    torch.testing.assert_close(fq(loaded.conv_out.module.weight), loaded.conv_out.module.weight, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(calib.x, calib.t), q(calib.x, calib.t), rtol=0, atol=0)
