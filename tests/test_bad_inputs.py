@@ -244,6 +244,12 @@ CASES = [
         ("quant.weight_bits=4", "quant.group_size=48"),
         r"quant\.group_size=48 does not divide the \d+ weights per output of layer [\w.]+; use a group size",
     ),
+    # GPTQ and learned rounding are alternatives
+    Bad(
+        "gptq-with-adaround",
+        ("quant.gptq.enabled=true", "quant.recon.method=adaround"),
+        r"quant\.gptq\.enabled=true and quant\.recon\.method=adaround both choose the weights' rounding; use one",
+    ),
     # GPU backends on a machine without CUDA, and fp8 on a GPU without fp8 tensor cores (both before any training)
     Bad(
         "gpu-backend-no-cuda",

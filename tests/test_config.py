@@ -100,6 +100,11 @@ def test_auto_weight_symmetry_follows_the_weight_grid(overrides: dict, scheme: s
         ("quant.granularity=per_group", "quant.granularity='per_group' is not allowed"),
         ("backend.engine=tensorrt", "backend.engine='tensorrt' is not allowed; allowed: fbgemm, qnnpack, x86"),
         ("sampler.eta=2.0", "sampler.eta=2.0 is out of range; allowed: 0.0..1.0"),
+        ("quant.gptq.damp=0", "quant.gptq.damp=0.0 is out of range; allowed: > 0"),
+        (
+            "quant.gptq.enabled=true quant.recon.method=brecq",
+            "quant.gptq.enabled=true and quant.recon.method=brecq both choose the weights' rounding; use one",
+        ),
         ("dataset.channels=2", "dataset.channels=2 is not allowed; allowed: 1, 3"),
         ("model.base_channels=30", "must be divisible by model.groups"),
         ("model.base_channels=abc", "model.base_channels='abc': Value 'abc' of type 'str' could not be converted to Integer"),
@@ -124,6 +129,15 @@ def test_bad_values_name_the_setting(compose_cfg, override: str, message: str) -
         to_config(compose_cfg(*override.split(" ")))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [["experiment=ptq_w4a8_gptq"], ["quant=qat", "quant.gptq.enabled=true"]])
+def test_gptq_composes_for_ptq_and_qat(compose_cfg, overrides: list[str]) -> None:
+    cfg = to_config(compose_cfg(*overrides))
+    assert cfg.quant.gptq.enabled and cfg.quant.recon.method == "none"
+    assert (cfg.quant.gptq.num_samples, cfg.quant.gptq.damp, cfg.quant.gptq.block_size) == (256, 0.01, 128)
+    if overrides[0].startswith("experiment"):
+        assert (cfg.quant.weight_bits, cfg.quant.layer_bits, cfg.quant.dynamic_input) == (4, {"conv_out": 8}, False)
 
 
 def test_layer_bits_and_skip_from_the_command_line(compose_cfg) -> None:

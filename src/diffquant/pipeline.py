@@ -41,7 +41,7 @@ from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.distributed import DistInfo
 
 # `quant` settings added after QAT state keys were pinned: left out of the key at their defaults
-QUANT_ADDED_LATER = ("weight_format", "act_format", "group_size", "smooth_alpha", "rotate")
+QUANT_ADDED_LATER = ("weight_format", "act_format", "group_size", "smooth_alpha", "rotate", "gptq")
 
 
 def run_experiment(cfg: Config) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, 
         "seed": seed,
     }
     parts["quant"]["qat"].pop("checkpoint_every")  # how often to save does not change the result
-    defaults = {f.name: f.default for f in dataclasses.fields(QuantConfig)}
+    defaults = dataclasses.asdict(QuantConfig())  # nested groups (gptq) as the dicts `parts` holds
     for key in QUANT_ADDED_LATER:  # keys of runs that do not use these settings stay as they were before them
         if parts["quant"][key] == defaults[key]:
             parts["quant"].pop(key)

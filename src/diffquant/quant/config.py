@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from diffquant.components import import_target
-from diffquant.errors import check_choice, check_range
+from diffquant.errors import DiffquantError, check_choice, check_range
 from diffquant.quant.coverage import ROLES
 from diffquant.quant.engine import GPU_ENGINES, SCHEME_CHOICES, SCHEMES, Int8Scheme
 from diffquant.quant.gpu.convert import WEIGHT_SCALINGS
@@ -45,6 +45,21 @@ class ReconConfig:
         check_choice("quant.recon.method", self.method, ("none", "adaround", "brecq"))
         check_range("quant.recon.iters", self.iters, 1)
         check_range("quant.recon.num_samples", self.num_samples, 1)
+
+
+@dataclass
+class GPTQConfig:
+    enabled: bool = False  # GPTQ weight rounding (quant/gptq.py): an alternative to quant.recon
+    num_samples: int = 256  # calibration pairs whose layer inputs build each layer's Hessian
+    damp: float = 0.01  # added to the Hessian's diagonal, as a fraction of its mean
+    block_size: int = 128  # columns per lazy batch update
+    act_order: bool = False  # round columns in order of decreasing Hessian diagonal
+
+    def __post_init__(self) -> None:
+        check_range("quant.gptq.num_samples", self.num_samples, 1)
+        if self.damp <= 0:  # a zero dampening leaves singular Hessians (dead or collinear inputs) unfactorable
+            raise DiffquantError(f"quant.gptq.damp={self.damp} is out of range; allowed: > 0")
+        check_range("quant.gptq.block_size", self.block_size, 1)
 
 
 @dataclass
@@ -103,6 +118,7 @@ class QuantConfig:
     load: Optional[str] = None  # a quantized.pt to evaluate instead of quantizing (its recipe replaces this group)
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
+    gptq: GPTQConfig = field(default_factory=GPTQConfig)
     qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
@@ -116,6 +132,11 @@ class QuantConfig:
             check_choice("quant.keep_float", role, ROLES)
         for pattern, bits in self.layer_bits.items():
             check_range(f"quant.layer_bits.{pattern}", bits, 2, 8)
+        if self.gptq.enabled and self.recon.method != "none":
+            raise DiffquantError(
+                f"quant.gptq.enabled=true and quant.recon.method={self.recon.method} both choose the weights' rounding; "
+                "use one (quant.recon.method=none or quant.gptq.enabled=false)"
+            )
 
     def weight_symmetric(self, scheme: Int8Scheme) -> bool:
         """`quant.symmetric`, with null resolved: symmetric weights on the full 8-bit grid [-128, 127], affine otherwise.

@@ -17,6 +17,7 @@ from torch import nn
 from diffquant.errors import DiffquantError
 from diffquant.quant.config import QuantConfig
 from diffquant.quant.engine import GPU_ENGINES, Int8Numerics, require_exact
+from diffquant.quant.gptq import GPTQSettings
 from diffquant.quant.gpu.convert import LowBitSpec
 from diffquant.quant.gpu.runtime import Compiling, require_gpu
 from diffquant.quant.gpu.strategy import GpuPTQStrategy
@@ -69,16 +70,27 @@ class MethodInputs:
         if self.engine == "x86_inductor" or self.engine in GPU_ENGINES:
             raise DiffquantError(f"backend={self.engine} supports quant=ptq only; got quant={self.quant.method}")
 
-    def require_integer_grids(self, *uses: tuple[str, bool]) -> None:
-        """Rounding learned on an integer grid (AdaRound, BRECQ, LSQ) needs integer weights per channel / tensor."""
+    def require_integer_grids(self, *uses: tuple[str, bool], weights_only: bool = False) -> None:
+        """Rounding learned on an integer grid (AdaRound, BRECQ, LSQ) needs integer weights per channel / tensor;
+        `weights_only` (GPTQ, which rounds weights alone and computes group scales itself): integer weights, groups too."""
         spec = self.quant.spec(self.numerics.scheme)
         used = [name for name, on in uses if on]
-        if spec.simulated_formats and used:
-            q = self.quant
+        q = self.quant
+        if weights_only and used and q.weight_format != "int":
+            raise DiffquantError(
+                f"{used[0]} rounds onto integer weight grids; got quant.weight_format={q.weight_format} "
+                "(use quant.weight_format=int, per channel, per tensor or with quant.group_size)"
+            )
+        if spec.simulated_formats and used and not weights_only:
             raise DiffquantError(
                 f"{used[0]} learns on integer grids per channel or tensor; got quant.weight_format={q.weight_format} "
                 f"quant.act_format={q.act_format} quant.group_size={q.group_size} (use int formats and group_size=0)"
             )
+
+    def gptq(self, freeze_groups: bool = True) -> GPTQSettings | None:
+        """`quant.gptq` as the strategies take it; None when off."""
+        g = self.quant.gptq
+        return GPTQSettings(g.num_samples, g.damp, g.block_size, g.act_order, freeze_groups) if g.enabled else None
 
     def require_exact_int8(self, plan: QuantPlan) -> None:
         """Refuse int8 kernels whose accumulation saturates on this CPU (simulated runs are exempt)."""
@@ -96,11 +108,14 @@ def ptq(inputs: MethodInputs) -> PTQStrategy:
     inputs.require_eager_engine()
     q, r, plan = inputs.quant, inputs.quant.recon, inputs.plan()
     inputs.require_integer_grids((f"quant.recon.method={r.method}", r.method != "none"))
+    inputs.require_integer_grids(("quant.gptq.enabled=true", q.gptq.enabled), weights_only=True)
     inputs.require_exact_int8(plan)
     recon = (
         None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
     )
-    return PTQStrategy(plan, recon, r.num_samples, q.sensitivity, inputs.warmup, bias_rounds=q.bias_correction)
+    return PTQStrategy(
+        plan, recon, r.num_samples, q.sensitivity, inputs.warmup, bias_rounds=q.bias_correction, gptq=inputs.gptq()
+    )
 
 
 def ptq_pt2e(inputs: MethodInputs) -> InductorPTQStrategy:
@@ -110,6 +125,8 @@ def ptq_pt2e(inputs: MethodInputs) -> InductorPTQStrategy:
         raise DiffquantError(
             f"quant._target_=diffquant.quant.methods.ptq_pt2e needs backend=x86_inductor; got backend={inputs.engine}"
         )
+    if q.gptq.enabled:
+        raise DiffquantError("backend=x86_inductor does not support quant.gptq.enabled=true; use backend=fbgemm or x86")
     if q.simulate:
         raise DiffquantError(
             "quant.simulate=true needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor compiles int8"
@@ -139,6 +156,7 @@ def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
         k
         for k, v in (
             ("quant.recon.method", q.recon.method != "none"),
+            ("quant.gptq.enabled", q.gptq.enabled),
             ("quant.layer_bits", bool(q.layer_bits)),
             ("quant.split_shortcut", q.split_shortcut),
             ("quant.dynamic_input", q.dynamic_input),
@@ -161,6 +179,7 @@ def qat(inputs: MethodInputs) -> QATStrategy:
     inputs.require_eager_engine()
     t, plan = inputs.quant.qat, inputs.plan()
     inputs.require_integer_grids(("quant.qat.lsq=true", t.lsq))
+    inputs.require_integer_grids(("quant.gptq.enabled=true", inputs.quant.gptq.enabled), weights_only=True)
     inputs.require_exact_int8(plan)
     settings = TrainSettings(
         steps=t.steps,
@@ -183,4 +202,5 @@ def qat(inputs: MethodInputs) -> QATStrategy:
         t.lsq,
         t.lsq_lr_factor,
         inputs.warmup,
+        gptq=inputs.gptq(freeze_groups=False),  # training moves the weights: group scales follow them
     )

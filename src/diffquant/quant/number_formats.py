@@ -90,14 +90,26 @@ def nvfp4(x: Tensor) -> Tensor:
     return unblock(round_e2m1(b / safe) * block_scale, n)
 
 
-def group_int(x: Tensor, bits: int, group: int) -> Tensor:
-    """Asymmetric min-max integers of `bits` per group of `group` values along the last axis."""
-    b, n = blocks(x.float(), group)
+def group_qparams(b: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Scale and zero point of asymmetric min-max integers of `bits` over the last axis of `b` (one group)."""
     lo, hi = b.amin(dim=-1, keepdim=True).clamp(max=0), b.amax(dim=-1, keepdim=True).clamp(min=0)
     scale = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
-    zero = torch.round(-lo / scale)
+    return scale, torch.round(-lo / scale)
+
+
+def on_group_grid(b: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
+    """`b` rounded onto the integers 0..2^bits - 1 of `scale` and `zero` (broadcast), dequantized."""
     q = torch.clamp(torch.round(b / scale) + zero, 0, 2**bits - 1)
-    return unblock((q - zero) * scale, n)
+    return (q - zero) * scale
+
+
+def group_int(x: Tensor, bits: int, group: int, scale: Tensor | None = None, zero: Tensor | None = None) -> Tensor:
+    """Asymmetric min-max integers of `bits` per group of `group` values along the last axis; `scale` / `zero`
+    ([..., n_groups, 1]) fixed ones instead of each group's own min-max."""
+    b, n = blocks(x.float(), group)
+    if scale is None or zero is None:
+        scale, zero = group_qparams(b, bits)
+    return unblock(on_group_grid(b, scale, zero, bits), n)
 
 
 def quantize_dequantize(x: Tensor, name: str, amax: Tensor | None = None) -> Tensor:
@@ -130,6 +142,11 @@ class FormatFakeQuantize(FakeQuantizeBase):
         element_bits = bits if fmt == "int" else 8 if fmt in FP8_MAX else 4
         self.quant_min, self.quant_max = -(2 ** (element_bits - 1)), 2 ** (element_bits - 1) - 1  # bits per element
         self.register_buffer("amax", torch.tensor(0.0))
+        # Group-wise weights rounded by GPTQ keep the group scales GPTQ chose (`freeze_groups`): recomputing
+        # min-max from the rounded weights would give other scales. Not persistent: a prepared model's
+        # state_dict (QAT checkpoints) stays as it was; the pickled quantized model keeps them.
+        self.register_buffer("group_scale", torch.empty(0), persistent=False)
+        self.register_buffer("group_zero", torch.empty(0), persistent=False)
         self.dtype = torch.qint8 if weight else torch.quint8  # what torch.ao reads off fake quantizers
         self.qscheme = torch.per_tensor_affine
 
@@ -140,7 +157,8 @@ class FormatFakeQuantize(FakeQuantizeBase):
         else:
             rows = x.movedim(1, -1) if x.dim() == 4 else x
         if self.fmt == "int":
-            out = group_int(rows, self.bits, self.group_size)
+            frozen = self.weight and self.group_scale.numel() > 0
+            out = group_int(rows, self.bits, self.group_size, *((self.group_scale, self.group_zero) if frozen else ()))
         else:
             calibrated = self.fmt in FP8_MAX and not self.weight and not self.dynamic and float(self.amax) > 0
             amax = self.amax if calibrated else None
@@ -155,6 +173,10 @@ class FormatFakeQuantize(FakeQuantizeBase):
         if self.fake_quant_enabled[0] == 1:
             x = x + (self.rounded(x).to(x.dtype) - x).detach()
         return x
+
+    def freeze_groups(self, scale: Tensor, zero: Tensor) -> None:
+        """Round weights with these group scales and zero points ([out, n_groups, 1]) from now on."""
+        self.group_scale, self.group_zero = scale.detach().float().clone(), zero.detach().float().clone()
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """Unit scale, zero offset: simulated formats never convert to torch.ao's int8 kernels."""

@@ -28,6 +28,7 @@ from diffquant.quant.coverage import edge_layers, uncalled_layers
 from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.execution.fast_int8 import speed_up_int8
 from diffquant.quant.execution.scripted import ScriptedInt8
+from diffquant.quant.gptq import GPTQSettings, gptq
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.machine import pinned_threads
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
@@ -260,12 +261,16 @@ class PTQStrategy:
     warmup_batch: int = 64  # the evaluation's sampling batch: a scripted int8 model is traced at it here
     bias_rounds: int = 0  # empirical bias correction passes (`bias_correction.correct_bias`); 0: none
     bias_samples: int = 256  # calibration pairs of that pass (one forward over all of them)
+    gptq: GPTQSettings | None = None  # GPTQ weight rounding after calibration (`gptq.py`); None: round to nearest
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
         plan = resolve_plan(self.plan, model, ctx)
         qmodel, wrapped, fused = prepare_fake_quant(model, plan, False, ctx.calibration(), ctx.calib_batch_size)
         calibrate(qmodel, ctx)
+        if self.gptq is not None:  # on the calibrated weight grids; its time counts in `seconds`
+            subset = ctx.calibration().subset(self.gptq.num_samples, seed=0)
+            gptq(qmodel, wrapped, subset, self.gptq, ctx.calib_batch_size, ctx.progress)
         recon_loss: dict[str, float] = {}
         if self.recon is not None:
             subset = ctx.calibration().subset(self.recon_samples, seed=0)
@@ -310,14 +315,18 @@ class QATStrategy:
     lsq: bool = False  # learned step sizes (LSQ+): implies calibrated initial ranges
     lsq_lr_factor: float = 0.1  # step sizes train at this fraction of the weights' learning rate
     warmup_batch: int = 64  # as PTQStrategy's, where the calibration pairs exist (else traced at first use)
+    gptq: GPTQSettings | None = None  # GPTQ-rounded starting weights (after calibration, before fine-tuning)
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
         plan = resolve_plan(self.plan, model, ctx)
         smoothing_data = ctx.calibration() if plan.smooth_alpha is not None else None
         qmodel, wrapped, fused = prepare_fake_quant(model, plan, True, smoothing_data, ctx.calib_batch_size)
-        if self.init_from_ptq or self.lsq:
+        if self.init_from_ptq or self.lsq or self.gptq is not None:  # GPTQ rounds onto the calibrated grids
             calibrate(qmodel, ctx)
+        if self.gptq is not None:
+            subset = ctx.calibration().subset(self.gptq.num_samples, seed=0)
+            gptq(qmodel, wrapped, subset, self.gptq, ctx.calib_batch_size, ctx.progress)
         qmodel.apply(tq.enable_observer)  # ranges keep adapting until freeze_observer_step
         groups = None
         if self.lsq:  # the step sizes are learned from here on; observers no longer move them
@@ -357,6 +366,6 @@ class QATStrategy:
         )
         qmodel, execution = finalize(qmodel.cpu(), plan, wrapped)
         seconds = time.perf_counter() - start
-        calibrated = self.init_from_ptq or self.lsq or self.data_free  # the calibration pairs exist already
+        calibrated = self.init_from_ptq or self.lsq or self.data_free or self.gptq is not None  # the pairs exist already
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0
         return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, compile_seconds=traced)
