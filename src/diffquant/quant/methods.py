@@ -62,6 +62,7 @@ class MethodInputs:
             simulate=q.simulate,
             smooth_alpha=q.smooth_alpha,
             rotate=q.rotate,
+            lowrank_rank=q.lowrank_rank,
         )
 
     def require_eager_engine(self) -> None:
@@ -146,6 +147,7 @@ def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
             ("quant.simulate", q.simulate),
             ("quant.smooth_alpha", q.smooth_alpha is not None),
             ("quant.rotate", q.rotate),
+            ("quant.lowrank_rank", q.lowrank_rank > 0),
         )
         if v
     ]
