@@ -100,6 +100,7 @@ def test_auto_weight_symmetry_follows_the_weight_grid(overrides: dict, scheme: s
         ("quant.granularity=per_group", "quant.granularity='per_group' is not allowed"),
         ("backend.engine=tensorrt", "backend.engine='tensorrt' is not allowed; allowed: fbgemm, qnnpack, x86"),
         ("sampler.eta=2.0", "sampler.eta=2.0 is out of range; allowed: 0.0..1.0"),
+        ("quant.lowrank_rank=-4", "quant.lowrank_rank=-4 is out of range; allowed: >= 0"),
         ("dataset.channels=2", "dataset.channels=2 is not allowed; allowed: 1, 3"),
         ("model.base_channels=30", "must be divisible by model.groups"),
         ("model.base_channels=abc", "model.base_channels='abc': Value 'abc' of type 'str' could not be converted to Integer"),

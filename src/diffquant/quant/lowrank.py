@@ -157,7 +157,7 @@ class BranchCost:
     def summary(self) -> str:
         """The log line: what the branches cost beside the quantized weights."""
         return (
-            f"Low-rank branches: {self.params} params ({100 * self.param_fraction:.1f} % of the FP32 weights) in 16-bit "
+            f"Low-rank branches: {self.params} params ({100 * self.param_fraction:.1f} % of the FP32 parameters) in 16-bit "
             f"({self.bytes} bytes), {100 * self.mac_fraction:.1f} % extra MACs per forward (run in float32)"
         )
 
