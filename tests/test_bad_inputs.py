@@ -80,6 +80,13 @@ CASES = [
         r"eval\.num_samples=14 x 2 seed\(s\) = 28 paired samples is too few for the bootstrap intervals; "
         r"allowed: eval\.num_samples \* len\(eval\.seeds\) >= 30",
     ),
+    Bad("lowrank-rank-negative", ("quant.lowrank_rank=-1",), r"quant\.lowrank_rank=-1 is out of range; allowed: >= 0"),
+    Bad(
+        "lowrank-rank-above-a-layer",
+        ("quant.lowrank_rank=100000",),
+        r"quant\.lowrank_rank=100000 is more than layer \S+ allows \(min\(out \d+, in \d+\) = \d+\); allowed: 0\.\.\d+, "
+        r"or quant\.skip=\[\S+\]",
+    ),
     Bad("layer-bits-9", ("+quant.layer_bits={conv_out:9}",), r"quant\.layer_bits\.conv_out=9 is out of range; allowed: 2\.\.8"),
     Bad(
         "freeze-step-negative",

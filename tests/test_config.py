@@ -105,6 +105,7 @@ def test_auto_weight_symmetry_follows_the_weight_grid(overrides: dict, scheme: s
             "quant.gptq.enabled=true quant.recon.method=brecq",
             "quant.gptq.enabled=true and quant.recon.method=brecq both choose the weights' rounding; use one",
         ),
+        ("quant.lowrank_rank=-4", "quant.lowrank_rank=-4 is out of range; allowed: >= 0"),
         ("dataset.channels=2", "dataset.channels=2 is not allowed; allowed: 1, 3"),
         ("model.base_channels=30", "must be divisible by model.groups"),
         ("model.base_channels=abc", "model.base_channels='abc': Value 'abc' of type 'str' could not be converted to Integer"),

@@ -30,6 +30,7 @@ from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_
 from diffquant.quant.coverage import mac_fraction
 from diffquant.quant.engine import Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.gpu.runtime import is_gpu_engine, require_gpu
+from diffquant.quant.lowrank import branch_cost
 from diffquant.quant.machine import cpu_info
 from diffquant.quant.methods import Strategy
 from diffquant.quant.saving import SavedRun, save
@@ -41,7 +42,7 @@ from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.distributed import DistInfo
 
 # `quant` settings added after QAT state keys were pinned: left out of the key at their defaults
-QUANT_ADDED_LATER = ("weight_format", "act_format", "group_size", "smooth_alpha", "rotate", "gptq")
+QUANT_ADDED_LATER = ("weight_format", "act_format", "group_size", "smooth_alpha", "rotate", "gptq", "lowrank_rank")
 
 
 def run_experiment(cfg: Config) -> dict[str, Any]:
@@ -132,6 +133,9 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         bits = (q.weight_bits, q.act_bits) if q.method != "fp32" else (32, 32)
         example = tuple(part[:1] for part in ctx.example)
         share = mac_fraction(fp32.model, outcome.wrapped_layers, *example) if outcome.wrapped_layers else 0.0
+        branch = branch_cost(outcome.model, fp32.model, *example)
+        if branch is not None:
+            log.info(branch.summary())
         record = RunRecord(
             method=q.method,
             weight_bits=bits[0],
@@ -146,6 +150,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             quantized_mac_fraction=share,
             int8_mac_fraction=share if outcome.execution.startswith("int8") else 0.0,
             compile_s=outcome.compile_seconds or None,  # 0: not compiled, no perf/compile_s
+            lowrank=None if branch is None else branch.metrics(),
             fp32_cache_key=fp32.key,
             fp32_cached=fp32.cached,
             wrapped_layers=list(outcome.wrapped_layers),

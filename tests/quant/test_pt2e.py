@@ -51,8 +51,9 @@ def test_tiny_unet_through_pt2e_and_inductor_is_close_to_fp32() -> None:
         (QuantPlan(QuantSpec(act_bits=6)), "quant.weight_bits=8 quant.act_bits=6"),
         (QuantPlan(QuantSpec(observer="percentile")), "quant.observer='percentile'"),
         (QuantPlan(QuantSpec(), split_shortcut=True), "quant.split_shortcut=True"),
+        (QuantPlan(QuantSpec(), lowrank_rank=32), "quant.lowrank_rank=32"),
     ],
-    ids=["w4", "a6", "percentile", "split"],
+    ids=["w4", "a6", "percentile", "split", "lowrank"],
 )
 @needs_torchao
 def test_unsupported_settings_fail_with_one_line(plan: QuantPlan, needle: str) -> None:

@@ -89,6 +89,13 @@ def test_compile_time_is_a_metric_only_when_the_run_compiled(tmp_path: Path) -> 
     assert compiled["metrics"] == {**EXPECTED["metrics"], "perf/compile_s": 2.5}
 
 
+def test_low_rank_costs_are_metrics_only_when_the_model_has_branches(tmp_path: Path) -> None:
+    assert not any(k.startswith("model/lowrank") for k in RunRecord(**FIELDS).model_metrics())
+    cost = {"model/lowrank_params": 640, "model/lowrank_bytes": 1280, "model/lowrank_mac_fraction": 0.05}
+    branched = written(RunRecord(**FIELDS, lowrank=cost), tmp_path / "results.json")
+    assert branched["metrics"] == {**EXPECTED["metrics"], **cost}
+
+
 @pytest.mark.parametrize("missing", ["method", "int8_exact", "size_bytes", "provenance"])
 def test_a_missing_field_is_a_type_error(missing: str) -> None:
     with pytest.raises(TypeError, match=missing):

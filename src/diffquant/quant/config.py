@@ -103,6 +103,7 @@ class QuantConfig:
     group_size: int = 0  # > 0: integer weights with one scale per group of this many inputs (simulated)
     smooth_alpha: Optional[float] = None  # SmoothQuant: migrate activation outliers into weights with this α (0..1)
     rotate: bool = False  # Hadamard rotation of every Linear / 1x1 conv input (weights rotated, inputs online)
+    lowrank_rank: int = 0  # SVDQuant: rank of each layer's float low-rank branch (quant/lowrank.py); 0: off
     symmetric: Optional[bool] = None  # null (auto): symmetric on the full 8-bit weight grid, affine otherwise
     observer: str = "histogram"
     percentile: float = 99.99  # observer=percentile: clip activations at this percentile
@@ -125,6 +126,7 @@ class QuantConfig:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
         import_target(self._target_, "quant._target_")
         check_range("quant.bias_correction", self.bias_correction, 0, 10)
+        check_range("quant.lowrank_rank", self.lowrank_rank, 0)
         if self.smooth_alpha is not None:
             check_range("quant.smooth_alpha", self.smooth_alpha, 0.0, 1.0)
         self.spec(SCHEMES["w8a8"])  # QuantSpec validates bits, granularity and observer

@@ -63,6 +63,7 @@ class MethodInputs:
             simulate=q.simulate,
             smooth_alpha=q.smooth_alpha,
             rotate=q.rotate,
+            lowrank_rank=q.lowrank_rank,
         )
 
     def require_eager_engine(self) -> None:
@@ -164,6 +165,7 @@ def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
             ("quant.simulate", q.simulate),
             ("quant.smooth_alpha", q.smooth_alpha is not None),
             ("quant.rotate", q.rotate),
+            ("quant.lowrank_rank", q.lowrank_rank > 0),
         )
         if v
     ]

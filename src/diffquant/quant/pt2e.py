@@ -165,6 +165,7 @@ class InductorPTQStrategy:
             "quant.split_shortcut": self.plan.split_shortcut or None,
             "quant.smooth_alpha": self.plan.smooth_alpha,
             "quant.rotate": self.plan.rotate or None,
+            "quant.lowrank_rank": self.plan.lowrank_rank or None,
         }
         given = [f"{key}={value}" for key, value in unsupported.items() if value is not None]
         if given:

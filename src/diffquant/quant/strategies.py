@@ -29,6 +29,7 @@ from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.execution.fast_int8 import speed_up_int8
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.gptq import GPTQSettings, gptq
+from diffquant.quant.lowrank import add_low_rank_branches, check_rank
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.machine import pinned_threads
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
@@ -95,6 +96,7 @@ class QuantPlan:
     unsupported: tuple[tuple[str, str], ...] = ()  # (layer, why) this engine cannot run in int8 (`resolve_plan`)
     smooth_alpha: float | None = None  # SmoothQuant migration strength (`smoothing.py`); None: off
     rotate: bool = False  # Hadamard rotation of Linear / 1x1-conv inputs (`rotation.py`)
+    lowrank_rank: int = 0  # SVDQuant's float low-rank branches (`lowrank.py`); 0: none
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -133,6 +135,8 @@ def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantP
         )
     for name, why in unsupported:
         logging.getLogger("diffquant").warning("Kept in float: %s (%s)", name, why)
+    if plan.lowrank_rank:  # before calibration: a rank no layer allows fails first
+        check_rank(model, plan.lowrank_rank, (*plan.skip, *kept, *uncalled, *(n for n, _ in unsupported)))
     if plan.spec.group_size:
         check_groups(model, plan.spec.group_size, (*plan.skip, *kept, *uncalled, *(n for n, _ in unsupported)))
     return replace(plan, kept_float=kept, keep_float=(), uncalled=uncalled, unsupported=unsupported)
@@ -171,8 +175,8 @@ def float_layer_reasons(model: nn.Module, plan: QuantPlan, wrapped: list[str]) -
 def prepare_fake_quant(
     model: nn.Module, plan: QuantPlan, qat: bool, data: CalibrationData | None = None, batch_size: int = 128
 ) -> tuple[nn.Module, list[str], list[list[str]]]:
-    """Copy, fuse, rotate (`plan.rotate`), smooth (`plan.smooth_alpha`, on `data`), wrap and `prepare_qat` a float
-    model: every wrapped layer carries FakeQuantize modules."""
+    """Copy, fuse, rotate (`plan.rotate`), smooth (`plan.smooth_alpha`, on `data`), wrap, split off low-rank branches
+    (`plan.lowrank_rank`) and `prepare_qat` a float model: every wrapped layer carries FakeQuantize modules."""
     qmodel = copy.deepcopy(model).train(qat)
     fused = fuse(qmodel, qat=qat)
     if plan.rotate:  # before smoothing: SmoothQuant then measures the rotated inputs
@@ -187,6 +191,8 @@ def prepare_fake_quant(
     if not wrapped:
         kept = f" and quant.keep_float (layers {', '.join(plan.kept_float)})" if plan.kept_float else ""
         raise DiffquantError(f"quant.skip={list(plan.skip)}{kept} leaves no Conv2d / Linear layer to quantize")
+    if plan.lowrank_rank:  # after smoothing and rotation: SVDQuant splits the weight the quantizer will see
+        add_low_rank_branches(qmodel, wrapped, plan.lowrank_rank)
     qmodel.train()
     tq.prepare_qat(qmodel, mapping=qat_mapping(), inplace=True)
     if plan.dynamic_input and plan.spec.act_bits is not None:  # weight-only: inputs stay float, no scale to compute

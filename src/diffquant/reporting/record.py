@@ -16,7 +16,8 @@ from typing import Any
 class RunRecord:
     """What a run was (its header), how big and how quantized its model is, and where it came from.
 
-    Every field but `compile_s` is required: a field left out is a TypeError, not a missing key in results.json.
+    Every field but `compile_s` and `lowrank` is required: a field left out is a TypeError, not a missing key in
+    results.json. Those two are written only by runs that have them (compiled executions, low-rank branches).
     """
 
     # header: the top of results.json
@@ -45,6 +46,7 @@ class RunRecord:
     quant: dict[str, Any]  # the `quant` group as a dict
     provenance: dict[str, Any]  # source, machine, config hash, FP32 checkpoint digest
     compile_s: float | None = None  # compiled executions only: compiling is not part of quantizing or sampling
+    lowrank: dict[str, float] | None = None  # SVDQuant branches only: `model/lowrank_*` (`lowrank.BranchCost.metrics`)
 
     def header(self) -> dict[str, Any]:
         """The top-level keys results.json opens with."""
@@ -72,6 +74,8 @@ class RunRecord:
         }
         if self.compile_s is not None:
             metrics["perf/compile_s"] = self.compile_s
+        if self.lowrank is not None:
+            metrics.update(self.lowrank)
         return metrics
 
     def extra(self) -> dict[str, Any]:

@@ -111,6 +111,8 @@ def test_gpu_backend_settings_reject_what_the_kernels_cannot_do(cpu_stands_in: N
         diffquant.quantize(model, calib, backend="cuda_fp8", device="cpu", weight_bits=4)
     with pytest.raises(DiffquantError, match=r"backend=cuda_int8 does not support quant\.dynamic_input"):
         diffquant.quantize(model, calib, backend="cuda_int8", device="cpu", dynamic_input=True)
+    with pytest.raises(DiffquantError, match=r"backend=cuda_int8 does not support quant\.lowrank_rank; use backend=fbgemm"):
+        diffquant.quantize(model, calib, backend="cuda_int8", device="cpu", lowrank_rank=4)
     with pytest.raises(DiffquantError, match=r"backend_settings has no key 'group'; did you mean 'group_size'\?"):
         diffquant.quantize(model, calib, backend="cuda_int4wo", device="cpu", backend_settings={"group": 64})
     with pytest.raises(DiffquantError, match=r"backend\.group_size=48 is not allowed; allowed: 32, 64, 128, 256"):
