@@ -146,6 +146,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             quantized_mac_fraction=share,
             int8_mac_fraction=share if outcome.execution.startswith("int8") else 0.0,
             compile_s=outcome.compile_seconds or None,  # 0: not compiled, no perf/compile_s
+            timestep_scales=outcome.timestep_scales or None,
             fp32_cache_key=fp32.key,
             fp32_cached=fp32.cached,
             wrapped_layers=list(outcome.wrapped_layers),

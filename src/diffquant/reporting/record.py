@@ -45,6 +45,7 @@ class RunRecord:
     quant: dict[str, Any]  # the `quant` group as a dict
     provenance: dict[str, Any]  # source, machine, config hash, FP32 checkpoint digest
     compile_s: float | None = None  # compiled executions only: compiling is not part of quantizing or sampling
+    timestep_scales: dict[str, Any] | None = None  # quant.act_timestep_groups > 1: groups and the spread of input scales
 
     def header(self) -> dict[str, Any]:
         """The top-level keys results.json opens with."""
@@ -84,6 +85,7 @@ class RunRecord:
             "fused_groups": self.fused_groups,
             "quant": self.quant,
             "provenance": self.provenance,
+            **({"timestep_scales": self.timestep_scales} if self.timestep_scales else {}),
         }
 
     def label(self) -> str:
