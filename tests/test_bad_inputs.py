@@ -61,6 +61,21 @@ CASES = [
         r"quant\.granularity='per_row' is not allowed; allowed: per_channel, per_tensor",
     ),
     Bad(
+        "timestep-groups-negative",
+        ("quant.act_timestep_groups=-1",),
+        r"quant\.act_timestep_groups=-1 is out of range; allowed: >= 0",
+    ),
+    Bad(
+        "timestep-groups-over-calib",
+        ("quant.act_timestep_groups=6", "quant.dynamic_input=false"),  # the tiny preset keeps 5 calibration timesteps
+        r"quant\.act_timestep_groups=6 exceeds quant\.calib\.timesteps=5: .*allowed: 0\.\.5",
+    ),
+    Bad(
+        "timestep-groups-dynamic",
+        ("quant.act_timestep_groups=4",),  # quant=ptq keeps dynamic_input=true
+        r"quant\.act_timestep_groups=4 cannot combine with quant\.dynamic_input=true",
+    ),
+    Bad(
         "engine-value", ("backend.engine=tensorrt",), r"backend\.engine='tensorrt' is not allowed; allowed: fbgemm, qnnpack, x86"
     ),
     Bad("train-steps-negative", ("train.steps=-5",), r"train\.steps=-5 is out of range; allowed: >= 1"),

@@ -42,7 +42,16 @@ from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.distributed import DistInfo
 
 # `quant` settings added after QAT state keys were pinned: left out of the key at their defaults
-QUANT_ADDED_LATER = ("weight_format", "act_format", "group_size", "smooth_alpha", "rotate", "gptq", "lowrank_rank")
+QUANT_ADDED_LATER = (
+    "weight_format",
+    "act_format",
+    "group_size",
+    "smooth_alpha",
+    "rotate",
+    "gptq",
+    "lowrank_rank",
+    "act_timestep_groups",
+)
 
 
 def run_experiment(cfg: Config) -> dict[str, Any]:
@@ -151,6 +160,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             int8_mac_fraction=share if outcome.execution.startswith("int8") else 0.0,
             compile_s=outcome.compile_seconds or None,  # 0: not compiled, no perf/compile_s
             lowrank=None if branch is None else branch.metrics(),
+            timestep_scales=outcome.timestep_scales or None,
             fp32_cache_key=fp32.key,
             fp32_cached=fp32.cached,
             wrapped_layers=list(outcome.wrapped_layers),

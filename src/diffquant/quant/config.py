@@ -112,6 +112,7 @@ class QuantConfig:
     layer_bits: dict[str, int] = field(default_factory=dict)  # layer-name pattern -> weight bits
     split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
     dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)
+    act_timestep_groups: int = 0  # > 1: static input scales per group of t (equal-width over [0, T); timestep_scales.py)
     sensitivity: bool = True  # write the per-layer SQNR report
     bias_correction: int = 0  # empirical bias correction passes after calibration (PTQ); 0: off
     simulate: bool = False  # keep fake quantization where int8 kernels could run (any scheme's numerics on any CPU)
@@ -139,6 +140,30 @@ class QuantConfig:
                 f"quant.gptq.enabled=true and quant.recon.method={self.recon.method} both choose the weights' rounding; "
                 "use one (quant.recon.method=none or quant.gptq.enabled=false)"
             )
+        self.check_timestep_groups()
+
+    def check_timestep_groups(self) -> None:
+        """`act_timestep_groups`: at most one group per calibration timestep, and only with what keeps a static table."""
+        groups = self.act_timestep_groups
+        check_range("quant.act_timestep_groups", groups, 0)
+        if groups > self.calib.timesteps:
+            raise DiffquantError(
+                f"quant.act_timestep_groups={groups} exceeds quant.calib.timesteps={self.calib.timesteps}: every group needs "
+                f"calibration timesteps of its own; allowed: 0..{self.calib.timesteps}"
+            )
+        if groups <= 1:
+            return
+        conflicts = {
+            "quant.dynamic_input=true (per-call scales replace the table)": self.dynamic_input,
+            "quant.act_bits=null (no input quantizer)": self.act_bits is None,
+            f"quant.act_format={self.act_format} (integer grids only)": self.act_format != "int",
+            "quant.split_shortcut=true (its split quantizers have no table)": self.split_shortcut,
+            f"quant.recon.method={self.recon.method} (it runs layers without their t)": self.recon.method != "none",
+            "quant.qat.lsq=true (the table is observed, not learned)": self.qat.lsq,
+        }
+        given = [why for why, on in conflicts.items() if on]
+        if given:
+            raise DiffquantError(f"quant.act_timestep_groups={groups} cannot combine with {given[0]}; set it to 0 or drop that")
 
     def weight_symmetric(self, scheme: Int8Scheme) -> bool:
         """`quant.symmetric`, with null resolved: symmetric weights on the full 8-bit grid [-128, 127], affine otherwise.

@@ -64,6 +64,7 @@ class MethodInputs:
             smooth_alpha=q.smooth_alpha,
             rotate=q.rotate,
             lowrank_rank=q.lowrank_rank,
+            timestep_groups=q.act_timestep_groups,
         )
 
     def require_eager_engine(self) -> None:
@@ -132,6 +133,10 @@ def ptq_pt2e(inputs: MethodInputs) -> InductorPTQStrategy:
         raise DiffquantError(
             "quant.simulate=true needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor compiles int8"
         )
+    if q.act_timestep_groups > 1:
+        raise DiffquantError(
+            "quant.act_timestep_groups needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor has one scale per input"
+        )
     require_exact(inputs.numerics, inputs.int8_scheme)
     return InductorPTQStrategy(inputs.plan(), q.recon.method, inputs.warmup)
 
@@ -166,6 +171,7 @@ def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
             ("quant.smooth_alpha", q.smooth_alpha is not None),
             ("quant.rotate", q.rotate),
             ("quant.lowrank_rank", q.lowrank_rank > 0),
+            ("quant.act_timestep_groups", q.act_timestep_groups > 1),
         )
         if v
     ]

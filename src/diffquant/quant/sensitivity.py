@@ -10,6 +10,7 @@ from torch import nn
 from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.capture import capture
+from diffquant.quant.timestep_scales import clock_of
 
 
 @torch.no_grad()
@@ -31,11 +32,17 @@ def layer_sensitivity(
     fp_in = capture(fp_model, wrapped, data, batch_size, outputs=False)
     fp_out = capture(fp_model, [last_of.get(n, n) for n in wrapped], data, batch_size, inputs=False)
     q_out = capture(qmodel, wrapped, data, batch_size, inputs=False)
+    clock = clock_of(qmodel)  # per-timestep input scales: a layer called alone needs its rows' t set
     rows: list[dict[str, object]] = []
     for name in wrapped:
         ref = fp_out[last_of.get(name, name)]["out"][0]
         layer = qmodel.get_submodule(name)
-        isolated = torch.cat([layer(x) for x in fp_in[name]["args"][0].split(batch_size)])
+        parts = []
+        for x, t in zip(fp_in[name]["args"][0].split(batch_size), data.t.split(batch_size)):
+            if clock is not None:
+                clock.set(t)
+            parts.append(layer(x))
+        isolated = torch.cat(parts)
         inner = getattr(layer, "module", layer)
         fq = getattr(inner, "weight_fake_quant", None)
         rows.append(

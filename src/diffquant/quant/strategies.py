@@ -38,6 +38,15 @@ from diffquant.quant.rotation import rotate
 from diffquant.quant.sensitivity import layer_sensitivity
 from diffquant.quant.smoothing import smooth
 from diffquant.quant.split import apply_split_shortcut, concat_splits
+from diffquant.quant.timestep_scales import (
+    ScriptedTimestepInt8,
+    clock_of,
+    scale_tables,
+    split_by_group,
+    timestep_summary,
+    use_timestep_inputs,
+    use_timestep_int8_inputs,
+)
 from diffquant.quant.transpose import convert_mapping, qat_mapping, transposed_int8_is_exact
 from diffquant.quant.wrap import fuse, is_skipped, quantizable_types, wrap_layers
 from diffquant.training.checkpoint import Checkpointer
@@ -77,6 +86,7 @@ class QuantOutcome:
     compile_seconds: float = 0.0  # compiled executions (backend=x86_inductor): compile + first run per shape
     float_layers: dict[str, str] = field(default_factory=dict)  # quantizable layers kept float -> why
     baselines: dict[str, nn.Module] = field(default_factory=dict)  # timed beside it (GPU backends: the bf16 compiled model)
+    timestep_scales: dict[str, object] = field(default_factory=dict)  # `quant.act_timestep_groups`: groups, scale spread
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,8 @@ class QuantPlan:
     smooth_alpha: float | None = None  # SmoothQuant migration strength (`smoothing.py`); None: off
     rotate: bool = False  # Hadamard rotation of Linear / 1x1-conv inputs (`rotation.py`)
     lowrank_rank: int = 0  # SVDQuant's float low-rank branches (`lowrank.py`); 0: none
+    timestep_groups: int = 0  # > 1: one static input scale per group of t (`timestep_scales.py`)
+    num_timesteps: int = 1000  # the diffusion's T, which the groups split (set by `resolve_plan`)
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -139,7 +151,14 @@ def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantP
         check_rank(model, plan.lowrank_rank, (*plan.skip, *kept, *uncalled, *(n for n, _ in unsupported)))
     if plan.spec.group_size:
         check_groups(model, plan.spec.group_size, (*plan.skip, *kept, *uncalled, *(n for n, _ in unsupported)))
-    return replace(plan, kept_float=kept, keep_float=(), uncalled=uncalled, unsupported=unsupported)
+    return replace(
+        plan,
+        kept_float=kept,
+        keep_float=(),
+        uncalled=uncalled,
+        unsupported=unsupported,
+        num_timesteps=ctx.diffusion.num_timesteps,
+    )
 
 
 def check_groups(model: nn.Module, group_size: int, float_patterns: tuple[str, ...]) -> None:
@@ -197,6 +216,8 @@ def prepare_fake_quant(
     tq.prepare_qat(qmodel, mapping=qat_mapping(), inplace=True)
     if plan.dynamic_input and plan.spec.act_bits is not None:  # weight-only: inputs stay float, no scale to compute
         use_dynamic_inputs(qmodel, wrapped)
+    if plan.timestep_groups > 1 and plan.spec.act_bits is not None:
+        use_timestep_inputs(qmodel, wrapped, plan.timestep_groups, plan.num_timesteps)
     if plan.split_shortcut:
         apply_split_shortcut(qmodel, concat_splits(model), wrapped)
     return qmodel, wrapped, fused
@@ -206,7 +227,10 @@ def calibrate(qmodel: nn.Module, ctx: QuantContext) -> None:
     """Observe activation and weight ranges on the trajectory pairs with fake quantization off."""
     qmodel.apply(tq.disable_fake_quant)
     qmodel.apply(tq.enable_observer)
-    run_calibration(qmodel, ctx.calibration(), ctx.calib_batch_size, ctx.progress)
+    clock = clock_of(qmodel)
+    # per-timestep tables: each group's observers see only that group's pairs, in uniform batches
+    for part in [ctx.calibration()] if clock is None else split_by_group(ctx.calibration(), clock):
+        run_calibration(qmodel, part, ctx.calib_batch_size, ctx.progress)
     qmodel.apply(tq.disable_observer)
     qmodel.apply(tq.enable_fake_quant)
 
@@ -217,10 +241,15 @@ def finalize(qmodel: nn.Module, plan: QuantPlan, wrapped: list[str]) -> tuple[nn
     qmodel.eval()
     if not plan.runs_int8:
         return qmodel, "fakequant"
+    clock = clock_of(qmodel)
+    tables = scale_tables(qmodel, wrapped) if clock is not None else {}
     tq.convert(qmodel, mapping=convert_mapping(), inplace=True)
     if plan.dynamic_input:
         use_dynamic_int8_inputs(qmodel, wrapped, reduce_range=plan.spec.act_range()[1] == 127)
     speed_up_int8(qmodel)
+    if clock is not None:
+        use_timestep_int8_inputs(qmodel, wrapped, tables)
+        return (ScriptedTimestepInt8(qmodel, clock) if plan.script else qmodel), "int8"
     return (ScriptedInt8(qmodel) if plan.script else qmodel), "int8"
 
 
@@ -299,10 +328,11 @@ class PTQStrategy:
         if self.sensitivity:  # on the fake-quant model, before conversion (same numerics as int8, see tests)
             rows = layer_sensitivity(qmodel, model, wrapped, fused, ctx.calibration().subset(128, seed=1))
         report_seconds = time.perf_counter() - report_start
+        steps = timestep_summary(qmodel, wrapped)
         qmodel, execution = finalize(qmodel, plan, wrapped)
         seconds = time.perf_counter() - start - report_seconds
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch)
-        extra = {"sensitivity": rows, "recon_loss": recon_loss, "compile_seconds": traced}
+        extra = {"sensitivity": rows, "recon_loss": recon_loss, "compile_seconds": traced, "timestep_scales": steps}
         return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, **extra)
 
 
@@ -370,8 +400,10 @@ class QATStrategy:
             checkpointer=checkpointer,
             param_groups=groups,
         )
+        steps = timestep_summary(qmodel.cpu(), wrapped)
         qmodel, execution = finalize(qmodel.cpu(), plan, wrapped)
         seconds = time.perf_counter() - start
         calibrated = self.init_from_ptq or self.lsq or self.data_free or self.gptq is not None  # the pairs exist already
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0
-        return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, compile_seconds=traced)
+        extra = {"compile_seconds": traced, "timestep_scales": steps}
+        return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, **extra)

@@ -47,6 +47,7 @@ class RunRecord:
     provenance: dict[str, Any]  # source, machine, config hash, FP32 checkpoint digest
     compile_s: float | None = None  # compiled executions only: compiling is not part of quantizing or sampling
     lowrank: dict[str, float] | None = None  # SVDQuant branches only: `model/lowrank_*` (`lowrank.BranchCost.metrics`)
+    timestep_scales: dict[str, Any] | None = None  # quant.act_timestep_groups > 1: groups and the spread of input scales
 
     def header(self) -> dict[str, Any]:
         """The top-level keys results.json opens with."""
@@ -88,6 +89,7 @@ class RunRecord:
             "fused_groups": self.fused_groups,
             "quant": self.quant,
             "provenance": self.provenance,
+            **({"timestep_scales": self.timestep_scales} if self.timestep_scales else {}),
         }
 
     def label(self) -> str:
