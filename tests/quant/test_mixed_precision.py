@@ -10,6 +10,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from torch import nn
 
+import diffquant
 from diffquant.config import to_config
 from diffquant.errors import DiffquantError
 from diffquant.quant.api import quant_settings
@@ -196,3 +197,12 @@ def test_a_budget_below_every_layer_at_its_lowest_width_names_the_minimum() -> N
         DiffquantError, match=rf"quant\.size_budget_bytes=5000 is below the smallest achievable size, {MIN_BYTES} bytes"
     ):
         quantized(size_budget_bytes=5000)
+
+
+def test_the_api_returns_the_plan_with_the_model() -> None:
+    data = random_pairs(64, (1, 8, 8), seed=1)
+    settings = {**SETTINGS, "avg_weight_bits": 5, "weight_bits": 4}
+    qmodel = diffquant.quantize(OneSensitive().eval(), data, method="ptq", backend="fbgemm", **settings)
+    plan = qmodel.diffquant_recipe["mixed_precision"]
+    assert plan["layer_bits"] == {"fc.0": 4, "fc.1": 8, "fc.2": 4, "fc.3": 4} and plan["avg_weight_bits"] == 5.0
+    assert qmodel.diffquant_recipe["execution"] == "fakequant"
