@@ -206,3 +206,13 @@ def test_the_api_returns_the_plan_with_the_model() -> None:
     plan = qmodel.diffquant_recipe["mixed_precision"]
     assert plan["layer_bits"] == {"fc.0": 4, "fc.1": 8, "fc.2": 4, "fc.3": 4} and plan["avg_weight_bits"] == 5.0
     assert qmodel.diffquant_recipe["execution"] == "fakequant"
+
+
+@pytest.mark.parametrize("extra", [{"smooth_alpha": 0.5}, {"group_size": 16}], ids=["smoothing", "groups"])
+def test_input_transforms_and_groups_are_measured_once(extra: dict[str, object]) -> None:
+    """A wrapper's smoothing runs when it is called: its measured input must be the untransformed one (else
+    errors near 1); group scales count 8 bytes per group of 16 weights."""
+    plan = quantized(avg_weight_bits=5, **extra).mixed_precision
+    assert plan["layer_bits"]["fc.1"] == 8 and max(e["4"] for e in plan["layer_errors"].values()) < 0.05
+    groups = WIDTH * WIDTH // 16 if "group_size" in extra else WIDTH
+    assert plan["min_bytes"] == FIXED + 4 * (WIDTH * WIDTH // 2 + 8 * groups)

@@ -24,6 +24,7 @@ from torch.ao import quantization as tq
 from diffquant.errors import DiffquantError
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.capture import capture
+from diffquant.quant.gpu.convert import weight_bytes
 from diffquant.quant.timestep_scales import clock_of
 
 MAX_CELLS = 200_000  # cost-grid cells of the DP: exact below this many gcd-sized steps of budget, else rounded up
@@ -92,15 +93,19 @@ def solve(costs: list[list[int]], errors: list[list[float]], budget: int, max_ce
 
 
 @torch.no_grad()
-def layer_errors(qmodel: nn.Module, wrapped: list[str], data: CalibrationData, batch_size: int = 64) -> dict[str, float]:
+def layer_errors(
+    qmodel: nn.Module, fp_model: nn.Module, wrapped: list[str], data: CalibrationData, batch_size: int = 64
+) -> dict[str, float]:
     """Each wrapped layer's relative output error with only its own weight fake-quantized, on its float input.
 
     `qmodel` is prepared (not calibrated); with every quantizer off it computes the float function, including
-    smoothing, rotation and low-rank branches, so inputs and references are the FP32 model's.
+    smoothing, rotation and low-rank branches, so its layer outputs are the references. Inputs come from
+    `fp_model`: a wrapper's own pre-hooks (smoothing, rotation) run when it is called, so they must not be in them.
     """
     qmodel.eval().apply(tq.disable_observer)
     qmodel.apply(tq.disable_fake_quant)
-    seen = capture(qmodel, wrapped, data, batch_size)
+    inputs = capture(fp_model, wrapped, data, batch_size, outputs=False)  # a fused group's first layer keeps the name
+    seen = capture(qmodel, wrapped, data, batch_size, inputs=False)
     clock = clock_of(qmodel)  # per-timestep input quantizers: a layer called alone needs its rows' t
     errors: dict[str, float] = {}
     for name in wrapped:
@@ -110,7 +115,7 @@ def layer_errors(qmodel: nn.Module, wrapped: list[str], data: CalibrationData, b
         fq.apply(tq.enable_fake_quant)
         noise = signal = 0.0
         for x, t, ref in zip(
-            seen[name]["args"][0].split(batch_size), data.t.split(batch_size), seen[name]["out"][0].split(batch_size)
+            inputs[name]["args"][0].split(batch_size), data.t.split(batch_size), seen[name]["out"][0].split(batch_size)
         ):
             if clock is not None:
                 clock.set(t)
@@ -207,7 +212,7 @@ def choose_bits(layers: list[Layer], budget: Budget, fixed_bytes: int, max_cells
 
 def measure_layers(
     prepare_at: Callable[[int], tuple[nn.Module, list[str]]],
-    fp32_bytes: int,
+    fp_model: nn.Module,
     budget: Budget,
     data: CalibrationData,
     granularity: str,
@@ -215,12 +220,12 @@ def measure_layers(
     batch_size: int = 64,
 ) -> tuple[list[Layer], int]:
     """Every wrapped layer's errors at the candidate widths (`prepare_at(bits)`: a model prepared at that width),
-    and the bytes that do not depend on the plan: `fp32_bytes` less the quantized weights, plus low-rank branches."""
+    and the bytes that do not depend on the plan: `fp_model`'s state_dict less the quantized weights, plus low-rank branches."""
     per_bits: list[dict[str, float]] = []
     for b in budget.bits:
         qmodel, wrapped = prepare_at(b)
-        per_bits.append(layer_errors(qmodel, wrapped, data, batch_size))
-    layers, fixed = [], fp32_bytes
+        per_bits.append(layer_errors(qmodel, fp_model, wrapped, data, batch_size))
+    layers, fixed = [], weight_bytes(fp_model)
     for name in wrapped:
         wrapper = qmodel.get_submodule(name)
         inner = wrapper.module

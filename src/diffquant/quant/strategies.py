@@ -29,7 +29,6 @@ from diffquant.quant.dynamic import use_dynamic_inputs, use_dynamic_int8_inputs
 from diffquant.quant.execution.fast_int8 import speed_up_int8
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.gptq import GPTQSettings, gptq
-from diffquant.quant.gpu.convert import weight_bytes
 from diffquant.quant.lowrank import add_low_rank_branches, check_rank
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.machine import pinned_threads
@@ -192,7 +191,7 @@ def choose_mixed_precision(
 
     data = ctx.calibration().subset(budget.num_samples, seed=1)
     layers, fixed = measure_layers(
-        prepare_at, weight_bytes(model), budget, data, plan.spec.granularity, plan.spec.group_size, ctx.calib_batch_size
+        prepare_at, model, budget, data, plan.spec.granularity, plan.spec.group_size, ctx.calib_batch_size
     )
     chosen = choose_bits(layers, budget, fixed)
     logging.getLogger("diffquant").info(chosen.summary())
