@@ -104,6 +104,12 @@ CASES = [
     ),
     Bad("layer-bits-9", ("+quant.layer_bits={conv_out:9}",), r"quant\.layer_bits\.conv_out=9 is out of range; allowed: 2\.\.8"),
     Bad(
+        "size-budget-too-small",
+        ("quant.size_budget_bytes=1000",),
+        r"quant\.size_budget_bytes=1000 is below the smallest achievable size, \d+ bytes \(every quantized layer at 4 bits, "
+        r"float tensors at their size\); allowed: >= \d+",
+    ),
+    Bad(
         "freeze-step-negative",
         ("quant=qat", "quant.qat.freeze_observer_step=-1"),
         r"quant\.qat\.freeze_observer_step=-1 is out of range; allowed: >= 0",

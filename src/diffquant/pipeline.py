@@ -51,6 +51,9 @@ QUANT_ADDED_LATER = (
     "gptq",
     "lowrank_rank",
     "act_timestep_groups",
+    "size_budget_bytes",
+    "avg_weight_bits",
+    "mixed",
 )
 
 
@@ -161,6 +164,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             compile_s=outcome.compile_seconds or None,  # 0: not compiled, no perf/compile_s
             lowrank=None if branch is None else branch.metrics(),
             timestep_scales=outcome.timestep_scales or None,
+            mixed_precision=outcome.mixed_precision or None,
             fp32_cache_key=fp32.key,
             fp32_cached=fp32.cached,
             wrapped_layers=list(outcome.wrapped_layers),

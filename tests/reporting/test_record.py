@@ -96,6 +96,14 @@ def test_low_rank_costs_are_metrics_only_when_the_model_has_branches(tmp_path: P
     assert branched["metrics"] == {**EXPECTED["metrics"], **cost}
 
 
+def test_the_mixed_precision_plan_is_a_block_only_when_a_budget_chose_it(tmp_path: Path) -> None:
+    assert "mixed_precision" not in RunRecord(**FIELDS).extra()
+    plan = {"budget_bytes": 900, "achieved_bytes": 880, "avg_weight_bits": 5.0, "layer_bits": {"conv": 4, "fc": 8}}
+    chosen = written(RunRecord(**FIELDS, mixed_precision=plan), tmp_path / "results.json")
+    assert chosen == {**EXPECTED, "mixed_precision": plan}
+    assert list(chosen)[-1] == "mixed_precision"
+
+
 @pytest.mark.parametrize("missing", ["method", "int8_exact", "size_bytes", "provenance"])
 def test_a_missing_field_is_a_type_error(missing: str) -> None:
     with pytest.raises(TypeError, match=missing):

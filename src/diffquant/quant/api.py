@@ -204,6 +204,8 @@ def quantize_with(
             wrapped_layers=list(outcome.wrapped_layers),
             float_layers=dict(outcome.float_layers),
         )
+        if outcome.mixed_precision:  # the widths a budget chose: `quant.layer_bits` reproduces them
+            recipe["mixed_precision"] = dict(outcome.mixed_precision)
         setattr(outcome.model, RECIPE_ATTR, recipe)
     return outcome
 

@@ -63,6 +63,19 @@ class GPTQConfig:
 
 
 @dataclass
+class MixedConfig:
+    bits: list[int] = field(default_factory=lambda: [4, 8])  # candidate weight widths per layer under a size budget
+    num_samples: int = 128  # calibration pairs on which each layer's error at each width is measured
+
+    def __post_init__(self) -> None:
+        if not self.bits:
+            raise DiffquantError("quant.mixed.bits=[] is empty; allowed: a list of weight widths in 2..8, e.g. [4, 8]")
+        for bits in self.bits:
+            check_range("quant.mixed.bits", bits, 2, 8)
+        check_range("quant.mixed.num_samples", self.num_samples, 1)
+
+
+@dataclass
 class QATConfig:
     steps: int = 200
     lr: float = 1e-4
@@ -110,6 +123,8 @@ class QuantConfig:
     skip: list[str] = field(default_factory=list)
     keep_float: list[str] = field(default_factory=lambda: ["input", "output"])  # roles kept in float: input / output layer
     layer_bits: dict[str, int] = field(default_factory=dict)  # layer-name pattern -> weight bits
+    size_budget_bytes: Optional[int] = None  # mixed precision: per-layer widths from quant.mixed.bits within these bytes
+    avg_weight_bits: Optional[float] = None  # mixed precision by average weight width instead (one of the two)
     split_shortcut: bool = False  # separate input quantizers for the halves of skip concatenations
     dynamic_input: bool = False  # each layer's input scale from the call's own range (per timestep)
     act_timestep_groups: int = 0  # > 1: static input scales per group of t (equal-width over [0, T); timestep_scales.py)
@@ -122,6 +137,7 @@ class QuantConfig:
     recon: ReconConfig = field(default_factory=ReconConfig)
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     qat: QATConfig = field(default_factory=QATConfig)
+    mixed: MixedConfig = field(default_factory=MixedConfig)
 
     def __post_init__(self) -> None:
         check_choice("quant.method", self.method, ("fp32", "ptq", "qat"))
@@ -141,6 +157,30 @@ class QuantConfig:
                 "use one (quant.recon.method=none or quant.gptq.enabled=false)"
             )
         self.check_timestep_groups()
+        self.check_budget()
+
+    def check_budget(self) -> None:
+        """A mixed-precision budget: one kind, integer weights, and no hand-written `layer_bits` to contradict it."""
+        budget, avg = self.size_budget_bytes, self.avg_weight_bits
+        if budget is None and avg is None:
+            return
+        if budget is not None and avg is not None:
+            raise DiffquantError(
+                f"quant.size_budget_bytes={budget} and quant.avg_weight_bits={avg} are both set; set one of the two"
+            )
+        given = f"quant.size_budget_bytes={budget}" if budget is not None else f"quant.avg_weight_bits={avg}"
+        if budget is not None:
+            check_range("quant.size_budget_bytes", budget, 1)
+        else:  # below the lowest candidate no plan exists: no model needed to say so
+            check_range("quant.avg_weight_bits", avg, min(self.mixed.bits))  # type: ignore[arg-type]
+        conflicts = {
+            f"quant.layer_bits={self.layer_bits} (the budget chooses every layer's bits)": bool(self.layer_bits),
+            f"quant.weight_format={self.weight_format} (widths apply to integer weights)": self.weight_format != "int",
+            f"quant.method={self.method} (no layer is quantized)": self.method == "fp32",
+        }
+        conflict = next((why for why, on in conflicts.items() if on), None)
+        if conflict:
+            raise DiffquantError(f"{given} cannot combine with {conflict}; drop one of them")
 
     def check_timestep_groups(self) -> None:
         """`act_timestep_groups`: at most one group per calibration timestep, and only with what keeps a static table."""

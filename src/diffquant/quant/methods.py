@@ -21,6 +21,7 @@ from diffquant.quant.gptq import GPTQSettings
 from diffquant.quant.gpu.convert import LowBitSpec
 from diffquant.quant.gpu.runtime import Compiling, require_gpu
 from diffquant.quant.gpu.strategy import GpuPTQStrategy
+from diffquant.quant.mixed_precision import Budget
 from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.reconstruction import ReconSettings
 from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantOutcome, QuantPlan
@@ -66,6 +67,13 @@ class MethodInputs:
             lowrank_rank=q.lowrank_rank,
             timestep_groups=q.act_timestep_groups,
         )
+
+    def budget(self) -> Budget | None:
+        """`quant.size_budget_bytes` / `quant.avg_weight_bits` with the candidate widths; None without a budget."""
+        q = self.quant
+        if q.size_budget_bytes is None and q.avg_weight_bits is None:
+            return None
+        return Budget(q.size_budget_bytes, q.avg_weight_bits, tuple(sorted(set(q.mixed.bits))), q.mixed.num_samples)
 
     def require_eager_engine(self) -> None:
         """Eager torch.ao methods cannot run on x86_inductor or a GPU backend (their specializations pick `ptq_pt2e` / `ptq_gpu`)."""
@@ -116,7 +124,14 @@ def ptq(inputs: MethodInputs) -> PTQStrategy:
         None if r.method == "none" else ReconSettings(r.method, r.iters, r.lr, r.batch_size, r.reg_weight, tuple(r.block_types))
     )
     return PTQStrategy(
-        plan, recon, r.num_samples, q.sensitivity, inputs.warmup, bias_rounds=q.bias_correction, gptq=inputs.gptq()
+        plan,
+        recon,
+        r.num_samples,
+        q.sensitivity,
+        inputs.warmup,
+        bias_rounds=q.bias_correction,
+        gptq=inputs.gptq(),
+        mixed=inputs.budget(),
     )
 
 
@@ -136,6 +151,11 @@ def ptq_pt2e(inputs: MethodInputs) -> InductorPTQStrategy:
     if q.act_timestep_groups > 1:
         raise DiffquantError(
             "quant.act_timestep_groups needs an eager engine (backend=fbgemm, x86 or qnnpack): x86_inductor has one scale per input"
+        )
+    if inputs.budget() is not None:
+        raise DiffquantError(
+            "quant.size_budget_bytes / quant.avg_weight_bits need an eager engine (backend=fbgemm, x86 or qnnpack): "
+            "x86_inductor runs 8-bit weights only"
         )
     require_exact(inputs.numerics, inputs.int8_scheme)
     return InductorPTQStrategy(inputs.plan(), q.recon.method, inputs.warmup)
@@ -164,6 +184,8 @@ def ptq_gpu(inputs: MethodInputs) -> GpuPTQStrategy:
             ("quant.recon.method", q.recon.method != "none"),
             ("quant.gptq.enabled", q.gptq.enabled),
             ("quant.layer_bits", bool(q.layer_bits)),
+            ("quant.size_budget_bytes", q.size_budget_bytes is not None),
+            ("quant.avg_weight_bits", q.avg_weight_bits is not None),
             ("quant.split_shortcut", q.split_shortcut),
             ("quant.dynamic_input", q.dynamic_input),
             ("quant.bias_correction", q.bias_correction > 0),
@@ -211,4 +233,5 @@ def qat(inputs: MethodInputs) -> QATStrategy:
         t.lsq_lr_factor,
         inputs.warmup,
         gptq=inputs.gptq(freeze_groups=False),  # training moves the weights: group scales follow them
+        mixed=inputs.budget(),  # widths chosen on the FP32 weights, before fine-tuning
     )

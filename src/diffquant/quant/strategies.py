@@ -32,6 +32,7 @@ from diffquant.quant.gptq import GPTQSettings, gptq
 from diffquant.quant.lowrank import add_low_rank_branches, check_rank
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.machine import pinned_threads
+from diffquant.quant.mixed_precision import Budget, MixedPlan, choose_bits, measure_layers
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.rotation import rotate
@@ -87,6 +88,7 @@ class QuantOutcome:
     float_layers: dict[str, str] = field(default_factory=dict)  # quantizable layers kept float -> why
     baselines: dict[str, nn.Module] = field(default_factory=dict)  # timed beside it (GPU backends: the bf16 compiled model)
     timestep_scales: dict[str, object] = field(default_factory=dict)  # `quant.act_timestep_groups`: groups, scale spread
+    mixed_precision: dict[str, object] = field(default_factory=dict)  # a size budget's chosen widths (`MixedPlan.as_dict`)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,29 @@ def check_groups(model: nn.Module, group_size: int, float_patterns: tuple[str, .
                     f"quant.group_size={group_size} does not divide the {n} weights per output of layer {name}; "
                     f"use a group size that divides every quantized layer's, or quant.skip=[{name}]"
                 )
+
+
+def choose_mixed_precision(
+    plan: QuantPlan, model: nn.Module, ctx: QuantContext, budget: Budget | None
+) -> tuple[QuantPlan, MixedPlan | None]:
+    """The resolved plan with every wrapped layer's width chosen under `budget` (`mixed_precision.py`), named
+    explicitly in `layer_bits`; unchanged without a budget."""
+    if budget is None:
+        return plan, None
+    smoothing = ctx.calibration() if plan.smooth_alpha is not None else None
+
+    def prepare_at(bits: int) -> tuple[nn.Module, list[str]]:  # the plan's own preparation, every layer at `bits`
+        at = replace(plan, spec=replace(plan.spec, weight_bits=bits), layer_bits=())
+        qmodel, wrapped, _ = prepare_fake_quant(model, at, False, smoothing, ctx.calib_batch_size)
+        return qmodel, wrapped
+
+    data = ctx.calibration().subset(budget.num_samples, seed=1)
+    layers, fixed = measure_layers(
+        prepare_at, model, budget, data, plan.spec.granularity, plan.spec.group_size, ctx.calib_batch_size
+    )
+    chosen = choose_bits(layers, budget, fixed)
+    logging.getLogger("diffquant").info(chosen.summary())
+    return replace(plan, layer_bits=tuple(chosen.layer_bits.items())), chosen
 
 
 def float_layer_reasons(model: nn.Module, plan: QuantPlan, wrapped: list[str]) -> dict[str, str]:
@@ -297,10 +322,11 @@ class PTQStrategy:
     bias_rounds: int = 0  # empirical bias correction passes (`bias_correction.correct_bias`); 0: none
     bias_samples: int = 256  # calibration pairs of that pass (one forward over all of them)
     gptq: GPTQSettings | None = None  # GPTQ weight rounding after calibration (`gptq.py`); None: round to nearest
+    mixed: Budget | None = None  # a size budget: per-layer widths chosen before preparation (`mixed_precision.py`)
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
-        plan = resolve_plan(self.plan, model, ctx)
+        plan, mixed = choose_mixed_precision(resolve_plan(self.plan, model, ctx), model, ctx, self.mixed)
         qmodel, wrapped, fused = prepare_fake_quant(model, plan, False, ctx.calibration(), ctx.calib_batch_size)
         calibrate(qmodel, ctx)
         if self.gptq is not None:  # on the calibrated weight grids; its time counts in `seconds`
@@ -333,6 +359,7 @@ class PTQStrategy:
         seconds = time.perf_counter() - start - report_seconds
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch)
         extra = {"sensitivity": rows, "recon_loss": recon_loss, "compile_seconds": traced, "timestep_scales": steps}
+        extra["mixed_precision"] = mixed.as_dict() if mixed is not None else {}
         return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, **extra)
 
 
@@ -352,10 +379,11 @@ class QATStrategy:
     lsq_lr_factor: float = 0.1  # step sizes train at this fraction of the weights' learning rate
     warmup_batch: int = 64  # as PTQStrategy's, where the calibration pairs exist (else traced at first use)
     gptq: GPTQSettings | None = None  # GPTQ-rounded starting weights (after calibration, before fine-tuning)
+    mixed: Budget | None = None  # a size budget: widths chosen on the FP32 model before fine-tuning
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
         start = time.perf_counter()
-        plan = resolve_plan(self.plan, model, ctx)
+        plan, mixed = choose_mixed_precision(resolve_plan(self.plan, model, ctx), model, ctx, self.mixed)
         smoothing_data = ctx.calibration() if plan.smooth_alpha is not None else None
         qmodel, wrapped, fused = prepare_fake_quant(model, plan, True, smoothing_data, ctx.calib_batch_size)
         if self.init_from_ptq or self.lsq or self.gptq is not None:  # GPTQ rounds onto the calibrated grids
@@ -405,5 +433,5 @@ class QATStrategy:
         seconds = time.perf_counter() - start
         calibrated = self.init_from_ptq or self.lsq or self.data_free or self.gptq is not None  # the pairs exist already
         traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0
-        extra = {"compile_seconds": traced, "timestep_scales": steps}
+        extra = {"compile_seconds": traced, "timestep_scales": steps, "mixed_precision": mixed.as_dict() if mixed else {}}
         return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, **extra)

@@ -16,8 +16,9 @@ from typing import Any
 class RunRecord:
     """What a run was (its header), how big and how quantized its model is, and where it came from.
 
-    Every field but `compile_s` and `lowrank` is required: a field left out is a TypeError, not a missing key in
-    results.json. Those two are written only by runs that have them (compiled executions, low-rank branches).
+    Every field but the optional blocks (`compile_s`, `lowrank`, `timestep_scales`, `mixed_precision`) is required:
+    a field left out is a TypeError, not a missing key in results.json. Those are written only by runs that have them
+    (compiled executions, low-rank branches, per-timestep scales, a mixed-precision budget).
     """
 
     # header: the top of results.json
@@ -48,6 +49,7 @@ class RunRecord:
     compile_s: float | None = None  # compiled executions only: compiling is not part of quantizing or sampling
     lowrank: dict[str, float] | None = None  # SVDQuant branches only: `model/lowrank_*` (`lowrank.BranchCost.metrics`)
     timestep_scales: dict[str, Any] | None = None  # quant.act_timestep_groups > 1: groups and the spread of input scales
+    mixed_precision: dict[str, Any] | None = None  # a size budget's chosen per-layer widths (`MixedPlan.as_dict`)
 
     def header(self) -> dict[str, Any]:
         """The top-level keys results.json opens with."""
@@ -90,6 +92,7 @@ class RunRecord:
             "quant": self.quant,
             "provenance": self.provenance,
             **({"timestep_scales": self.timestep_scales} if self.timestep_scales else {}),
+            **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {}),
         }
 
     def label(self) -> str:
