@@ -12,6 +12,7 @@ when `to_config` turns the composed DictConfig into these dataclasses.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
@@ -27,6 +28,7 @@ from diffquant.diffusion.config import DiffusionConfig, SamplerConfig, settle_na
 from diffquant.errors import DiffquantError, check_choice, check_device, check_range, check_writable_dir
 from diffquant.models.schemas import model_schemas
 from diffquant.quant.config import BackendConfig, CalibConfig, QATConfig, QuantConfig, ReconConfig  # noqa: F401
+from diffquant.quant.presets import apply_preset, describe
 
 # What the pipeline passes to a target that has a parameter of that name (never set in the node).
 MODEL_SUPPLIED = MappingProxyType({"in_channels": "the data's channels", "image_size": "the data's image size"})
@@ -221,6 +223,9 @@ def to_config(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> Con
     overrides = overrides or []
     check_known_keys(cfg)
     cfg = settle_names(cfg, overrides)
+    cfg, preset, changed = apply_preset(cfg, overrides)
+    if preset:
+        logging.getLogger("diffquant").info(describe(preset, changed))
     model = make_component(
         "model", plain_node(cfg, "model"), explicit_keys(overrides, "model"), model_schemas(), MODEL_SUPPLIED, MODEL_OWN_KEYS
     )

@@ -54,6 +54,7 @@ QUANT_ADDED_LATER = (
     "size_budget_bytes",
     "avg_weight_bits",
     "mixed",
+    "preset",
 )
 
 

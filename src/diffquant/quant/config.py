@@ -133,6 +133,9 @@ class QuantConfig:
     simulate: bool = False  # keep fake quantization where int8 kernels could run (any scheme's numerics on any CPU)
     save: bool = False  # write the quantized model to quantized.pt in the run folder (diffquant.load reads it)
     load: Optional[str] = None  # a quantized.pt to evaluate instead of quantizing (its recipe replaces this group)
+    preset: str = (
+        "auto"  # auto: start from the measured-best preset for quant.method at this width (quant/presets.py); none; a name
+    )
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
