@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.capture import capture
-from diffquant.quant.timestep_scales import clock_of
+from diffquant.quant.timestep_scales import StepClock, clock_of
 
 
 @torch.no_grad()
@@ -37,12 +37,7 @@ def layer_sensitivity(
     for name in wrapped:
         ref = fp_out[last_of.get(name, name)]["out"][0]
         layer = qmodel.get_submodule(name)
-        parts = []
-        for x, t in zip(fp_in[name]["args"][0].split(batch_size), data.t.split(batch_size)):
-            if clock is not None:
-                clock.set(t)
-            parts.append(layer(x))
-        isolated = torch.cat(parts)
+        isolated = torch.cat(isolated_outputs(layer, fp_in[name]["args"][0], data.t, batch_size, clock))
         inner = getattr(layer, "module", layer)
         fq = getattr(inner, "weight_fake_quant", None)
         rows.append(
@@ -55,3 +50,20 @@ def layer_sensitivity(
             }
         )
     return rows
+
+
+def isolated_outputs(layer: nn.Module, inputs: Tensor, t: Tensor, batch_size: int, clock: StepClock | None) -> list[Tensor]:
+    """The layer on its captured FP32 inputs, in chunks of `batch_size` rows.
+
+    With per-timestep scales each chunk's rows need their t set (rows align with the calibration pairs'
+    t). Without them the captured rows need not align with t at all (classifier-free guidance doubles
+    each call's rows), so every chunk is run, whatever t says.
+    """
+    chunks = inputs.split(batch_size)
+    if clock is None:
+        return [layer(x) for x in chunks]
+    outputs = []
+    for x, rows_t in zip(chunks, t.split(batch_size), strict=True):
+        clock.set(rows_t)
+        outputs.append(layer(x))
+    return outputs
