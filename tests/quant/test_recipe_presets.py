@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from diffquant.config import to_config
 from diffquant.errors import DiffquantError
-from diffquant.quant.presets import CONF_DIR, available_presets, explicit_paths
+from diffquant.quant.presets import CONF_DIR, available_presets, explicit_paths, settings_paths
 from helpers import CONF_DIR as TEST_CONF_DIR
 
 RECIPE_NAME = re.compile(r"^(ptq|qat)_w(\d)(?:a(\d))?$")
@@ -85,3 +85,16 @@ def test_a_named_preset_applies_at_any_width_and_an_unknown_one_is_refused(compo
 def test_explicit_paths_read_the_command_line() -> None:
     overrides = ["quant.recon.method=adaround", "+quant.layer_bits.conv_out=8", "quant=ptq", "model.depth=2"]
     assert explicit_paths(overrides) == {"recon.method", "layer_bits.conv_out"}
+
+
+def test_the_python_api_starts_from_the_same_recipe(compose_cfg) -> None:
+    from diffquant.quant.api import quant_settings
+
+    api = quant_settings("qat", "fbgemm", {"weight_bits": 4, "qat": {"steps": 9}})
+    cli = to_config(compose_cfg("quant=qat", "quant.weight_bits=4", "quant.qat.steps=9")).quant
+    assert api == cli and api.preset == "qat_w4a8" and api.qat.steps == 9 and api.qat.lsq is True
+    assert settings_paths({"qat": {"steps": 9}, "layer_bits": {"conv_out": 8}, "skip": []}) == {
+        "qat.steps",
+        "layer_bits.conv_out",
+        "skip",
+    }

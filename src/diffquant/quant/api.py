@@ -29,6 +29,7 @@ from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_
 from diffquant.quant.config import BackendConfig, CalibConfig, QuantConfig
 from diffquant.quant.engine import GPU_ENGINES, Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.methods import MethodInputs, Strategy
+from diffquant.quant.presets import apply_to_quant, settings_paths
 from diffquant.quant.strategies import QuantContext, QuantOutcome
 
 METHODS = ("fp32", "ptq", "qat")
@@ -146,6 +147,7 @@ def quant_settings(method: str, backend: str, settings: Mapping[str, Any]) -> Qu
     layers = [group_file("quant", f"{method}.yaml"), group_file("quant_backend", f"{method}_{backend}.yaml"), dict(settings)]
     try:
         node = OmegaConf.merge(OmegaConf.structured(QuantConfig), *layers)
+        apply_to_quant(node, settings_paths(settings))  # the width's recipe, as the CLI applies it (quant.preset)
         quant = OmegaConf.to_object(node)
     except OmegaConfBaseException as exc:
         if isinstance(exc.__cause__, DiffquantError):

@@ -13,7 +13,7 @@ the applied preset's name, which the saved config and results.json record.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,23 +79,42 @@ def merge_recipe(node: DictConfig, recipe: DictConfig, defaults: DictConfig, exp
     return changed
 
 
-def apply_preset(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfig, str, list[str]]:
-    """`cfg` with the recipe of `quant.preset` applied; the preset applied ('' for none) and the paths it set."""
-    quant = cfg.get("quant")
-    if not isinstance(quant, DictConfig) or "preset" not in quant:
-        return cfg, "", []
+def apply_to_quant(quant: DictConfig, explicit: set[str]) -> tuple[str, list[str]]:
+    """In place on a composed `quant` node: the recipe of its `preset`; the preset applied ('' for none) and the paths set.
+
+    `explicit`: the dotted paths a user set (the command line's `quant.*` overrides, the API's settings).
+    """
+    if "preset" not in quant:
+        return "", []
     choice, method = str(quant.preset), str(quant.get("method", ""))
     if choice == "none" or method not in ("ptq", "qat"):
-        return cfg, "", []
+        return "", []
     name = preset_name(method, int(quant.weight_bits), quant.act_bits) if choice == "auto" else choice
     if choice == "auto" and name not in available_presets():
-        return cfg, "", []
+        return "", []
     recipe = recipe_of(name)
+    with open_dict(quant):
+        changed = merge_recipe(quant, recipe, group_defaults(method), explicit)
+        quant.preset = name
+    return name, changed
+
+
+def apply_preset(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfig, str, list[str]]:
+    """`cfg` (composed) with the recipe of `quant.preset` applied; the preset applied ('' for none) and the paths it set."""
+    if not isinstance(cfg.get("quant"), DictConfig):
+        return cfg, "", []
     cfg = cfg.copy()
-    with open_dict(cfg):
-        changed = merge_recipe(cfg.quant, recipe, group_defaults(method), explicit_paths(overrides))
-        cfg.quant.preset = name
+    name, changed = apply_to_quant(cfg.quant, explicit_paths(overrides))
     return cfg, name, changed
+
+
+def settings_paths(settings: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of the leaves of a nested settings dict (`{"qat": {"steps": 9}}` -> `{"qat.steps"}`), as the
+    command line names them: a nested group given in part keeps the recipe's values for the rest."""
+    paths = set()
+    for key, value in settings.items():
+        paths |= settings_paths(value, f"{prefix}{key}.") if isinstance(value, Mapping) and value else {f"{prefix}{key}"}
+    return paths
 
 
 def describe(name: str, changed: list[str]) -> str:
