@@ -54,10 +54,19 @@ def test_quant_at_a_width_starts_from_that_widths_preset(compose_cfg, name: str)
 
 
 def test_the_command_line_wins_over_the_recipe(compose_cfg) -> None:
-    got = quant_of(compose_cfg, "quant.weight_bits=4", "quant.recon.method=adaround", "quant.layer_bits={}")
-    assert got["preset"] == "ptq_w4a8"
-    assert got["recon.method"] == "adaround" and got["layer_bits"] == {}
-    assert got["dynamic_input"] is False  # the recipe's, since the command line left it
+    got = quant_of(compose_cfg, "quant=qat", "quant.weight_bits=4", "quant.qat.steps=50", "quant.qat.lr=1e-3")
+    assert got["preset"] == "qat_w4a8"
+    assert got["qat.steps"] == 50 and got["qat.lr"] == 1e-3  # typed: kept
+    assert got["qat.lsq"] is True and got["qat.schedule"] == "cosine"  # left: the recipe's
+
+
+@pytest.mark.parametrize(
+    "method", ["quant.recon.method=adaround", "quant.gptq.enabled=true", "quant.group_size=16", "quant.avg_weight_bits=5"]
+)
+def test_a_command_line_that_chooses_the_method_gets_no_recipe(compose_cfg, method: str) -> None:
+    got = quant_of(compose_cfg, "quant.weight_bits=4", method)
+    assert got["preset"] == "auto" and got["layer_bits"] == {} and got["dynamic_input"] is True
+    assert got["recon.method"] == ("adaround" if "recon" in method else "none")
 
 
 def test_preset_none_keeps_the_group_defaults_and_w8a8_has_no_recipe(compose_cfg) -> None:

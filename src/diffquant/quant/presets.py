@@ -4,7 +4,9 @@ The recipe of method `m` at W<w>A<a> is the experiment preset `conf/experiment/<
 example `ptq_w4a8`, `qat_w4a4`), the same file `experiment=<name>` selects: one source per recipe. With
 `quant.preset=auto` (the default) its `quant` settings replace the ones still at their group
 defaults (`conf/quant/<m>.yaml`), unless the command line set them: a setting typed on the command line
-or changed by another preset always wins. `quant.preset=none` keeps the group defaults; a preset's name
+or changed by another preset always wins. A command line that itself chooses the method (any of
+`METHOD_KEYS`: reconstruction, GPTQ, formats, budgets, observers, ...) gets no recipe: it compares that
+method on the group defaults. `quant.preset=none` keeps the group defaults; a preset's name
 applies that preset's recipe at any width. Widths with no preset file (W8A8: the defaults are the
 measured best there) keep the group defaults and `quant.preset` stays `auto`; otherwise it becomes
 the applied preset's name, which the saved config and results.json record.
@@ -25,6 +27,15 @@ from diffquant.quant.config import QuantConfig
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 OVERRIDE_PATH = re.compile(r"^[+~]{0,2}quant\.([\w.]+)=")
 WIDTH_KEYS = ("weight_bits", "act_bits")  # the width picks the recipe; the recipe does not set it
+# Settings that choose a method: a user who sets one compares that method, so `auto` adds no recipe to it.
+# The others (calib.*, qat.* training length and rate, save, sensitivity, ...) keep the recipe.
+METHOD_KEYS = frozenset(
+    (
+        "recon", "gptq", "group_size", "weight_format", "act_format", "size_budget_bytes", "avg_weight_bits", "mixed",
+        "lowrank_rank", "act_timestep_groups", "smooth_alpha", "rotate", "layer_bits", "skip", "keep_float",
+        "split_shortcut", "dynamic_input", "observer", "percentile", "granularity", "symmetric", "bias_correction",
+    )
+)  # fmt: skip
 
 
 def preset_name(method: str, weight_bits: int, act_bits: int | None) -> str:
@@ -35,6 +46,11 @@ def preset_name(method: str, weight_bits: int, act_bits: int | None) -> str:
 def available_presets() -> list[str]:
     """Every experiment preset's name."""
     return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def chooses_method(explicit: Iterable[str]) -> bool:
+    """Whether the user picked how weights or activations are rounded or calibrated (a method of their own)."""
+    return any(path.split(".")[0] in METHOD_KEYS for path in explicit)
 
 
 def explicit_paths(overrides: Iterable[str]) -> set[str]:
@@ -90,7 +106,7 @@ def apply_to_quant(quant: DictConfig, explicit: set[str]) -> tuple[str, list[str
     if choice == "none" or method not in ("ptq", "qat"):
         return "", []
     name = preset_name(method, int(quant.weight_bits), quant.act_bits) if choice == "auto" else choice
-    if choice == "auto" and name not in available_presets():
+    if choice == "auto" and (name not in available_presets() or chooses_method(explicit)):
         return "", []
     recipe = recipe_of(name)
     with open_dict(quant):
