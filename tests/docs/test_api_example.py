@@ -17,10 +17,10 @@ from torch.ao.nn import quantized as nnq
 
 import diffquant
 from diffquant.metrics.quality import sqnr_db
-from diffquant.quant.engine import supported_engines
+from diffquant.quant.api import quant_settings
+from diffquant.quant.engine import resolve_int8_numerics, supported_engines
 from diffquant.quant.machine import cpu_info
 from diffquant.quant.transpose import transposed_int8_is_exact
-from helpers import machine_spec
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 INT8 = {nn.Conv2d: (nnq.Conv2d,), nn.Linear: (nnq.Linear,), nn.ConvTranspose2d: (nnq.ConvTranspose2d,)}
@@ -61,11 +61,12 @@ def test_every_layer_of_the_example_runs_int8_with_the_sqnr_of_its_machine(examp
     qmodel = diffquant.quantize(model, pairs, method="ptq", backend=engine, keep_float=[])
     recipe = qmodel.diffquant_recipe
     assert recipe["execution"] == "int8"
-    weight_range = machine_spec(engine).weight_range()  # the grid the strategy's self-test ran on
+    spec = quant_settings("ptq", engine, {}).spec(resolve_int8_numerics(engine, "auto").scheme)
+    weight_range, symmetric = spec.weight_range(), spec.symmetric  # the grid the strategy's self-test ran on
     for name, layer in model.named_modules():
         if type(layer) not in INT8:
             continue
-        if isinstance(layer, nn.ConvTranspose2d) and not transposed_int8_is_exact(engine, layer, weight_range):
+        if isinstance(layer, nn.ConvTranspose2d) and not transposed_int8_is_exact(engine, layer, weight_range, symmetric):
             assert name in recipe["float_layers"] and "self-test" in recipe["float_layers"][name]  # this CPU's kernel is wrong
             continue
         assert isinstance(int8_module(qmodel, name), INT8[type(layer)]), f"{name} on {engine}"

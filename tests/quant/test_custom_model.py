@@ -63,7 +63,9 @@ def test_ptq_runs_int8_and_leaves_unwrappable_layers_in_float(engine: str) -> No
     plan = QuantPlan(machine_spec(engine), keep_float=("input", "output"))
     out = PTQStrategy(plan).quantize(model, calibration_context(x, t))
     assert out.execution == "int8"
-    up_int8 = transposed_int8_is_exact(engine, model.up, plan.spec.weight_range())  # this machine's self-test decides
+    up_int8 = transposed_int8_is_exact(
+        engine, model.up, plan.spec.weight_range(), plan.spec.symmetric
+    )  # this machine's self-test decides
     assert out.wrapped_layers == ["time.0", "time.2", "down.0", "res.body.0", "res.body.3", *(["up"] if up_int8 else []), "merge"]
     assert out.float_layers["stem.0"].startswith("quant.keep_float") and "never called" in out.float_layers["attn.out_proj"]
     assert ("up" in out.float_layers) == (not up_int8) and "self-test" in out.float_layers.get("up", "self-test")

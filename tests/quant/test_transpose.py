@@ -52,7 +52,8 @@ def test_the_fake_quant_module_quantizes_its_weight_per_tensor() -> None:
 def test_int8_transposed_convs_match_their_simulation_or_stay_float(engine, kernel, stride) -> None:
     model, x, t, real = quantized(engine, kernel, stride)
     *_, simulated = quantized(engine, kernel, stride, simulate=True)
-    exact = transposed_int8_is_exact(engine, model.up, machine_spec(engine).weight_range())
+    spec = machine_spec(engine)
+    exact = transposed_int8_is_exact(engine, model.up, spec.weight_range(), spec.symmetric)
     assert ("up" in real.wrapped_layers) == exact and ("up" in real.float_layers) == (not exact)
     with torch.no_grad():
         ref, sim, got = model(x, t), simulated.model(x, t), real.model(x, t)
@@ -62,8 +63,8 @@ def test_int8_transposed_convs_match_their_simulation_or_stay_float(engine, kern
 
 def test_the_self_test_passes_kernels_that_compute_and_fails_one_that_does_not(monkeypatch) -> None:
     layer = nn.ConvTranspose2d(8, 8, 2, stride=2)
-    assert transposed_int8_is_exact("qnnpack", layer, (-128, 127))
-    assert transposed_int8_is_exact("fbgemm", nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1), (-64, 63))
+    assert transposed_int8_is_exact("qnnpack", layer, (-128, 127), symmetric=True)
+    assert transposed_int8_is_exact("fbgemm", nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1), (-64, 63), symmetric=False)
     original = nnq.ConvTranspose2d.forward
 
     def off_by_two_steps(self, x):
@@ -71,4 +72,4 @@ def test_the_self_test_passes_kernels_that_compute_and_fails_one_that_does_not(m
         return torch.quantize_per_tensor(y.dequantize() + 2 * self.scale, self.scale, self.zero_point, torch.quint8)
 
     monkeypatch.setattr(nnq.ConvTranspose2d, "forward", off_by_two_steps)
-    assert not transposed_int8_is_exact("qnnpack", layer, (-128, 127))
+    assert not transposed_int8_is_exact("qnnpack", layer, (-128, 127), symmetric=True)

@@ -145,7 +145,8 @@ def resolve_plan(plan: QuantPlan, model: nn.Module, ctx: QuantContext) -> QuantP
         unsupported += tuple(
             (name, f"{engine}'s int8 ConvTranspose2d fails the self-test for kernel {m.kernel_size}, stride {m.stride}")
             for name, m in model.named_modules()
-            if isinstance(m, nn.ConvTranspose2d) and not transposed_int8_is_exact(engine, m, plan.spec.weight_range())
+            if isinstance(m, nn.ConvTranspose2d)
+            and not transposed_int8_is_exact(engine, m, plan.spec.weight_range(), plan.spec.symmetric)
         )
     for name, why in unsupported:
         logging.getLogger("diffquant").warning("Kept in float: %s (%s)", name, why)

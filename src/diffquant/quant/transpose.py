@@ -96,20 +96,33 @@ def convert_mapping() -> dict[type[nn.Module], type[nn.Module]]:
     return {**tq.quantization_mappings.get_default_static_quant_module_mappings(), FakeQuantConvTranspose2d: Int8ConvTranspose2d}
 
 
-def transposed_int8_is_exact(engine: str, layer: nn.ConvTranspose2d, weight_range: tuple[int, int]) -> bool:
+def transposed_int8_is_exact(engine: str, layer: nn.ConvTranspose2d, weight_range: tuple[int, int], symmetric: bool) -> bool:
     """Self-test: does this engine's int8 ConvTranspose2d of `layer`'s geometry compute what fake quantization does?
 
     Seeded random int8 weights and inputs; the kernel's output must match the float transposed
     convolution of the dequantized operands within one output step. Which geometries fail depends on
     the engine and the CPU (docs/results/2026-12-01-transposed-int8.md); a failing layer stays float.
+    Affine weights (`symmetric=False`) are also tried with non-zero weight zero points: on an AMD EPYC
+    Zen 4 the x86 engine's 2x2 / stride 2 kernel is exact with a zero point of 0 and wrong by
+    hundreds of output steps with 3 or -20 (docs/results/2026-12-06-transposed-int8-zero-point.md).
     """
+    zero_points = (0,) if symmetric else (0, 3, -20)
+    inputs = ((2, 5), (3, 9))  # (batch, side): the kernels' errors also come and go with the input's size
+    return all(kernel_matches(engine, layer, weight_range, zp, *shape) for zp in zero_points for shape in inputs)
+
+
+def kernel_matches(
+    engine: str, layer: nn.ConvTranspose2d, weight_range: tuple[int, int], weight_zero_point: int, batch: int = 2, side: int = 5
+) -> bool:
+    """One trial of the self-test: weights of this zero point (clamped into the weight range), inputs [batch, in, side, side]."""
     previous = torch.backends.quantized.engine
     gen = torch.Generator().manual_seed(0)
+    qmin, qmax = weight_range
+    zp = max(qmin, min(qmax, weight_zero_point))
     try:
         torch.backends.quantized.engine = engine
-        qmin, qmax = weight_range
-        wq = torch.randint(qmin, qmax + 1, layer.weight.shape, generator=gen).float()
-        weight = torch.quantize_per_tensor(wq * 0.01, 0.01, 0, torch.qint8)
+        wq = torch.randint(qmin, qmax + 1, layer.weight.shape, generator=gen, dtype=torch.int8)
+        weight = torch._make_per_tensor_quantized_tensor(wq, 0.01, zp)
         conv = nnq.ConvTranspose2d(
             layer.in_channels,
             layer.out_channels,
@@ -122,7 +135,7 @@ def transposed_int8_is_exact(engine: str, layer: nn.ConvTranspose2d, weight_rang
             layer.dilation,
         )
         conv.set_weight_bias(weight, torch.zeros(layer.out_channels))
-        x = torch.quantize_per_tensor(torch.rand(2, layer.in_channels, 5, 5, generator=gen), 1 / 255, 0, torch.quint8)
+        x = torch.quantize_per_tensor(torch.rand(batch, layer.in_channels, side, side, generator=gen), 1 / 255, 0, torch.quint8)
         ref = F.conv_transpose2d(
             x.dequantize(),
             weight.dequantize(),
