@@ -11,10 +11,9 @@ from torch import Tensor, nn
 import diffquant
 from diffquant.errors import DiffquantError
 from diffquant.metrics.quality import relative_error, sqnr_db
-from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.config import QuantConfig
 from diffquant.quant.engine import set_engine
-from diffquant.quant.strategies import PTQStrategy, QATStrategy, QuantPlan, calibrate, prepare_fake_quant
+from diffquant.quant.strategies import PTQStrategy, QATStrategy
 from diffquant.quant.timestep_scales import (
     ScriptedTimestepInt8,
     TimestepFakeQuantize,
@@ -23,45 +22,8 @@ from diffquant.quant.timestep_scales import (
     split_by_group,
 )
 from diffquant.training.loop import TrainSettings
-from helpers import calibration_context, machine_spec
-
-
-class GrowingRange(nn.Module):
-    """A denoiser-shaped toy whose every layer input spans (1 + t / 60) times more at large t (16x over [0, T))."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(2, 8, 3, padding=1, bias=False)
-        self.b = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.c = nn.Conv2d(8, 2, 1, bias=False)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.c(torch.relu(self.b(torch.relu(self.a(x * gain(t))))))
-
-
-def gain(t: Tensor) -> Tensor:
-    return (1 + t.float() / 60).view(-1, 1, 1, 1)
-
-
-def toy() -> GrowingRange:
-    torch.manual_seed(0)
-    return GrowingRange().eval()
-
-
-def pairs(per_step: int = 6, steps: int = 20, seed: int = 1) -> CalibrationData:
-    """`steps` evenly spread timesteps (as `quant.calib.timesteps` keeps them), `per_step` rows each, in sampler order."""
-    t = torch.linspace(999, 0, steps).round().long().repeat_interleave(per_step)
-    return CalibrationData(torch.randn(len(t), 2, 8, 8, generator=torch.Generator().manual_seed(seed)), t)
-
-
-def plan(groups: int, observer: str = "minmax", **spec: object) -> QuantPlan:
-    return QuantPlan(machine_spec(observer=observer, **spec), timestep_groups=groups, num_timesteps=1000, script=True)
-
-
-def calibrated(p: QuantPlan, data: CalibrationData) -> nn.Module:
-    qmodel, _, _ = prepare_fake_quant(toy(), p, qat=False)
-    calibrate(qmodel, calibration_context(data.x, data.t))
-    return qmodel.eval()
+from helpers import calibration_context
+from helpers.timestep_toy import calibrated, gain, pairs, plan, toy
 
 
 @pytest.mark.parametrize("observer", ["minmax", "histogram"])

@@ -202,7 +202,6 @@ class QuantConfig:
             f"quant.act_format={self.act_format} (integer grids only)": self.act_format != "int",
             "quant.split_shortcut=true (its split quantizers have no table)": self.split_shortcut,
             f"quant.recon.method={self.recon.method} (it runs layers without their t)": self.recon.method != "none",
-            "quant.qat.lsq=true (the table is observed, not learned)": self.qat.lsq,
         }
         given = [why for why, on in conflicts.items() if on]
         if given:

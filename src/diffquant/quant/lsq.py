@@ -53,8 +53,9 @@ def use_learned_step_sizes(qmodel: nn.Module) -> int:
 
 
 def step_size_param_groups(qmodel: nn.Module, lr: float, factor: float) -> list[dict[str, Any]]:
-    """Two optimizer groups: the weights at `lr`, the learned step sizes and offsets at `lr * factor`."""
-    qparams = {id(p) for m in qmodel.modules() if isinstance(m, _LearnableFakeQuantize) for p in (m.scale, m.zero_point)}
+    """Two optimizer groups: the weights at `lr`, the learned step sizes and offsets (every fake quantizer's own
+    parameters: LSQ's and the per-timestep tables') at `lr * factor`."""
+    qparams = {id(p) for m in qmodel.modules() if isinstance(m, FakeQuantizeBase) for p in m.parameters(recurse=False)}
     weights = [p for p in qmodel.parameters() if id(p) not in qparams]
     steps = [p for p in qmodel.parameters() if id(p) in qparams]
     return [{"params": weights, "lr": lr}, {"params": steps, "lr": lr * factor}]

@@ -42,6 +42,8 @@ from diffquant.quant.split import apply_split_shortcut, concat_splits
 from diffquant.quant.timestep_scales import (
     ScriptedTimestepInt8,
     clock_of,
+    freeze_timestep_tables,
+    learn_timestep_tables,
     scale_tables,
     split_by_group,
     timestep_summary,
@@ -396,6 +398,7 @@ class QATStrategy:
         groups = None
         if self.lsq:  # the step sizes are learned from here on; observers no longer move them
             use_learned_step_sizes(qmodel)
+            learn_timestep_tables(qmodel)  # quant.act_timestep_groups: each group's step size too (TALSQ)
             groups = step_size_param_groups(qmodel, self.settings.lr, self.lsq_lr_factor)
         teacher = copy.deepcopy(model).eval().to(self.settings.device)
         data_gen = ctx.generator
@@ -429,6 +432,7 @@ class QATStrategy:
             checkpointer=checkpointer,
             param_groups=groups,
         )
+        freeze_timestep_tables(qmodel)
         steps = timestep_summary(qmodel.cpu(), wrapped)
         qmodel, execution = finalize(qmodel.cpu(), plan, wrapped)
         seconds = time.perf_counter() - start

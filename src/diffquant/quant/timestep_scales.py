@@ -30,6 +30,8 @@ from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.execution.fast_int8 import Int8Wrapper
 from diffquant.quant.execution.scripted import ScriptedInt8
 
+LEARNED_SCALE_MIN = 1e-8  # a learned step size is kept above this (as LSQ's eps)
+
 
 class StepClock:
     """A model's forward pre-hook: the timestep group of each row of the call's t (`rows`), and whether they agree."""
@@ -83,8 +85,43 @@ class TimestepFakeQuantize(FakeQuantizeBase):
         self.register_buffer("zero_point", torch.zeros(clock.groups, dtype=torch.int32))
         self.dtype, self.qscheme = torch.quint8, torch.per_tensor_affine  # what convert reads
 
+    @property
+    def learning(self) -> bool:
+        """Whether the table is being learned (`learn`): scale and zero point are parameters."""
+        return isinstance(self.scale, nn.Parameter)
+
+    def learn(self) -> None:
+        """LSQ+ per group (EfficientDM's TALSQ): the calibrated rows become trainable parameters, observers stop."""
+        scale, zero_point = self.scale.detach().clone(), self.zero_point.detach().float().clone()
+        del self._buffers["scale"], self._buffers["zero_point"]
+        self.scale, self.zero_point = nn.Parameter(scale), nn.Parameter(zero_point)
+        self.disable_observer()
+
+    def freeze(self) -> None:
+        """Back to a fixed table (after training): scales floored above 0, zero points rounded onto the grid."""
+        if not self.learning:
+            return
+        scale, zero_point = self.table()
+        del self._parameters["scale"], self._parameters["zero_point"]
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+
+    def table(self) -> tuple[Tensor, Tensor]:
+        """(scale [N] float, zero point [N] int32) as the int8 kernels take them, learned or observed."""
+        scale = self.scale.detach().clamp(min=LEARNED_SCALE_MIN).clone()
+        zero_point = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max).to(torch.int32)
+        return scale, zero_point
+
     def forward(self, x: Tensor) -> Tensor:
         rows = self.clock.current(x.shape[0])
+        if self.learning:  # every row with its group's step size; gradients flow back into each used row
+            if not bool(self.fake_quant_enabled[0]):
+                return x
+            scale = self.scale.clamp(min=LEARNED_SCALE_MIN)[rows]
+            grad_factor = 1.0 / (x.numel() * self.quant_max) ** 0.5  # LSQ's gradient scale, as _LearnableFakeQuantize's
+            return torch._fake_quantize_learnable_per_channel_affine(
+                x, scale, self.zero_point[rows], 0, self.quant_min, self.quant_max, grad_factor
+            )
         if bool(self.observer_enabled[0]):
             present = [int(rows[0])] if self.clock.uniform else rows.unique().tolist()
             for g in present:  # a uniform batch is observed whole: the same batches as one group's own calibration
@@ -102,7 +139,8 @@ class TimestepFakeQuantize(FakeQuantizeBase):
 
     @torch.jit.export
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # convert asks; TimestepQuantize replaces its answer
-        return self.scale[:1], self.zero_point[:1]
+        scale, zero_point = self.table()
+        return scale[:1], zero_point[:1]
 
 
 class TimestepQuantize(nn.Module):
@@ -213,18 +251,21 @@ Tables = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]  # ((input scale, z
 
 def scale_tables(qmodel: nn.Module, wrapped: list[str]) -> dict[str, Tables]:
     """Each wrapped layer's input and output (scale [N], zero point [N]) tables, from its fake quantizers or int8 modules."""
+
+    def table_of(quantizer: nn.Module) -> tuple[Tensor, Tensor]:
+        if isinstance(quantizer, TimestepFakeQuantize):
+            return quantizer.table()
+        return quantizer.scale.detach().clone(), quantizer.zero_point.detach().clone()
+
     tables = {}
     for name in wrapped:
         wrapper = qmodel.get_submodule(name)
-        inp = getattr(wrapper.quant, "activation_post_process", wrapper.quant)
+        inp = table_of(getattr(wrapper.quant, "activation_post_process", wrapper.quant))
         if isinstance(wrapper, TimestepInt8Wrapper):
-            out = (wrapper.out_scale, wrapper.out_zero_point)
+            out = (wrapper.out_scale.detach().clone(), wrapper.out_zero_point.detach().clone())
         else:
-            out = (wrapper.module.activation_post_process.scale, wrapper.module.activation_post_process.zero_point)
-        tables[name] = (
-            (inp.scale.detach().clone(), inp.zero_point.detach().clone()),
-            (out[0].detach().clone(), out[1].detach().clone()),
-        )
+            out = table_of(wrapper.module.activation_post_process)
+        tables[name] = (inp, out)
     return tables
 
 
@@ -272,3 +313,18 @@ def timestep_summary(qmodel: nn.Module, wrapped: list[str]) -> dict[str, object]
         ", ".join(summary["widest_layers"]),  # type: ignore[arg-type]
     )
     return summary
+
+
+def learn_timestep_tables(qmodel: nn.Module) -> int:
+    """QAT with learned step sizes: every per-timestep table becomes trainable (`TimestepFakeQuantize.learn`); how many."""
+    tables = [m for m in qmodel.modules() if isinstance(m, TimestepFakeQuantize)]
+    for table in tables:
+        table.learn()
+    return len(tables)
+
+
+def freeze_timestep_tables(qmodel: nn.Module) -> None:
+    """After QAT: learned tables become fixed buffers again, zero points rounded (what convert and saving read)."""
+    for module in qmodel.modules():
+        if isinstance(module, TimestepFakeQuantize):
+            module.freeze()
