@@ -46,10 +46,10 @@ from diffquant.quant.timestep_scales import (
     learn_timestep_tables,
     scale_tables,
     split_by_group,
-    timestep_summary,
     use_timestep_inputs,
     use_timestep_int8_inputs,
 )
+from diffquant.quant.timestep_summary import timestep_summary
 from diffquant.quant.transpose import convert_mapping, qat_mapping, transposed_int8_is_exact
 from diffquant.quant.wrap import fuse, is_skipped, quantizable_types, wrap_layers
 from diffquant.training.checkpoint import Checkpointer

@@ -17,7 +17,6 @@ by a group index computed from t in tensor ops, so TorchScript graphs serve ever
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 from torch import Tensor, nn
@@ -285,34 +284,6 @@ def split_by_group(data: CalibrationData, clock: StepClock) -> list[CalibrationD
             )
         parts.append(CalibrationData(*data.rows(idx), guidance_scale=data.guidance_scale))
     return parts
-
-
-def scale_spread(tables: dict[str, Tables], clock: StepClock, layers: int = 4) -> dict[str, object]:
-    """results.json's summary: the groups, their t ranges, and max / min input scale across groups per layer."""
-    ratios = {name: float(s.max() / s.min().clamp(min=1e-12)) for name, ((s, _), _) in tables.items()}
-    widest = sorted(ratios, key=ratios.__getitem__, reverse=True)[:layers]
-    values = sorted(ratios.values())
-    return {
-        "groups": clock.groups,
-        "group_t_ranges": [list(clock.bounds(g)) for g in range(clock.groups)],
-        "scale_ratio_median": values[len(values) // 2] if values else 1.0,
-        "widest_layers": {name: [round(float(v), 6) for v in tables[name][0][0]] for name in widest},
-    }
-
-
-def timestep_summary(qmodel: nn.Module, wrapped: list[str]) -> dict[str, object]:
-    """`quant.act_timestep_groups`: the groups and the spread of each layer's input scale across them, logged ({} if off)."""
-    clock = clock_of(qmodel)
-    if clock is None:
-        return {}
-    summary = scale_spread(scale_tables(qmodel, wrapped), clock)
-    logging.getLogger("diffquant").info(
-        "Per-timestep input scales: %d groups; max/min scale across groups, median over layers %.2f; widest: %s",
-        clock.groups,
-        summary["scale_ratio_median"],
-        ", ".join(summary["widest_layers"]),  # type: ignore[arg-type]
-    )
-    return summary
 
 
 def learn_timestep_tables(qmodel: nn.Module) -> int:
