@@ -16,7 +16,7 @@ METHODS = {
     "PTQ (experiment=ptq_w4a8 recipe)": ["experiment=ptq_w4a8"],
     "QAT (data + distillation)": ["quant=qat", *QAT_STEPS, "quant.qat.freeze_observer_step=750"],
     "QAT (experiment=qat_w4a8: LSQ)": ["quant=qat", "experiment=qat_w4a8", *QAT_STEPS],
-    "QAT (experiment=qat_w4a4: float first/last layers, LSQ)": ["quant=qat", "experiment=qat_w4a4"],
+    "QAT (experiment=qat_w4a4: per-timestep scales, learned step sizes)": ["quant=qat", "experiment=qat_w4a4"],
 }
 
 
