@@ -67,6 +67,11 @@ class CalibrationData:
         """Consecutive input batches covering the whole set."""
         return [self.rows(slice(i, i + batch_size)) for i in range(0, len(self.t), batch_size)]
 
+    def to(self, device: str | torch.device) -> CalibrationData:
+        """The same pairs on `device` (the CPU copy stays: the cache and the sampler's CPU uses read it)."""
+        cond = None if self.cond is None else self.cond.to(device)
+        return CalibrationData(self.x.to(device), self.t.to(device), cond, self.guidance_scale)
+
     def to_blob(self) -> dict[str, object]:
         """The tensors and the guidance scale, for `torch.save`."""
         return {"x": self.x, "t": self.t, "cond": self.cond, "guidance_scale": self.guidance_scale}

@@ -143,7 +143,7 @@ class HessianHook:
 
     def __init__(self, layer: nn.Module, calls: int) -> None:
         columns = layer.weight[0].numel()
-        self.sum = torch.zeros(columns, columns, dtype=torch.float64)
+        self.sum = torch.zeros(columns, columns, dtype=torch.float64, device=layer.weight.device)
         self.rows, self.calls, self.seen = 0, calls, 0
 
     def __call__(self, layer: nn.Module, args: tuple[Tensor, ...]) -> None:

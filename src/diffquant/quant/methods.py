@@ -132,6 +132,7 @@ def ptq(inputs: MethodInputs) -> PTQStrategy:
         bias_rounds=q.bias_correction,
         gptq=inputs.gptq(),
         mixed=inputs.budget(),
+        device=inputs.device,
     )
 
 

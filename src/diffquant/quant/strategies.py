@@ -33,6 +33,7 @@ from diffquant.quant.lowrank import add_low_rank_branches, check_rank
 from diffquant.quant.lsq import step_size_param_groups, to_device, use_learned_step_sizes
 from diffquant.quant.machine import pinned_threads
 from diffquant.quant.mixed_precision import Budget, MixedPlan, choose_bits, measure_layers
+from diffquant.quant.placement import on_device
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct
 from diffquant.quant.rotation import rotate
@@ -326,11 +327,15 @@ class PTQStrategy:
     bias_samples: int = 256  # calibration pairs of that pass (one forward over all of them)
     gptq: GPTQSettings | None = None  # GPTQ weight rounding after calibration (`gptq.py`); None: round to nearest
     mixed: Budget | None = None  # a size budget: per-layer widths chosen before preparation (`mixed_precision.py`)
+    device: str = "cpu"  # where everything before conversion runs (`placement.on_device`)
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
-        start = time.perf_counter()
-        plan, mixed = choose_mixed_precision(resolve_plan(self.plan, model, ctx), model, ctx, self.mixed)
-        qmodel, wrapped, fused = prepare_fake_quant(model, plan, False, ctx.calibration(), ctx.calib_batch_size)
+        start, cpu_ctx = time.perf_counter(), ctx
+        resolved = resolve_plan(self.plan, model, ctx)
+        float_model, ctx = on_device(model, ctx, self.device)
+        plan, mixed = choose_mixed_precision(resolved, float_model, ctx, self.mixed)
+        qmodel, wrapped, fused = prepare_fake_quant(float_model, plan, False, ctx.calibration(), ctx.calib_batch_size)
+        to_device(qmodel, self.device)  # flags back on the CPU (a no-op there)
         calibrate(qmodel, ctx)
         if self.gptq is not None:  # on the calibrated weight grids; its time counts in `seconds`
             subset = ctx.calibration().subset(self.gptq.num_samples, seed=0)
@@ -338,12 +343,12 @@ class PTQStrategy:
         recon_loss: dict[str, float] = {}
         if self.recon is not None:
             subset = ctx.calibration().subset(self.recon_samples, seed=0)
-            recon_loss = reconstruct(qmodel, model, wrapped, subset, self.recon, ctx.progress)
+            recon_loss = reconstruct(qmodel, float_model, wrapped, subset, self.recon, ctx.progress)
         if self.bias_rounds:
             with pinned_threads(1):  # the same sums in the same order whatever the thread count
                 shifts = correct_bias(
                     qmodel,
-                    model,
+                    float_model,
                     wrapped,
                     fused,
                     ctx.calibration().subset(self.bias_samples, seed=2),
@@ -355,12 +360,12 @@ class PTQStrategy:
             )
         report_start, rows = time.perf_counter(), []
         if self.sensitivity:  # on the fake-quant model, before conversion (same numerics as int8, see tests)
-            rows = layer_sensitivity(qmodel, model, wrapped, fused, ctx.calibration().subset(128, seed=1))
+            rows = layer_sensitivity(qmodel, float_model, wrapped, fused, ctx.calibration().subset(128, seed=1))
         report_seconds = time.perf_counter() - report_start
-        steps = timestep_summary(qmodel, wrapped)
+        steps = timestep_summary(qmodel.cpu(), wrapped)
         qmodel, execution = finalize(qmodel, plan, wrapped)
         seconds = time.perf_counter() - start - report_seconds
-        traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch)
+        traced = trace_at(qmodel, cpu_ctx.calibration(), self.warmup_batch)
         extra = {"sensitivity": rows, "recon_loss": recon_loss, "compile_seconds": traced, "timestep_scales": steps}
         extra["mixed_precision"] = mixed.as_dict() if mixed is not None else {}
         return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, **extra)
@@ -385,10 +390,13 @@ class QATStrategy:
     mixed: Budget | None = None  # a size budget: widths chosen on the FP32 model before fine-tuning
 
     def quantize(self, model: nn.Module, ctx: QuantContext) -> QuantOutcome:
-        start = time.perf_counter()
-        plan, mixed = choose_mixed_precision(resolve_plan(self.plan, model, ctx), model, ctx, self.mixed)
+        start, cpu_ctx = time.perf_counter(), ctx
+        resolved = resolve_plan(self.plan, model, ctx)
+        float_model, ctx = on_device(model, ctx, self.settings.device)  # calibration and GPTQ run there too
+        plan, mixed = choose_mixed_precision(resolved, float_model, ctx, self.mixed)
         smoothing_data = ctx.calibration() if plan.smooth_alpha is not None else None
-        qmodel, wrapped, fused = prepare_fake_quant(model, plan, True, smoothing_data, ctx.calib_batch_size)
+        qmodel, wrapped, fused = prepare_fake_quant(float_model, plan, True, smoothing_data, ctx.calib_batch_size)
+        to_device(qmodel, self.settings.device)
         if self.init_from_ptq or self.lsq or self.gptq is not None:  # GPTQ rounds onto the calibrated grids
             calibrate(qmodel, ctx)
         if self.gptq is not None:
@@ -437,6 +445,6 @@ class QATStrategy:
         qmodel, execution = finalize(qmodel.cpu(), plan, wrapped)
         seconds = time.perf_counter() - start
         calibrated = self.init_from_ptq or self.lsq or self.data_free or self.gptq is not None  # the pairs exist already
-        traced = trace_at(qmodel, ctx.calibration(), self.warmup_batch) if calibrated else 0.0
+        traced = trace_at(qmodel, cpu_ctx.calibration(), self.warmup_batch) if calibrated else 0.0
         extra = {"compile_seconds": traced, "timestep_scales": steps, "mixed_precision": mixed.as_dict() if mixed else {}}
         return outcome_of(qmodel, execution, model, plan, wrapped, fused, seconds, **extra)
