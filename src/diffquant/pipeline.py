@@ -219,8 +219,8 @@ def qat_key(quant: QuantConfig, backend: BackendConfig, sampler: SamplerConfig, 
     for key in QUANT_ADDED_LATER:  # keys of runs that do not use these settings stay as they were before them
         if parts["quant"][key] == defaults[key]:
             parts["quant"].pop(key)
-    for key in ("save", "load"):  # whether the result is written, or read instead of trained
-        parts["quant"].pop(key)
+    for key in ("save", "load", "preset"):  # whether the result is written or read; which preset named the recipe
+        parts["quant"].pop(key, None)  # (the recipe's own settings are in the key: a preset and its command line share a state)
     return config_hash(parts)
 
 

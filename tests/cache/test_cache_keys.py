@@ -6,6 +6,7 @@ FP32 reference-sample and QAT-state keys are those the entries already on users'
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,22 @@ def test_cache_keys_of_builtin_components_do_not_move(compose_cfg, tmp_path: Pat
     assert CachedCalibration(cfg, tmp_path, None, 1, 16).path.name == calib
     assert reference_file(cfg, tmp_path / "entry") == samples
     assert qat_key(cfg.quant, cfg.backend, cfg.sampler, cfg.seed, key) == qat
+
+
+def test_the_preset_name_does_not_split_the_qat_state_of_one_recipe(compose_cfg) -> None:
+    preset = to_config(compose_cfg("experiment=qat_w4a4"))
+    recipe = copy.deepcopy(preset.quant.__dict__)
+    spelled = to_config(compose_cfg("quant=qat", "quant.weight_bits=4", "quant.act_bits=4", "quant.preset=none"))
+    assert preset.quant.preset != spelled.quant.preset
+    spelled.quant.__dict__.update({k: v for k, v in recipe.items() if k != "preset"})
+    key = fp32_key_of(preset, 1, 16)
+    assert qat_key(preset.quant, preset.backend, preset.sampler, preset.seed, key) == qat_key(
+        spelled.quant, spelled.backend, spelled.sampler, spelled.seed, key
+    )
+    spelled.quant.qat.steps += 1  # ...and a setting of the recipe still moves it
+    assert qat_key(preset.quant, preset.backend, preset.sampler, preset.seed, key) != qat_key(
+        spelled.quant, spelled.backend, spelled.sampler, spelled.seed, key
+    )
 
 
 def test_the_default_config_finds_the_bundled_model(compose_cfg) -> None:
