@@ -75,11 +75,16 @@ def test_qat_on_the_gpu_calibrates_and_learns_timestep_tables_there(monkeypatch:
     devices: list[str] = []
     calibrate = strategies.run_calibration
     monkeypatch.setattr(
-        strategies, "run_calibration", lambda m, *a, **k: (devices.append(next(m.parameters()).device.type), calibrate(m, *a, **k))
+        strategies,
+        "run_calibration",
+        lambda m, *a, **k: (devices.append(next(m.parameters()).device.type), calibrate(m, *a, **k)),
     )
     settings = {**W4, "act_timestep_groups": 2, "dynamic_input": False}
     qat = {"steps": 20, "lsq": True, "batch_size": 16, "freeze_observer_step": 0, "data_weight": 0.0}
-    runs = {d: diffquant.quantize(model, data, method="qat", device=d, train_images=images, qat=qat, **settings) for d in ("cuda", "cpu")}
+    runs = {
+        d: diffquant.quantize(model, data, method="qat", device=d, train_images=images, qat=qat, **settings)
+        for d in ("cuda", "cpu")
+    }
     assert set(devices) == {"cuda", "cpu"}
     gpu_db, cpu_db = quality(model, runs["cuda"], data), quality(model, runs["cpu"], data)
     assert gpu_db > 10 and abs(gpu_db - cpu_db) < 2.0, (gpu_db, cpu_db)
