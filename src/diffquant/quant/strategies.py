@@ -224,7 +224,8 @@ def prepare_fake_quant(
     model: nn.Module, plan: QuantPlan, qat: bool, data: CalibrationData | None = None, batch_size: int = 128
 ) -> tuple[nn.Module, list[str], list[list[str]]]:
     """Copy, fuse, rotate (`plan.rotate`), smooth (`plan.smooth_alpha`, on `data`), wrap, split off low-rank branches
-    (`plan.lowrank_rank`) and `prepare_qat` a float model: every wrapped layer carries FakeQuantize modules."""
+    (`plan.lowrank_rank`) and `prepare_qat` a float model: every wrapped layer carries FakeQuantize modules, on the
+    float model's device."""
     qmodel = copy.deepcopy(model).train(qat)
     fused = fuse(qmodel, qat=qat)
     if plan.rotate:  # before smoothing: SmoothQuant then measures the rotated inputs
@@ -249,6 +250,7 @@ def prepare_fake_quant(
         use_timestep_inputs(qmodel, wrapped, plan.timestep_groups, plan.num_timesteps)
     if plan.split_shortcut:
         apply_split_shortcut(qmodel, concat_splits(model), wrapped)
+    to_device(qmodel, next(model.parameters()).device)  # the new quantizers join the weights (flags on the CPU)
     return qmodel, wrapped, fused
 
 
@@ -335,7 +337,6 @@ class PTQStrategy:
         float_model, ctx = on_device(model, ctx, self.device)
         plan, mixed = choose_mixed_precision(resolved, float_model, ctx, self.mixed)
         qmodel, wrapped, fused = prepare_fake_quant(float_model, plan, False, ctx.calibration(), ctx.calib_batch_size)
-        to_device(qmodel, self.device)  # flags back on the CPU (a no-op there)
         calibrate(qmodel, ctx)
         if self.gptq is not None:  # on the calibrated weight grids; its time counts in `seconds`
             subset = ctx.calibration().subset(self.gptq.num_samples, seed=0)
@@ -396,7 +397,6 @@ class QATStrategy:
         plan, mixed = choose_mixed_precision(resolved, float_model, ctx, self.mixed)
         smoothing_data = ctx.calibration() if plan.smooth_alpha is not None else None
         qmodel, wrapped, fused = prepare_fake_quant(float_model, plan, True, smoothing_data, ctx.calib_batch_size)
-        to_device(qmodel, self.settings.device)
         if self.init_from_ptq or self.lsq or self.gptq is not None:  # GPTQ rounds onto the calibrated grids
             calibrate(qmodel, ctx)
         if self.gptq is not None:
