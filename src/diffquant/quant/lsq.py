@@ -15,6 +15,8 @@ from torch.ao.quantization import FakeQuantize, FakeQuantizeBase
 from torch.ao.quantization import observer as obs
 from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
 
+from diffquant.quant.observers import DeferredFakeQuantize
+
 PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
 
 
@@ -46,7 +48,7 @@ def use_learned_step_sizes(qmodel: nn.Module) -> int:
     swapped = 0
     for module in list(qmodel.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is FakeQuantize:
+            if type(child) in (FakeQuantize, DeferredFakeQuantize):
                 setattr(module, name, to_learnable(child))
                 swapped += 1
     return swapped

@@ -10,7 +10,7 @@ from torch.ao.quantization import observer as obs
 
 from diffquant.errors import check_choice, check_range
 from diffquant.quant.number_formats import FormatFakeQuantize, check_format
-from diffquant.quant.observers import PercentileObserver
+from diffquant.quant.observers import DeferredFakeQuantize, PercentileObserver
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def make_qconfig(spec: QuantSpec) -> QConfig:
     """A QConfig of FakeQuantize modules: usable by prepare_qat, by calibration, and by convert to int8."""
     qmin, qmax = spec.act_range()
     extra_obs = {"percentile": spec.percentile} if spec.observer == "percentile" else {}
-    activation = FakeQuantize.with_args(
+    activation = DeferredFakeQuantize.with_args(
         observer=observer_classes()[spec.observer],
         quant_min=qmin,
         quant_max=qmax,

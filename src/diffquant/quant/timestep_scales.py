@@ -83,6 +83,28 @@ class TimestepFakeQuantize(FakeQuantizeBase):
         self.register_buffer("scale", torch.ones(clock.groups))
         self.register_buffer("zero_point", torch.zeros(clock.groups, dtype=torch.int32))
         self.dtype, self.qscheme = torch.quint8, torch.per_tensor_affine  # what convert reads
+        self.stale: set[int] = set()  # groups observed since their row was last derived
+
+    def refresh(self) -> None:
+        """Derive the rows of the groups observed since the last refresh from their observers."""
+        for g in sorted(self.stale):
+            scale, zero_point = self.observers[g].calculate_qparams()
+            self.scale[g], self.zero_point[g] = scale.reshape(()), zero_point.reshape(())
+        self.stale.clear()
+
+    @torch.jit.export
+    def enable_observer(self, enabled: bool = True) -> None:
+        self.refresh()
+        super().enable_observer(enabled)
+
+    @torch.jit.export
+    def enable_fake_quant(self, enabled: bool = True) -> None:
+        self.refresh()
+        super().enable_fake_quant(enabled)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:  # type: ignore[override]
+        self.refresh()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     @property
     def learning(self) -> bool:
@@ -91,6 +113,7 @@ class TimestepFakeQuantize(FakeQuantizeBase):
 
     def learn(self) -> None:
         """LSQ+ per group (EfficientDM's TALSQ): the calibrated rows become trainable parameters, observers stop."""
+        self.refresh()
         scale, zero_point = self.scale.detach().clone(), self.zero_point.detach().float().clone()
         del self._buffers["scale"], self._buffers["zero_point"]
         self.scale, self.zero_point = nn.Parameter(scale), nn.Parameter(zero_point)
@@ -107,6 +130,7 @@ class TimestepFakeQuantize(FakeQuantizeBase):
 
     def table(self) -> tuple[Tensor, Tensor]:
         """(scale [N] float, zero point [N] int32) as the int8 kernels take them, learned or observed."""
+        self.refresh()
         scale = self.scale.detach().clamp(min=LEARNED_SCALE_MIN).clone()
         zero_point = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max).to(torch.int32)
         return scale, zero_point
@@ -125,10 +149,10 @@ class TimestepFakeQuantize(FakeQuantizeBase):
             present = [int(rows[0])] if self.clock.uniform else rows.unique().tolist()
             for g in present:  # a uniform batch is observed whole: the same batches as one group's own calibration
                 self.observers[g](x.detach() if self.clock.uniform else x.detach()[rows == g])
-                scale, zero_point = self.observers[g].calculate_qparams()
-                self.scale[g], self.zero_point[g] = scale.reshape(()), zero_point.reshape(())
+            self.stale.update(present)  # (scale, zero point) are derived when used: see DeferredFakeQuantize
         if not bool(self.fake_quant_enabled[0]):
             return x
+        self.refresh()
         if self.clock.uniform:  # as FakeQuantize does, with the group's row: bit for bit the int8 path's grid
             g = rows[:1]
             return torch.fake_quantize_per_tensor_affine(x, self.scale[g], self.zero_point[g], self.quant_min, self.quant_max)
