@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.ao.quantization import FakeQuantize
+from torch.ao.quantization import FakeQuantize, FakeQuantizeBase
 from torch.ao.quantization.observer import MinMaxObserver
 
 
@@ -36,7 +36,31 @@ class PercentileObserver(MinMaxObserver):
         return x_orig
 
 
-class DeferredFakeQuantize(FakeQuantize):
+class RefreshedOnUse(FakeQuantizeBase):
+    """A fake quantizer whose (scale, zero point) lag its observers until `refresh`: brought up to date
+    when the observer or fake quantization is switched and before a state dict (and by the subclass
+    before a fake-quantized call)."""
+
+    def refresh(self) -> None:
+        """Derive the current (scale, zero point) from the observers, if they saw data since the last call."""
+        raise NotImplementedError
+
+    @torch.jit.export
+    def enable_observer(self, enabled: bool = True) -> None:
+        self.refresh()
+        super().enable_observer(enabled)
+
+    @torch.jit.export
+    def enable_fake_quant(self, enabled: bool = True) -> None:
+        self.refresh()
+        super().enable_fake_quant(enabled)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:  # type: ignore[override]
+        self.refresh()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+
+class DeferredFakeQuantize(RefreshedOnUse, FakeQuantize):
     """FakeQuantize that derives (scale, zero point) from its observer when they are used, not on every call.
 
     torch.ao's FakeQuantize asks for them after every observed batch. With the histogram observer that is
@@ -73,17 +97,3 @@ class DeferredFakeQuantize(FakeQuantize):
         if self.is_per_channel:
             return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.ch_axis, qmin, qmax)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, qmin, qmax)
-
-    @torch.jit.export
-    def enable_observer(self, enabled: bool = True) -> None:
-        self.refresh()
-        super().enable_observer(enabled)
-
-    @torch.jit.export
-    def enable_fake_quant(self, enabled: bool = True) -> None:
-        self.refresh()
-        super().enable_fake_quant(enabled)
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:  # type: ignore[override]
-        self.refresh()
-        super()._save_to_state_dict(destination, prefix, keep_vars)

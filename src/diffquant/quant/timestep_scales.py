@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic import quantized as nniq
-from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from diffquant.errors import DiffquantError
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.execution.fast_int8 import Int8Wrapper
 from diffquant.quant.execution.scripted import ScriptedInt8
+from diffquant.quant.observers import RefreshedOnUse
 
 LEARNED_SCALE_MIN = 1e-8  # a learned step size is kept above this (as LSQ's eps)
 
@@ -73,7 +73,7 @@ def clock_of(model: nn.Module) -> StepClock | None:
     return next((h for h in model._forward_pre_hooks.values() if isinstance(h, StepClock)), None)
 
 
-class TimestepFakeQuantize(FakeQuantizeBase):
+class TimestepFakeQuantize(RefreshedOnUse):
     """One observer and one (scale, zero point) per timestep group; each row is fake-quantized with its group's."""
 
     def __init__(self, observer: nn.Module, quant_min: int, quant_max: int, clock: StepClock) -> None:
@@ -91,20 +91,6 @@ class TimestepFakeQuantize(FakeQuantizeBase):
             scale, zero_point = self.observers[g].calculate_qparams()
             self.scale[g], self.zero_point[g] = scale.reshape(()), zero_point.reshape(())
         self.stale.clear()
-
-    @torch.jit.export
-    def enable_observer(self, enabled: bool = True) -> None:
-        self.refresh()
-        super().enable_observer(enabled)
-
-    @torch.jit.export
-    def enable_fake_quant(self, enabled: bool = True) -> None:
-        self.refresh()
-        super().enable_fake_quant(enabled)
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:  # type: ignore[override]
-        self.refresh()
-        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     @property
     def learning(self) -> bool:
