@@ -34,12 +34,15 @@ from diffquant.quant.lowrank import branch_cost
 from diffquant.quant.machine import cpu_info
 from diffquant.quant.methods import Strategy
 from diffquant.quant.saving import SavedRun, save
-from diffquant.quant.size import state_dict_bytes
+from diffquant.quant.size import packed_bytes, state_dict_bytes
 from diffquant.quant.strategies import QuantContext
 from diffquant.reporting.record import RunRecord
 from diffquant.reporting.results import save_figure, sensitivity_figure, source_provenance
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.distributed import DistInfo
+
+# executions whose weights `packed_bytes` describes (the GPU backends report their converted weights' own bytes)
+PACKED_EXECUTIONS = ("fakequant", "int8", "int8_inductor")
 
 # `quant` settings added after QAT state keys were pinned: left out of the key at their defaults
 QUANT_ADDED_LATER = (
@@ -149,6 +152,13 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         branch = branch_cost(outcome.model, fp32.model, *example)
         if branch is not None:
             log.info(branch.summary())
+        packed = None
+        if outcome.execution in PACKED_EXECUTIONS and outcome.wrapped_layers:  # GPU backends report their own weight bytes
+            widths = [*outcome.mixed_precision.get("layer_bits", {}).items(), *q.layer_bits.items()]
+            extra = 0 if branch is None else 4 * int(branch.params)  # float32, as they run here (and as budgets count them)
+            packed = packed_bytes(
+                fp32.model, outcome.wrapped_layers, q.weight_bits, q.weight_format, q.granularity, q.group_size, widths, extra
+            )
         record = RunRecord(
             method=q.method,
             weight_bits=bits[0],
@@ -166,6 +176,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
             lowrank=None if branch is None else branch.metrics(),
             timestep_scales=outcome.timestep_scales or None,
             mixed_precision=outcome.mixed_precision or None,
+            packed_bytes=packed,
             fp32_cache_key=fp32.key,
             fp32_cached=fp32.cached,
             wrapped_layers=list(outcome.wrapped_layers),

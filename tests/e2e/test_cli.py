@@ -42,6 +42,8 @@ def test_ptq_int8_run_writes_results_tensorboard_and_pngs(tmp_path: Path) -> Non
     metrics = results["metrics"]
     assert all(math.isfinite(metrics[k]) for k in METRIC_KEYS)
     assert metrics["model/size_bytes"] < metrics["model/size_bytes_fp32"]  # ratio on the default model: test_ptq.py
+    # int8 weights with their scales, conv_in / conv_out, biases and norms float32, no serialization overhead
+    assert 0.2 * metrics["model/size_bytes_fp32"] < metrics["model/packed_bytes"] < metrics["model/size_bytes"]
     assert 0 < metrics["eval/eps_rel_err"] < 1
     assert {"torch", "diffquant"} <= set(results["versions"])
     assert (run / "samples.png").stat().st_size > 1000 and (run / "eps_rel_err.png").stat().st_size > 1000

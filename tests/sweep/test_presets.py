@@ -50,7 +50,7 @@ def test_optuna_preset_searches_qconfig_knobs_under_a_size_budget(compose_cfg) -
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
     assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.sampler.seed == 0
     assert set(sweeper.params) >= {"quant.weight_bits", "quant.act_bits", "quant.granularity", "quant.observer"}
-    assert to_config(compose_cfg("sweep=optuna")).sweep.size_budget_bytes == 700_000
+    assert to_config(compose_cfg("sweep=optuna")).sweep.size_budget_bytes == 750_000
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:

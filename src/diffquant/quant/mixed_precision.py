@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.ao import quantization as tq
 
 from diffquant.errors import DiffquantError
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.capture import capture
-from diffquant.quant.gpu.convert import weight_bytes
+from diffquant.quant.size import layer_bytes, scale_count, tensor_bytes
 from diffquant.quant.timestep_scales import clock_of
 
 MAX_CELLS = 200_000  # cost-grid cells of the DP: exact below this many gcd-sized steps of budget, else rounded up
@@ -48,11 +48,6 @@ class Layer:
     numel: int
     scales: int
     errors: tuple[float, ...]
-
-
-def layer_bytes(numel: int, scales: int, bits: int) -> int:
-    """Packed weight bytes at `bits`, plus a float32 scale and an int32 zero point per scale."""
-    return math.ceil(numel * bits / 8) + 8 * scales
 
 
 def solve(costs: list[list[int]], errors: list[list[float]], budget: int, max_cells: int = MAX_CELLS) -> tuple[list[int], bool]:
@@ -125,16 +120,6 @@ def layer_errors(
         fq.apply(tq.disable_fake_quant)
         errors[name] = noise / max(signal, 1e-30)
     return errors
-
-
-def scale_count(layer: nn.Module, granularity: str, group_size: int) -> int:
-    """How many (scale, zero point) pairs a layer's weight keeps: per group, per output channel or per tensor."""
-    weight: Tensor = layer.weight
-    if group_size:
-        return weight.numel() // group_size
-    if granularity == "per_channel" and not isinstance(layer, nn.ConvTranspose2d):  # transposed: per tensor
-        return weight.shape[0]
-    return 1
 
 
 @dataclass(frozen=True)
@@ -225,7 +210,7 @@ def measure_layers(
     for b in budget.bits:
         qmodel, wrapped = prepare_at(b)
         per_bits.append(layer_errors(qmodel, fp_model, wrapped, data, batch_size))
-    layers, fixed = [], weight_bytes(fp_model)
+    layers, fixed = [], tensor_bytes(fp_model)
     for name in wrapped:
         wrapper = qmodel.get_submodule(name)
         inner = wrapper.module

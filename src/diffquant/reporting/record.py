@@ -50,6 +50,7 @@ class RunRecord:
     lowrank: dict[str, float] | None = None  # SVDQuant branches only: `model/lowrank_*` (`lowrank.BranchCost.metrics`)
     timestep_scales: dict[str, Any] | None = None  # quant.act_timestep_groups > 1: groups and the spread of input scales
     mixed_precision: dict[str, Any] | None = None  # a size budget's chosen per-layer widths (`MixedPlan.as_dict`)
+    packed_bytes: int | None = None  # the weights packed at their widths and formats (`quant.size.packed_bytes`)
 
     def header(self) -> dict[str, Any]:
         """The top-level keys results.json opens with."""
@@ -75,6 +76,8 @@ class RunRecord:
             "model/quantized_mac_fraction": self.quantized_mac_fraction,
             "model/int8_mac_fraction": self.int8_mac_fraction,
         }
+        if self.packed_bytes is not None:
+            metrics["model/packed_bytes"] = self.packed_bytes
         if self.compile_s is not None:
             metrics["perf/compile_s"] = self.compile_s
         if self.lowrank is not None:

@@ -63,7 +63,11 @@ def defining_overrides(overrides: list[str]) -> list[str]:
 
 
 def estimated_weight_bytes(results: dict[str, Any]) -> Optional[float]:
-    """FP32 state_dict bytes scaled to weight_bits: the size the weights take when packed at that width."""
+    """The weights' packed size: the run's `model/packed_bytes` (each layer at its width and format, scales and float
+    layers counted), else (runs without it: FP32, GPU backends, older results) FP32 state_dict bytes scaled to weight_bits."""
+    packed = results.get("metrics", {}).get("model/packed_bytes")
+    if packed is not None:
+        return float(packed)
     fp32_bytes = results.get("metrics", {}).get("model/size_bytes_fp32")
     bits = results.get("weight_bits")
     return None if fp32_bytes is None or bits is None else fp32_bytes * min(int(bits), 32) / 32
