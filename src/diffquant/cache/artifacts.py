@@ -29,7 +29,7 @@ from diffquant.metrics.classifier import DigitClassifier, accuracy, train_classi
 from diffquant.models import build_model, probe_model, weights_key
 from diffquant.reporting.tensorboard import RunLogger
 from diffquant.training.checkpoint import Checkpointer
-from diffquant.training.distributed import DistInfo, check_replicas_equal, state_digest
+from diffquant.training.distributed import DistInfo, check_replicas_equal, peer_failure, state_digest
 from diffquant.training.loop import TrainSettings, conditional_epsilon_loss, epsilon_loss, train_diffusion
 
 
@@ -198,15 +198,23 @@ def _train_fp32(
     checkpointer = (
         Checkpointer(state_path, key, t.checkpoint_every, {"data": generator}) if not info.enabled else None
     )  # resume is per process; a torchrun job restarts from step 0
-    ema, losses = train_diffusion(
-        model,
-        loss_fn,
-        batches,
-        settings,
-        log_scalar=logger.scalar,
-        progress=run.progress and info.is_main,
-        checkpointer=checkpointer,
-    )
+    if info.enabled and info.is_main:
+        log.info("torchrun: resumable checkpoints are off (resuming is per process); an interrupted job trains again from step 0")
+    try:
+        ema, losses = train_diffusion(
+            model,
+            loss_fn,
+            batches,
+            settings,
+            log_scalar=logger.scalar,
+            progress=run.progress and info.is_main,
+            checkpointer=checkpointer,
+        )
+    except RuntimeError as err:  # a collective's error when another rank died: one line instead of a traceback
+        failure = peer_failure(info, err)
+        if failure is None:
+            raise
+        raise failure from err
     ema = ema.cpu()
     if info.enabled:
         log.info("FP32 replicas identical on rank %d of %d (sha256 %s)", info.rank, info.world_size, check_replicas_equal(ema))

@@ -15,6 +15,11 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from diffquant.errors import DiffquantError
+
+# what gloo / NCCL / c10d put in the error a collective raises when a peer process is gone
+PEER_FAILURE_MARKS = ("gloo", "nccl", "processgroup", "c10d", "connection reset", "connection closed", "broken pipe")
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -86,3 +91,20 @@ def check_replicas_equal(model: nn.Module) -> str:
         if len(set(digests)) != 1:
             raise RuntimeError(f"DDP replicas differ after training: {digests}")
     return digest
+
+
+def peer_failure(info: DistInfo, error: BaseException) -> DiffquantError | None:
+    """One line for a collective that failed because another torchrun process stopped (None: some other error).
+
+    Under torchrun nothing is checkpointed during FP32 training (resuming is per process), and the model is
+    written only once training has finished: a killed rank leaves no half-written file, and a re-run
+    trains again from step 0.
+    """
+    text = str(error)
+    if not info.enabled or not (isinstance(error, dist.DistError) or any(m in text.lower() for m in PEER_FAILURE_MARKS)):
+        return None
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    return DiffquantError(
+        f"torchrun: rank {info.rank} of {info.world_size} lost a peer process during FP32 training ({first}); "
+        "nothing was saved; re-run the command to train again from step 0"
+    )
