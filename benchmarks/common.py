@@ -71,7 +71,7 @@ def _num(x: float | None, fmt: str) -> str:
 
 def table_row(bits: str, name: str, results: dict, float_share: float | None = None) -> str:
     """One markdown row: execution, fid_cls (and its ratio to FP32), the paired fid_cls delta with its 95 %
-    interval, PSNR and SSIM vs FP32, eps_rel_err, float parameters, model bytes, time to quantize."""
+    interval, PSNR and SSIM vs FP32, eps_rel_err, float parameters, packed model bytes, time to quantize."""
     m = results["metrics"]
     fid, fid32, psnr = m["eval/fid_cls"], m["eval/fid_cls_fp32"], m["eval/psnr_vs_fp32"]
     fid_s, ratio = (f"{fid:.2f}", f"{fid / fid32:.2f}") if fid is not None else ("non-finite", "–")
@@ -80,17 +80,18 @@ def table_row(bits: str, name: str, results: dict, float_share: float | None = N
     eps = m["eval/eps_rel_err"]
     eps_s = f"{eps:.4f}" if eps is not None else "non-finite"
     share = f"{100 * float_share:.2f}" if float_share is not None else "–"
+    packed = m.get("model/packed_bytes")  # weights at their widths with scales (fake-quantized state_dicts are float)
     print(f"done: {bits} {name}: fid_cls {fid}", file=sys.stderr, flush=True)
     return (
         f"| {bits} | {name} | {results['execution']} | {fid_s} | {ratio} | {delta_s} | {_num(psnr, '.1f')} "
-        f"| {_num(m.get('eval/ssim_vs_fp32'), '.4f')} | {eps_s} | {share} | {m['model/size_bytes']} "
+        f"| {_num(m.get('eval/ssim_vs_fp32'), '.4f')} | {eps_s} | {share} | {packed if packed is not None else '–'} "
         f"| {m['perf/quantize_s']:.1f} |"
     )
 
 
 HEADER = (
     "| bits | method | execution | fid_cls | / FP32 | fid_cls delta [95 % CI] | PSNR vs FP32 (dB) | SSIM vs FP32 "
-    "| eps_rel_err | float params % | bytes | quantize (s) |\n"
+    "| eps_rel_err | float params % | packed bytes | quantize (s) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 

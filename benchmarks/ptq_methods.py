@@ -9,8 +9,9 @@ benchmarks/ptq_methods.py methods=list`). Runs the real pipeline (the FP32 model
 reference samples come from the cache, so only the first run trains) and prints a markdown table,
 one row as each run finishes: the paired fid_cls delta with its 95 % interval
 (docs/uncertainty.md), SSIM vs FP32, the share of parameters left in float (layers kept float and
-low-rank branches; see common.float_param_fraction) and the state_dict bytes (fake-quantized
-models are stored in float: their bytes are not those of a packed 4-bit model). Each run's folder
+low-rank branches; see common.float_param_fraction) and the packed bytes (results.json
+`model/packed_bytes`: each weight at its width and format with its scales, float tensors at their
+size; a fake-quantized state_dict itself is float). Each run's folder
 is kept under outputs/benchmarks/ptq_methods/<method>-<bits>/.
 """
 
