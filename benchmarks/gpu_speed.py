@@ -35,8 +35,9 @@ from diffquant.metrics.quality import relative_error
 from diffquant.models.dit import DiT
 from diffquant.models.unet import UNet
 from diffquant.quant.coverage import mac_fraction
-from diffquant.quant.gpu.convert import LowBitSpec, convert_model, input_amax, plan_layers, weight_bytes
+from diffquant.quant.gpu.convert import LowBitSpec, convert_model, input_amax, plan_layers
 from diffquant.quant.gpu.runtime import Compiling, LowBitModel, bf16_reference
+from diffquant.quant.size import tensor_bytes
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], int, tuple[int, ...]]] = {
     "dit_b2": (lambda: DiT(in_channels=4, image_size=32, patch_size=2, hidden_size=768, depth=12, num_heads=12), 4, (1, 256)),
@@ -210,7 +211,7 @@ def bench(name: str, batch: int, args: argparse.Namespace, device: torch.device)
         for variant, (runner, _info) in table.items():
             extra[variant]["peak_mem_gib"] = peak_memory_gib(runner, diffusion, noise)
     base = min(statistics.median(timings[v]) for v in timings if v.startswith("bf16 compiled"))  # the faster bf16 compile
-    bf16_bytes = weight_bytes(table["bf16 compiled"][0])
+    bf16_bytes = tensor_bytes(table["bf16 compiled"][0])
     for variant, (runner, _info) in table.items():
         seconds = statistics.median(timings[variant])
         row = {
@@ -220,8 +221,8 @@ def bench(name: str, batch: int, args: argparse.Namespace, device: torch.device)
             "s_per_sampling": seconds,
             "images_per_s": batch / seconds,
             "vs_bf16_compiled": base / seconds,
-            "weight_bytes": weight_bytes(runner),
-            "bytes_vs_bf16": weight_bytes(runner) / bf16_bytes,
+            "weight_bytes": tensor_bytes(runner),
+            "bytes_vs_bf16": tensor_bytes(runner) / bf16_bytes,
             "timed": f"{args.fp32_steps} steps x{args.steps / args.fp32_steps:g}"
             if variant in ("fp32", "tf32")
             else f"{args.steps} steps",

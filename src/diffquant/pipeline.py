@@ -153,7 +153,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
         if branch is not None:
             log.info(branch.summary())
         packed = None
-        if outcome.execution in PACKED_EXECUTIONS and outcome.wrapped_layers:  # GPU backends report their own weight bytes
+        if outcome.execution in PACKED_EXECUTIONS and outcome.wrapped_layers:
             widths = [*outcome.mixed_precision.get("layer_bits", {}).items(), *q.layer_bits.items()]
             extra = 0 if branch is None else 4 * int(branch.params)  # float32, as they run here (and as budgets count them)
             packed = packed_bytes(

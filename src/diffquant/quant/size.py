@@ -17,12 +17,12 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
 
 import torch
 from torch import Tensor, nn
 
 from diffquant.quant.number_formats import BLOCK, FP8_MAX
+from diffquant.quant.wrap import layer_width
 
 INT_SCALE_BYTES = 8  # float32 scale + int32 zero point
 
@@ -82,7 +82,7 @@ def packed_bytes(
     total = tensor_bytes(fp_model) + extra_bytes
     for name in layers:
         layer = fp_model.get_submodule(name)
-        width = next((b for pattern, b in patterns if fnmatchcase(name, pattern)), bits)
+        width = layer_width(name, patterns, bits)
         total += (
             packed_weight_bytes(layer, width, fmt, granularity, group_size) - layer.weight.numel() * layer.weight.element_size()
         )

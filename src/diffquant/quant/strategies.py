@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ from diffquant.quant.timestep_scales import (
 )
 from diffquant.quant.timestep_summary import timestep_summary
 from diffquant.quant.transpose import convert_mapping, qat_mapping, transposed_int8_is_exact
-from diffquant.quant.wrap import fuse, is_skipped, quantizable_types, wrap_layers
+from diffquant.quant.wrap import fuse, is_skipped, layer_width, quantizable_types, wrap_layers
 from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.loop import TrainSettings, distillation_loss, train_diffusion, trajectory_distillation_loss
 
@@ -123,7 +122,7 @@ class QuantPlan:
     def qconfig_for(self, name: str, layer: nn.Module) -> tq.QConfig:
         """The layer's qconfig: its `layer_bits` (first matching pattern) or the base bits; per-tensor weights
         for transposed convolutions (`transpose.WHY_PER_TENSOR`)."""
-        bits = next((b for pattern, b in self.layer_bits if fnmatchcase(name, pattern)), self.spec.weight_bits)
+        bits = layer_width(name, self.layer_bits, self.spec.weight_bits)
         granularity = "per_tensor" if isinstance(layer, nn.ConvTranspose2d) else self.spec.granularity
         return make_qconfig(replace(self.spec, weight_bits=bits, granularity=granularity))
 

@@ -6,7 +6,7 @@ This "sandwich" needs no change to the model's forward: everything between the w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 
 from torch import nn
@@ -24,6 +24,11 @@ def quantizable_types() -> tuple[type[nn.Module], ...]:
 def is_skipped(name: str, skip: list[str] | tuple[str, ...]) -> bool:
     """True if the module name matches one of the fnmatch patterns (`time_embed.*`, `conv_in`)."""
     return any(fnmatchcase(name, pattern) for pattern in skip)
+
+
+def layer_width(name: str, layer_bits: Iterable[tuple[str, int]], default: int) -> int:
+    """The weight width of layer `name`: the first `layer_bits` pattern (fnmatch) it matches, else `default`."""
+    return next((bits for pattern, bits in layer_bits if fnmatchcase(name, pattern)), default)
 
 
 def fusable_groups(model: nn.Module) -> list[list[str]]:

@@ -140,8 +140,3 @@ def convert_model(model: nn.Module, spec: LowBitSpec, plan: LayerPlan, amax: dic
         original = model.get_submodule(name)  # FP32 weights: quantized from full precision, not from bf16
         setattr(parent, child, spec.convert(original, amax.get(name, 0.0)))
     return converted
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and persistent buffer (what a saved state_dict holds)."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
