@@ -129,7 +129,7 @@ def variants(
 
 def autotuned(compiling: Compiling) -> Compiling:
     """The same compilation with Inductor's GEMM autotuning (Triton templates, epilogue fusion), no CUDA graphs."""
-    return Compiling(True, "max-autotune-no-cudagraphs", compiling.scope)
+    return Compiling(True, "max-autotune-no-cudagraphs", compiling.scope, compiling.sigmoid_gelu)
 
 
 def sync(device: torch.device) -> None:
@@ -188,7 +188,7 @@ def bench(name: str, batch: int, args: argparse.Namespace, device: torch.device)
     names = args.variants.split(",")
     if batch > 16 and args.variants == DEFAULT_VARIANTS:  # tinygemm's int4 GEMM is for small batches: minutes at 128
         names = [n for n in names if not n.startswith("int4")]
-    table = variants(model, calib, device, names, Compiling(True, args.compile_mode, args.compile_scope))
+    table = variants(model, calib, device, names, Compiling(True, args.compile_mode, args.compile_scope, args.sigmoid_gelu))
     timings: dict[str, list[float]] = {v: [] for v in table}
     extra: dict[str, dict] = {}
     with torch.no_grad():
@@ -247,7 +247,7 @@ def bench(name: str, batch: int, args: argparse.Namespace, device: torch.device)
 
 
 def profile(variant: str, runner: nn.Module, x: Tensor, t: Tensor) -> None:
-    """The 15 CUDA kernels of most total time over 3 forwards."""
+    """The 25 CUDA kernels of most total time over 3 forwards."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -256,7 +256,20 @@ def profile(variant: str, runner: nn.Module, x: Tensor, t: Tensor) -> None:
             runner(x, t)
         torch.cuda.synchronize()
     print(f"--- {variant}: top CUDA kernels over 3 forwards")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=70), flush=True)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=80), flush=True)
+
+
+def inductor_config(settings: str) -> None:
+    """Apply `name=value` pairs to `torch._inductor.config` (one line naming the setting if it does not exist)."""
+    import ast
+
+    import torch._inductor.config as config
+
+    for pair in filter(None, settings.split(",")):
+        name, _, value = pair.partition("=")
+        if not hasattr(config, name):
+            raise SystemExit(f"--inductor: torch._inductor.config has no setting {name!r}")
+        setattr(config, name, ast.literal_eval(value))
 
 
 def machine(device: torch.device) -> dict[str, str]:
@@ -286,8 +299,15 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode of every compiled variant")
     parser.add_argument("--compile-scope", default="model", help="model (one graph) | blocks (regional compilation)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list; bf16 compiled (the baseline) always runs")
+    parser.add_argument("--sigmoid-gelu", action="store_true", help="compile tanh-form GELUs as x*sigmoid(2u) (every variant)")
     parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of bf16 compiled and fp8 tensorwise")
+    parser.add_argument(
+        "--inductor",
+        default="",
+        help="comma list of torch._inductor.config settings for every variant: coordinate_descent_tuning=True",
+    )
     args = parser.parse_args()
+    inductor_config(args.inductor)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     info = machine(device)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from diffquant.errors import DiffquantError, check_choice
 from diffquant.quant.engine import GPU_ENGINES
 from diffquant.quant.gpu.formats import Int4WeightOnlyLinear
+from diffquant.quant.gpu.gelu import sigmoid_gelus
 
 FP8_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs with fp8 tensor cores
 
@@ -65,6 +66,7 @@ class Compiling:
     enabled: bool = True
     mode: str = "default"
     scope: str = "model"
+    sigmoid_gelu: bool = False  # tanh-form GELUs as x·sigmoid(2u) before compiling (gpu/gelu.py; not yet timed on a GPU)
 
     def __post_init__(self) -> None:
         check_choice("backend.compile_mode", self.mode, COMPILE_MODES)
@@ -111,6 +113,8 @@ class LowBitModel(nn.Module):
             return self.model
         if self.__dict__["_compiled"] is None:
             allow_recompiles()
+            if c.sigmoid_gelu:
+                sigmoid_gelus(self.model)
             blocks = repeated_blocks(self.model) if c.scope == "blocks" else []
             for block in blocks:
                 block.compile(dynamic=False, mode=c.mode)
