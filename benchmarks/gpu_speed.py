@@ -1,7 +1,8 @@
 """GPU sampling speed of every GPU execution side by side in one process: DDIM sampling, images/s, peak memory.
 
     python benchmarks/gpu_speed.py [--models dit_b2,dit_xl2,unet_cifar] [--steps 50] [--repeats 3]
-                                   [--fp32-steps 10] [--out results.json]
+                                   [--fp32-steps 10] [--out results.json] [--profile]
+                                   [--inductor coordinate_descent_tuning=True] [--sigmoid-gelu]
 
 Models at 32x32: DiT-B/2 (hidden 768, depth 12, 12 heads) and a DiT-XL/2-sized DiT (1152, 28, 16) on
 4 input channels (a latent-sized input), batches 1 and 256 / 128; `unet_cifar` (35.7 M parameters,
