@@ -40,15 +40,16 @@ def fast_byte_loads() -> Iterator[None]:
     Only where Inductor generates AVX2 code (the intrinsics are AVX2's); other ISAs are untouched.
     There it also sets `cpp.simdlen=256` (the width AVX2 has anyway): Inductor's compile cache keys on
     its config, not on its code generator, so this keeps kernels generated without the rewrite (an
-    older run's cache) from being served instead. Restores both on exit.
+    older run's cache) from being served instead. Restores both on exit. A torch whose Inductor lacks the
+    hooked method compiles without the rewrite (the tests fail there, so it does not go unnoticed).
     """
     from torch._inductor import config, cpu_vec_isa
     from torch._inductor.codegen import cpp
 
-    if not isinstance(cpu_vec_isa.pick_vec_isa(), cpu_vec_isa.VecAVX2):
+    original = getattr(cpp.CppVecKernel, "_get_vec_load_line", None)  # gone in another torch: compile unrewritten
+    if original is None or not isinstance(cpu_vec_isa.pick_vec_isa(), cpu_vec_isa.VecAVX2):
         yield
         return
-    original = cpp.CppVecKernel._get_vec_load_line
 
     def load_line(self: cpp.CppVecKernel, var: str, index: object, dtype: torch.dtype, load_mask: object = None) -> str:
         line = original(self, var, index, dtype, load_mask)
