@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffquant.errors import DiffquantError
 from diffquant.quant.engine import set_engine
 from helpers import TINY_OVERRIDES
 from helpers.cli_fork import CliCall, CliResult, cli_server, run_forked
@@ -364,6 +365,18 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(matrix, case: Bad) ->
 
 
 @pytest.mark.slow
+def test_an_error_quoting_a_multi_line_message_is_still_one_line() -> None:
+    """A corrupt checkpoint's unpickling error can span lines (random bytes once hit pickle's
+    "A load persistent id instruction was encountered,\nbut no persistent_load ..."): the CLI prints one."""
+    quoted = "A load persistent id instruction was encountered,\nbut no persistent_load function was specified."
+    error = DiffquantError(f"model.checkpoint='x.pt' is not a readable checkpoint (UnpicklingError: {quoted})")
+    assert str(error) == (
+        "model.checkpoint='x.pt' is not a readable checkpoint (UnpicklingError: A load persistent id instruction "
+        "was encountered, but no persistent_load function was specified.)"
+    )
+    assert str(DiffquantError("one line")) == "one line"
+
+
 def test_hydra_full_error_shows_the_traceback(matrix) -> None:
     """The documented debug switch: HYDRA_FULL_ERROR=1 adds the traceback to the one-line error."""
     result = matrix[2]["full-error"]

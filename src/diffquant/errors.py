@@ -5,7 +5,14 @@ from pathlib import Path
 
 
 class DiffquantError(Exception):
-    """A problem the user can fix (a bad setting, a missing file); printed as one line."""
+    """A problem the user can fix (a bad setting, a missing file); printed as one line.
+
+    Messages that quote another exception (an unpickling error of a corrupt checkpoint, say) may carry
+    its line breaks: the lines are joined, so the CLI's error stays one line whatever it quotes.
+    """
+
+    def __str__(self) -> str:
+        return " ".join(line.strip() for line in super().__str__().splitlines() if line.strip())
 
 
 def check_choice(key: str, value: object, allowed: tuple[object, ...]) -> None:
