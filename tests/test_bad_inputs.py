@@ -364,7 +364,6 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(matrix, case: Bad) ->
     assert snapshot(tmp / "good", tmp / "cache") == before
 
 
-@pytest.mark.slow
 def test_an_error_quoting_a_multi_line_message_is_still_one_line() -> None:
     """A corrupt checkpoint's unpickling error can span lines (random bytes once hit pickle's
     "A load persistent id instruction was encountered,\nbut no persistent_load ..."): the CLI prints one."""
@@ -377,6 +376,7 @@ def test_an_error_quoting_a_multi_line_message_is_still_one_line() -> None:
     assert str(DiffquantError("one line")) == "one line"
 
 
+@pytest.mark.slow
 def test_hydra_full_error_shows_the_traceback(matrix) -> None:
     """The documented debug switch: HYDRA_FULL_ERROR=1 adds the traceback to the one-line error."""
     result = matrix[2]["full-error"]
