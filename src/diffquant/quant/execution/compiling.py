@@ -17,7 +17,7 @@ compiled the same way. What profiling unet_tiny showed (figures: docs/results/20
   exports the graph at each input shape and compiles it ahead of time into a shared library with
   the frozen weights inside (bit-identical output). No Dynamo cache is involved, so no compiled graph can serve another model.
 - On AVX2, Inductor's loads of 8 uint8 lanes took ATen's slow partial-load path: `avx2_loads` rewrites
-  them while compiling (1.37x on unet_tiny's int8 forward with AVX2 code).
+  them while compiling (1.27-1.37x on unet_tiny's int8 forward with AVX2 code, two A/Bs).
 """
 
 from __future__ import annotations
