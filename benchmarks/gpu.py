@@ -22,8 +22,9 @@ from diffquant.diffusion.samplers import ddim_sample
 from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
 from diffquant.quant.calibration import collect_trajectory
 from diffquant.quant.lsq import to_device
+from diffquant.quant.plan import QuantContext, QuantPlan
+from diffquant.quant.preparation import calibrate, prepare_fake_quant
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import QuantContext, QuantPlan, calibrate, prepare_fake_quant
 from diffquant.training.loop import TrainSettings, distillation_loss, epsilon_loss, train_diffusion
 
 MODELS = {

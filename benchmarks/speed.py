@@ -86,8 +86,8 @@ from diffquant.quant.calibration import CalibrationData, collect_trajectory  # n
 from diffquant.quant.engine import resolve_int8_numerics, set_engine  # noqa: E402
 from diffquant.quant.execution.compiling import compile_fp32  # noqa: E402
 from diffquant.quant.execution.scripted import ScriptedInt8  # noqa: E402
+from diffquant.quant.plan import QuantContext  # noqa: E402
 from diffquant.quant.size import state_dict_bytes  # noqa: E402
-from diffquant.quant.strategies import QuantContext  # noqa: E402
 
 
 @dataclass

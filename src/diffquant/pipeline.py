@@ -24,7 +24,8 @@ from diffquant.diffusion.config import SamplerConfig, build_diffusion, build_sam
 from diffquant.diffusion.guidance import Guide, guide_for
 from diffquant.evaluation.compare import on_device
 from diffquant.evaluation.features import require_extractor
-from diffquant.evaluation.stage import EvalInputs, evaluate_and_report
+from diffquant.evaluation.sampling import EvalInputs
+from diffquant.evaluation.stage import evaluate_and_report
 from diffquant.quant.api import RECIPE_ATTR, Run, make_strategy, quantize_with
 from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_pairs
 from diffquant.quant.coverage import mac_fraction
@@ -33,9 +34,9 @@ from diffquant.quant.gpu.runtime import is_gpu_engine, require_gpu
 from diffquant.quant.lowrank import branch_cost
 from diffquant.quant.machine import cpu_info
 from diffquant.quant.methods import Strategy
+from diffquant.quant.plan import QuantContext
 from diffquant.quant.saving import SavedRun, save
 from diffquant.quant.size import packed_bytes, state_dict_bytes
-from diffquant.quant.strategies import QuantContext
 from diffquant.reporting.record import RunRecord
 from diffquant.reporting.results import save_figure, sensitivity_figure, source_provenance
 from diffquant.reporting.tensorboard import RunLogger

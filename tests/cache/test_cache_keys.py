@@ -14,7 +14,7 @@ import torch
 
 from diffquant.cache.bundled import bundled_model
 from diffquant.config import to_config
-from diffquant.evaluation.stage import reference_samples
+from diffquant.evaluation.sampling import reference_samples
 from diffquant.pipeline import CachedCalibration, qat_key
 from helpers import fp32_key_of
 

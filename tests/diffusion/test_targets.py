@@ -20,7 +20,7 @@ from diffquant.diffusion.samplers import builtin_samplers, ddim_timesteps, load_
 from diffquant.diffusion.schedule import builtin_schedules, load_schedule
 from diffquant.errors import DiffquantError
 from diffquant.evaluation.protocol import sampler_steps
-from diffquant.evaluation.stage import reference_samples
+from diffquant.evaluation.sampling import reference_samples
 from diffquant.pipeline import CachedCalibration
 from helpers import CONF_DIR, fp32_key_of, fp32_key_parts_of
 from helpers.custom_diffusion import quadratic_betas, trailing_timesteps

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 from diffquant.evaluation.compare import OnDevice, eval_device, on_device
 from diffquant.metrics.quality import relative_error
 from diffquant.models.unet import UNet
+from diffquant.quant.plan import QuantPlan
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context
 
 

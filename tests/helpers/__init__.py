@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from diffquant.components import Component
     from diffquant.config import Config
     from diffquant.quant.calibration import CalibrationData
+    from diffquant.quant.plan import QuantContext
     from diffquant.quant.qconfig import QuantSpec
-    from diffquant.quant.strategies import QuantContext
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # The tiny run of CLI tests is the shipped preset itself (conf/experiment/tiny.yaml), not a copy.
@@ -54,7 +54,7 @@ def calibration_context(x: torch.Tensor, t: torch.Tensor, generator: torch.Gener
 
     from diffquant.diffusion.schedule import GaussianDiffusion, linear_betas
     from diffquant.quant.calibration import CalibrationData
-    from diffquant.quant.strategies import QuantContext
+    from diffquant.quant.plan import QuantContext
 
     return QuantContext(
         calibration=lambda: CalibrationData(x, t),

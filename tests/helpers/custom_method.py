@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from diffquant.quant.methods import MethodInputs
-from diffquant.quant.strategies import QuantContext, QuantOutcome
+from diffquant.quant.plan import QuantContext, QuantOutcome
 
 
 def round_per_channel(weight: Tensor, bits: int) -> Tensor:

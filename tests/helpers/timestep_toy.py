@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from diffquant.quant.calibration import CalibrationData
-from diffquant.quant.strategies import QuantPlan, calibrate, prepare_fake_quant
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.preparation import calibrate, prepare_fake_quant
 from helpers import calibration_context, machine_spec
 
 

@@ -19,8 +19,9 @@ from diffquant.models import build_model, weights_key
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.execution.scripted import ScriptedInt8
+from diffquant.quant.plan import QuantPlan
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context, model_spec
 from helpers.cli import diffquant
 

@@ -15,8 +15,9 @@ from diffquant.metrics.quality import sqnr_db
 from diffquant.models import build_model
 from diffquant.models.dit import DiT, sincos_pos_embed
 from diffquant.quant.engine import set_engine
+from diffquant.quant.plan import QuantPlan
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context, fp32_key_of, model_spec
 
 DIT = "diffquant.models.dit.DiT"

@@ -12,8 +12,9 @@ from diffquant.config import to_config
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models import build_model
 from diffquant.quant.engine import set_engine
+from diffquant.quant.plan import QuantPlan
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context
 
 DDPM_CIFAR10_PARAMS = 35_746_307  # Ho et al.'s CIFAR-10 model as counted in its PyTorch ports

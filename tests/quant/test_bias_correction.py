@@ -10,8 +10,10 @@ from diffquant.models.unet import UNet
 from diffquant.quant.bias_correction import channel_means, correct_bias
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
+from diffquant.quant.plan import QuantContext, QuantPlan
+from diffquant.quant.preparation import calibrate, prepare_fake_quant
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
+from diffquant.quant.strategies import PTQStrategy
 from helpers import machine_spec
 
 

@@ -12,7 +12,8 @@ from diffquant.models.dit import DiT
 from diffquant.models.unet import UNet
 from diffquant.quant.coverage import call_order, edge_layers, layer_macs, mac_fraction
 from diffquant.quant.engine import set_engine
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context, machine_spec
 
 

@@ -19,7 +19,8 @@ from diffquant.data.datasets import iterate_batches
 from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.coverage import layer_macs, mac_fraction, uncalled_layers
 from diffquant.quant.engine import set_engine
-from diffquant.quant.strategies import PTQStrategy, QATStrategy, QuantPlan
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.strategies import PTQStrategy, QATStrategy
 from diffquant.quant.transpose import transposed_int8_is_exact
 from diffquant.training.loop import TrainSettings
 from helpers import calibration_context, machine_spec

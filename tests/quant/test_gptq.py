@@ -18,8 +18,10 @@ from diffquant.quant.config import GPTQConfig, QuantConfig, ReconConfig
 from diffquant.quant.engine import set_engine
 from diffquant.quant.gptq import GPTQSettings, Grid, gptq, gptq_weight, input_rows
 from diffquant.quant.number_formats import group_qparams
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.preparation import calibrate, finalize, prepare_fake_quant
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
-from diffquant.quant.strategies import PTQStrategy, QuantPlan, calibrate, finalize, prepare_fake_quant
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context, machine_spec, random_pairs
 
 

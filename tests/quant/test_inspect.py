@@ -9,7 +9,8 @@ from torch import nn
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.inspect import activation_ranges, layer_inputs, probed_layers
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context, machine_spec
 
 

@@ -10,7 +10,8 @@ from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.inspect import activation_ranges
 from diffquant.quant.machine import cpu_info, pinned_threads
-from diffquant.quant.strategies import QuantPlan, calibrate, prepare_fake_quant
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.preparation import calibrate, prepare_fake_quant
 from helpers import calibration_context, machine_spec
 
 ZEN3 = """processor	: 0

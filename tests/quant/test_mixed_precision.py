@@ -17,7 +17,7 @@ from diffquant.quant.api import quant_settings
 from diffquant.quant.engine import resolve_int8_numerics, set_engine
 from diffquant.quant.methods import MethodInputs, ptq, qat
 from diffquant.quant.mixed_precision import Budget, Layer, choose_bits, layer_bytes, solve
-from diffquant.quant.strategies import QuantOutcome
+from diffquant.quant.plan import QuantOutcome
 from helpers import calibration_context, random_pairs
 
 SETTINGS = {"observer": "minmax", "dynamic_input": False, "bias_correction": 0, "sensitivity": False, "keep_float": []}

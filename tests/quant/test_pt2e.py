@@ -15,9 +15,9 @@ from diffquant.pipeline import build_strategy
 from diffquant.quant import pt2e
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import resolve_int8_numerics
+from diffquant.quant.plan import QuantPlan
 from diffquant.quant.qconfig import QuantSpec
 from diffquant.quant.size import state_dict_bytes
-from diffquant.quant.strategies import QuantPlan
 from helpers import calibration_context, machine_spec
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="the optional extra `inductor`")

@@ -15,9 +15,11 @@ from diffquant.models.unet import UNet
 from diffquant.quant import engine as engine_mod
 from diffquant.quant.calibration import CalibrationData, collect_trajectory, pick_indices
 from diffquant.quant.engine import SCHEMES, require_exact, resolve_int8_numerics, set_engine, supported_engines
+from diffquant.quant.plan import QuantContext, QuantPlan
+from diffquant.quant.preparation import calibrate, prepare_fake_quant
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.size import state_dict_bytes
-from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
+from diffquant.quant.strategies import PTQStrategy
 from diffquant.quant.wrap import fusable_groups
 from helpers import machine_spec
 

@@ -15,10 +15,12 @@ from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData, pick_indices_normal
 from diffquant.quant.engine import set_engine
 from diffquant.quant.observers import PercentileObserver
+from diffquant.quant.plan import QuantContext, QuantPlan
+from diffquant.quant.preparation import calibrate, prepare_fake_quant
 from diffquant.quant.qconfig import QuantSpec, make_qconfig
 from diffquant.quant.reconstruction import ReconSettings, reconstruct, units_for
 from diffquant.quant.split import SplitFakeQuantize
-from diffquant.quant.strategies import PTQStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
+from diffquant.quant.strategies import PTQStrategy
 from helpers import machine_spec
 
 

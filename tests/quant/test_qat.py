@@ -13,8 +13,10 @@ from diffquant.models.unet import UNet
 from diffquant.quant import strategies
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
+from diffquant.quant.plan import QuantContext, QuantPlan
+from diffquant.quant.preparation import prepare_fake_quant
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import QATStrategy, QuantContext, QuantPlan, prepare_fake_quant
+from diffquant.quant.strategies import QATStrategy
 from diffquant.training.loop import TrainSettings
 
 

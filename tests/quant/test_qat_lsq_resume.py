@@ -15,8 +15,10 @@ from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.lsq import learned_scales, step_size_param_groups, to_learnable, use_learned_step_sizes
+from diffquant.quant.plan import QuantContext, QuantPlan
+from diffquant.quant.preparation import calibrate, prepare_fake_quant
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import QATStrategy, QuantContext, QuantPlan, calibrate, prepare_fake_quant
+from diffquant.quant.strategies import QATStrategy
 from diffquant.training.loop import TrainSettings
 
 IMAGES = torch.rand(64, 1, 8, 8) * 2 - 1

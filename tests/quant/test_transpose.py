@@ -9,7 +9,8 @@ from torch.ao.nn import quantized as nnq
 
 from diffquant.metrics.quality import sqnr_db
 from diffquant.quant.engine import set_engine
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from diffquant.quant.transpose import FakeQuantConvTranspose2d, transposed_int8_is_exact
 from helpers import calibration_context, machine_spec
 

@@ -8,36 +8,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from diffquant.cache.lock import cache_lock
-from diffquant.cache.store import atomic_torch_save, config_hash, load_if_readable
-from diffquant.config import Config, EvalConfig
-from diffquant.data.datasets import DataSplit
-from diffquant.diffusion.config import DiffusionConfig, SamplerConfig
+from diffquant.config import Config
 from diffquant.diffusion.guidance import Guide
-from diffquant.diffusion.schedule import GaussianDiffusion
 from diffquant.evaluation.compare import (
     EpsProbe,
-    Requested,
     eps_errors,
     eval_device,
     finite_or_none,
     on_device,
-    sample_batched,
     sample_features,
     sample_metrics,
-    time_first_batch,
 )
-from diffquant.evaluation.conditional import class_accuracy_metrics, requested_labels
+from diffquant.evaluation.conditional import class_accuracy_metrics
 from diffquant.evaluation.features import build_spaces, images_fingerprint, reference_statistics
+from diffquant.evaluation.figures import save_run_figures
 from diffquant.evaluation.protocol import eval_protocol
+from diffquant.evaluation.sampling import EvalInputs, sample_both
 from diffquant.evaluation.trajectory import mean_over_steps, trajectory_eps_mse
 from diffquant.evaluation.uncertainty import (
     BOOTSTRAP_FILE,
@@ -47,129 +39,12 @@ from diffquant.evaluation.uncertainty import (
     paired_metrics,
     write_bootstrap,
 )
-from diffquant.metrics.classifier import DigitClassifier
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.inspect import activation_ranges, layer_inputs
 from diffquant.reporting.dashboards import hparams_of, log_run
 from diffquant.reporting.record import RunRecord
-from diffquant.reporting.results import (
-    save_class_grid,
-    save_comparison_grid,
-    save_curves,
-    save_eps_plot,
-    save_range_plot,
-    write_results,
-)
+from diffquant.reporting.results import write_results
 from diffquant.reporting.tensorboard import RunLogger
-
-
-@dataclass
-class EvalInputs:
-    """What the evaluation needs from the earlier stages."""
-
-    data: DataSplit
-    diffusion: GaussianDiffusion
-    sample: Callable[..., Tensor]  # sample(model, noise=...) with the configured sampler
-    fp32_model: nn.Module
-    fp32_entry_dir: Path  # FP32 reference samples are cached here
-    q_model: nn.Module
-    execution: str  # fp32 | int8 | fakequant
-    classifier: DigitClassifier
-    classifier_acc: float
-    device: str = "cpu"  # cfg.device: FP32 and fake-quantized models are sampled there (int8 stays on the CPU)
-    guide: Guide | None = None  # a conditional model's (sampler.guidance_scale, its null condition)
-    baselines: dict[str, nn.Module] = field(default_factory=dict)  # timed on the first batch too: perf/sample_s_<name>
-
-
-def reference_samples(
-    sampler: SamplerConfig,
-    diffusion: DiffusionConfig,
-    num_samples: int,
-    entry_dir: Path,
-    seed: int,
-    make: Callable[[], Tensor],
-) -> Tensor:
-    """FP32 samples from one seed's evaluation noise, cached next to the FP32 checkpoint per sampler, N and seed."""
-    key = config_hash({"sampler": sampler.key(), "diffusion": diffusion.key(), "n": num_samples, "seed": seed})
-    path = entry_dir / f"samples_{key}.pt"
-    with cache_lock(path, "FP32 reference samples"):  # concurrent sweep jobs: one samples, the others wait
-        cached = load_if_readable(path, "FP32 reference samples")
-        if cached is not None:
-            return cached
-        samples = make()
-        atomic_torch_save(samples, path)
-        return samples
-
-
-def eval_noise(seeds: list[int], num_samples: int, shape: tuple[int, ...]) -> list[Tensor]:
-    """The evaluation noise: `num_samples` draws of `shape` per seed, each from its own generator."""
-    return [torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed)) for seed in seeds]
-
-
-@dataclass
-class Sampled:
-    """Both sample sets from the pooled evaluation noise, the first-batch timings and where they ran."""
-
-    noise: Tensor
-    fp32: Tensor
-    quantized: Tensor
-    seconds: dict[str, float]
-    context: dict[str, Any]
-    requested: Requested | None = None  # a conditional model: the condition of every noise row
-
-
-def sample_both(
-    ev: EvalConfig,
-    sampler: SamplerConfig,
-    diffusion: DiffusionConfig,
-    inputs: EvalInputs,
-    fp32_run: nn.Module,
-    q_run: nn.Module,
-    device: torch.device,
-) -> Sampled:
-    """FP32 (cached per seed) and quantized samples from the same noise; both timed on the same first batch after a warm-up."""
-    data = inputs.data
-    noises = eval_noise(list(ev.seeds), ev.num_samples, (data.channels, data.image_size, data.image_size))
-    guide = inputs.guide
-    requested = None
-    if guide is not None:
-        labels = requested_labels(guide, len(ev.seeds), ev.num_samples)
-        requested = Requested(guide, guide.from_labels(labels), labels)
-    per_seed = None if requested is None else requested.first(ev.num_samples)  # every seed asks for the same
-    fp32 = torch.cat(
-        [
-            reference_samples(
-                sampler,
-                diffusion,
-                ev.num_samples,
-                inputs.fp32_entry_dir,
-                seed,
-                lambda n=n: sample_batched(inputs.sample, fp32_run, n, ev.batch_size, requested=per_seed)[0],
-            )
-            for seed, n in zip(ev.seeds, noises)
-        ]
-    )
-    fp32_seconds = time_first_batch(inputs.sample, fp32_run, noises[0], ev.batch_size, per_seed)
-    noise = torch.cat(noises)
-    quantized, q_seconds = sample_batched(inputs.sample, q_run, noise, ev.batch_size, chunk=ev.num_samples, requested=requested)
-    context = {
-        "device_fp32": str(device),
-        "device_quantized": str(device),
-        "device_requested": inputs.device,
-        "torch_num_threads": torch.get_num_threads(),
-        "timed_batch": min(ev.batch_size, ev.num_samples),
-        "warm_up": "one untimed denoiser forward per model at the timed batch shape; CUDA synchronized",
-    }
-    if guide is not None:
-        context["guidance_scale"] = guide.scale
-        context["batched_guidance"] = guide.batched  # each model call carries the conditional and the null half
-    seconds = {"perf/sample_s": q_seconds, "perf/sample_s_fp32": fp32_seconds}
-    for name, baseline in inputs.baselines.items():  # e.g. the bf16 compiled FP32 model a GPU backend must beat
-        seconds[f"perf/sample_s_{name}"] = baseline_s = time_first_batch(
-            inputs.sample, on_device(baseline, device), noises[0], ev.batch_size, per_seed
-        )
-        seconds[f"perf/speedup_vs_{name}"] = baseline_s / q_seconds
-    return Sampled(noise, fp32, quantized, seconds, context, requested)
 
 
 def evaluate_and_report(
@@ -262,32 +137,10 @@ def evaluate_and_report(
         "eval/traj_eps_mse_by_t": traj,
     }
 
-    label = record.label()
-    n = ev.grid_images
-    save_comparison_grid(
-        {
-            "real (held-out)": data.test_images[:n],
-            "FP32": fp32_samples[:n],
-            label: q_samples[:n],
-            "|quantized − FP32| x4": (q_samples[:n] - fp32_samples[:n]).abs().mul(4).sub(1),
-        },
-        out_dir / "samples.png",
-    )
-    if sampled.requested is not None and inputs.guide is not None:
-        k = inputs.guide.num_labels
-        rows = max(1, n // k)
-        save_class_grid(
-            {"FP32": fp32_samples[: rows * k], label: q_samples[: rows * k]},
-            k,
-            out_dir / "samples_by_class.png",
-            guide_note(inputs.guide),
-        )
-    save_eps_plot(eps_per_t, out_dir / "eps_rel_err.png", label)
-    save_curves(
-        {label: traj}, out_dir / "traj_eps_mse.png", "timestep t (along the quantized trajectory)", "MSE(ε_q, ε_fp32)", logy=True
-    )
-    if ranges:
-        save_range_plot(ranges, out_dir / "act_ranges.png", label)
+    label, n = record.label(), ev.grid_images
+    class_guide = inputs.guide if sampled.requested is not None else None
+    images = {"real": data.test_images, "fp32": fp32_samples, "quantized": q_samples}
+    save_run_figures(out_dir, label, images, n, eps_per_t, traj, ranges, class_guide)
     log_run(
         logger,
         hparams_of(record.header(), cfg.quant, cfg.backend, cfg.model, cfg.dataset, cfg.sampler, ev),
@@ -322,11 +175,6 @@ def evaluate_and_report(
 def probe_conditions(guide: Guide | None, labels: Tensor) -> Tensor | None:
     """The ε probe's conditions: those of each held-out image's own label."""
     return None if guide is None else guide.from_labels(labels)
-
-
-def guide_note(guide: Guide) -> str:
-    """`guidance 3` or `no guidance` for figure titles."""
-    return "no guidance" if not guide.batched else f"guidance scale {guide.scale:g}"
 
 
 def fid_line(metrics: dict[str, Any], short: str) -> str:

@@ -29,8 +29,8 @@ from diffquant.quant.calibration import CalibrationData, Conditions, trajectory_
 from diffquant.quant.config import BackendConfig, CalibConfig, QuantConfig
 from diffquant.quant.engine import GPU_ENGINES, Int8Numerics, resolve_int8_numerics, set_engine
 from diffquant.quant.methods import MethodInputs, Strategy
+from diffquant.quant.plan import QuantContext, QuantOutcome
 from diffquant.quant.presets import apply_to_quant, settings_paths
-from diffquant.quant.strategies import QuantContext, QuantOutcome
 
 METHODS = ("fp32", "ptq", "qat")
 RECIPE_ATTR = "diffquant_recipe"  # the attribute of a quantized model that `save` reads

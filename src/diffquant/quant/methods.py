@@ -22,9 +22,10 @@ from diffquant.quant.gpu.convert import LowBitSpec
 from diffquant.quant.gpu.runtime import Compiling, require_gpu
 from diffquant.quant.gpu.strategy import GpuPTQStrategy
 from diffquant.quant.mixed_precision import Budget
+from diffquant.quant.plan import QuantContext, QuantOutcome, QuantPlan
 from diffquant.quant.pt2e import InductorPTQStrategy
 from diffquant.quant.reconstruction import ReconSettings
-from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy, QuantContext, QuantOutcome, QuantPlan
+from diffquant.quant.strategies import FP32Strategy, PTQStrategy, QATStrategy
 from diffquant.training.loop import TrainSettings
 
 

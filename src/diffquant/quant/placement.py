@@ -17,7 +17,7 @@ from torch import nn
 from diffquant.quant.calibration import CalibrationData
 
 if TYPE_CHECKING:
-    from diffquant.quant.strategies import QuantContext
+    from diffquant.quant.plan import QuantContext
 
 
 def on_device(model: nn.Module, ctx: QuantContext, device: str | torch.device) -> tuple[nn.Module, QuantContext]:

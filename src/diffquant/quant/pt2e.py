@@ -28,8 +28,8 @@ from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.execution.agreement import check_against_fp32
 from diffquant.quant.execution.compiling import AotCompiled, export_merged, rewrite_group_norms, rewrite_quantized_silus
 from diffquant.quant.machine import pinned_threads
+from diffquant.quant.plan import QuantContext, QuantOutcome, QuantPlan, float_layer_reasons, resolve_plan
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import QuantContext, QuantOutcome, QuantPlan, float_layer_reasons, resolve_plan
 from diffquant.quant.wrap import is_skipped, quantizable_types
 
 EXECUTION = "int8_inductor"

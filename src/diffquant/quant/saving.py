@@ -33,7 +33,7 @@ from diffquant.quant.config import BackendConfig, QuantConfig
 from diffquant.quant.engine import EAGER_ENGINE, set_engine, supported_engines
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.gpu.runtime import is_gpu_execution, uncompiled_state
-from diffquant.quant.strategies import QuantOutcome
+from diffquant.quant.plan import QuantOutcome
 
 FORMAT = "diffquant.quantized"
 VERSION = 1

@@ -12,7 +12,8 @@ from torch import nn
 from diffquant.models.unet import UNet
 from diffquant.quant.engine import set_engine
 from diffquant.quant.execution.fast_int8 import ChannelsLastGroupNorm, Int8Wrapper, quantize_by_range, quantize_dynamic
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.plan import QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context, machine_spec
 
 

@@ -14,8 +14,9 @@ from diffquant.models.unet import UNet
 from diffquant.quant.calibration import CalibrationData
 from diffquant.quant.engine import set_engine
 from diffquant.quant.execution.scripted import ScriptedInt8
+from diffquant.quant.plan import QuantPlan
 from diffquant.quant.qconfig import QuantSpec
-from diffquant.quant.strategies import PTQStrategy, QuantPlan
+from diffquant.quant.strategies import PTQStrategy
 from helpers import calibration_context
 
 CASES = [

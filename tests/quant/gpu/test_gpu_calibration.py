@@ -15,7 +15,7 @@ import torch
 import diffquant
 from diffquant.metrics.quality import sqnr_db
 from diffquant.models.unet import UNet
-from diffquant.quant import strategies
+from diffquant.quant import preparation
 from diffquant.quant.calibration import CalibrationData
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -52,13 +52,13 @@ def quality(model: torch.nn.Module, quantized: torch.nn.Module, data: Calibratio
 def test_ptq_on_the_gpu_calibrates_there_and_matches_the_cpu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, data = setup()
     devices: list[str] = []
-    calibrate = strategies.run_calibration
+    calibrate = preparation.run_calibration
 
     def recording(qmodel: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
         devices.append(next(qmodel.parameters()).device.type)
         calibrate(qmodel, *args, **kwargs)
 
-    monkeypatch.setattr(strategies, "run_calibration", recording)
+    monkeypatch.setattr(preparation, "run_calibration", recording)
     on_gpu = diffquant.quantize(model, data, device="cuda", **METHODS[name])
     assert devices and set(devices) == {"cuda"}
     devices.clear()
@@ -73,9 +73,9 @@ def test_qat_on_the_gpu_calibrates_and_learns_timestep_tables_there(monkeypatch:
     model, data = setup()
     images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     devices: list[str] = []
-    calibrate = strategies.run_calibration
+    calibrate = preparation.run_calibration
     monkeypatch.setattr(
-        strategies,
+        preparation,
         "run_calibration",
         lambda m, *a, **k: (devices.append(next(m.parameters()).device.type), calibrate(m, *a, **k)),
     )

@@ -18,7 +18,7 @@ from diffquant.errors import DiffquantError
 from diffquant.quant.coverage import edge_layers
 from diffquant.quant.gpu.convert import LowBitSpec, convert_model, input_amax, plan_layers
 from diffquant.quant.gpu.runtime import Compiling, LowBitModel, bf16_reference, require_gpu
-from diffquant.quant.strategies import QuantContext, QuantOutcome
+from diffquant.quant.plan import QuantContext, QuantOutcome
 
 
 @dataclass(frozen=True)
