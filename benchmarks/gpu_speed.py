@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_speed.py [--models dit_b2,dit_xl2,unet_cifar] [--steps 50] [--repeats 3]
                                    [--fp32-steps 10] [--out results.json] [--profile]
-                                   [--inductor coordinate_descent_tuning=True] [--sigmoid-gelu]
+                                   [--inductor coordinate_descent_tuning=True] [--gelu sigmoid|tanh]
 
 Models at 32x32: DiT-B/2 (hidden 768, depth 12, 12 heads) and a DiT-XL/2-sized DiT (1152, 28, 16) on
 4 input channels (a latent-sized input), batches 1 and 256 / 128; `unet_cifar` (35.7 M parameters,
@@ -189,7 +189,7 @@ def bench(name: str, batch: int, args: argparse.Namespace, device: torch.device)
     names = args.variants.split(",")
     if batch > 16 and args.variants == DEFAULT_VARIANTS:  # tinygemm's int4 GEMM is for small batches: minutes at 128
         names = [n for n in names if not n.startswith("int4")]
-    table = variants(model, calib, device, names, Compiling(True, args.compile_mode, args.compile_scope, args.sigmoid_gelu))
+    table = variants(model, calib, device, names, Compiling(True, args.compile_mode, args.compile_scope, args.gelu == "sigmoid"))
     timings: dict[str, list[float]] = {v: [] for v in table}
     extra: dict[str, dict] = {}
     with torch.no_grad():
@@ -300,7 +300,12 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode of every compiled variant")
     parser.add_argument("--compile-scope", default="model", help="model (one graph) | blocks (regional compilation)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list; bf16 compiled (the baseline) always runs")
-    parser.add_argument("--sigmoid-gelu", action="store_true", help="compile tanh-form GELUs as x*sigmoid(2u) (every variant)")
+    parser.add_argument(
+        "--gelu",
+        default="sigmoid",
+        choices=("sigmoid", "tanh"),
+        help="how every compiled variant computes tanh-form GELUs: x*sigmoid(2u) (backend.sigmoid_gelu, the default) or tanh",
+    )
     parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of bf16 compiled and fp8 tensorwise")
     parser.add_argument(
         "--inductor",

@@ -241,6 +241,7 @@ GPU_FIELDS = (
     "compile",
     "compile_mode",
     "compile_scope",
+    "sigmoid_gelu",
 )  # read by the GPU backends only (quant/gpu)
 
 
@@ -254,6 +255,7 @@ class BackendConfig:
     compile: bool = True  # GPU backends: torch.compile the bf16 model with its low-bit layers
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
     compile_scope: str = "model"  # model (one graph) | blocks (each repeated block, compiled once and reused)
+    sigmoid_gelu: bool = True  # compiled GPU models: tanh-form GELU as x·sigmoid(2u), the same function, faster (gpu/gelu.py)
 
     def __post_init__(self) -> None:
         check_choice("backend.engine", self.engine, ("fbgemm", "qnnpack", "x86", "x86_inductor", *GPU_ENGINES))
@@ -264,7 +266,7 @@ class BackendConfig:
 
     def compiling(self) -> Compiling:
         """How a GPU backend compiles its model."""
-        return Compiling(self.compile, self.compile_mode, self.compile_scope)
+        return Compiling(self.compile, self.compile_mode, self.compile_scope, self.sigmoid_gelu)
 
     def key(self) -> dict[str, object]:
         """What a cached result depends on: every field, without the GPU-only ones for a CPU engine."""

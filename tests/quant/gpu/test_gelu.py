@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffquant.models.dit import DiT
+from diffquant.quant.config import BackendConfig
 from diffquant.quant.gpu.gelu import SigmoidGelu, sigmoid_gelus
 from diffquant.quant.gpu.runtime import Compiling, LowBitModel
 
@@ -39,5 +40,13 @@ def test_compiling_swaps_in_sigmoid_gelus_and_keeps_the_output_an_eager_model_ke
     torch.testing.assert_close(out, ref, rtol=0.0, atol=0.02)  # bf16 arithmetic either way
     plain = DiT(1, 8, 2, 32, 2, 2).eval()
     with torch.no_grad():
-        LowBitModel(plain, "bf16_gpu", Compiling(enabled=True))(x, t)  # the default compiles GELU as it is
+        LowBitModel(plain, "bf16_gpu", Compiling(enabled=True, sigmoid_gelu=False))(x, t)  # off: GELU compiles as it is
     assert not any(isinstance(m, SigmoidGelu) for m in plain.modules())
+
+
+def test_backend_setting_reaches_compiling_and_only_gpu_cache_keys() -> None:
+    assert Compiling().sigmoid_gelu and BackendConfig(engine="cuda_fp8").compiling().sigmoid_gelu  # on by default
+    off = BackendConfig(engine="cuda_fp8", sigmoid_gelu=False)
+    assert not off.compiling().sigmoid_gelu
+    assert off.key()["sigmoid_gelu"] is False and BackendConfig(engine="cuda_fp8").key()["sigmoid_gelu"] is True
+    assert "sigmoid_gelu" not in BackendConfig(engine="fbgemm").key()  # a CPU engine's cached results keep their key
