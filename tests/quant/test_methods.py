@@ -59,3 +59,15 @@ def test_a_factory_that_returns_no_strategy_is_refused(compose_cfg) -> None:
     cfg = to_config(compose_cfg("quant._target_=helpers.custom_method.not_a_strategy"))
     with pytest.raises(DiffquantError, match="returned a int; expected an object with quantize"):
         build_strategy(cfg, resolve_int8_numerics("fbgemm", "auto"))
+
+
+def test_the_method_types_stay_importable_from_their_earlier_module() -> None:
+    """A user's method written against the earlier layout imports QuantContext / QuantOutcome from strategies."""
+    from diffquant.quant import plan, strategies
+
+    assert (strategies.QuantContext, strategies.QuantOutcome, strategies.QuantPlan) == (
+        plan.QuantContext,
+        plan.QuantOutcome,
+        plan.QuantPlan,
+    )
+    assert {"QuantContext", "QuantOutcome", "PTQStrategy"} <= set(strategies.__all__)

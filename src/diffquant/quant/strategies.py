@@ -32,6 +32,9 @@ from diffquant.quant.timestep_summary import timestep_summary
 from diffquant.training.checkpoint import Checkpointer
 from diffquant.training.loop import TrainSettings, distillation_loss, train_diffusion, trajectory_distillation_loss
 
+# the types also stay importable from here, where methods written before `plan.py` existed import them
+__all__ = ["FP32Strategy", "PTQStrategy", "QATStrategy", "QuantContext", "QuantOutcome", "QuantPlan"]
+
 
 @dataclass
 class FP32Strategy:
