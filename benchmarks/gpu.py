@@ -10,12 +10,10 @@ Fake quantization simulates int8 in float arithmetic: it measures cost, not an i
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import torch
+from gpu_timing import median_seconds
 from torch import nn
 
 from diffquant.diffusion.samplers import ddim_sample
@@ -31,19 +29,6 @@ MODELS = {
     "unet_tiny": dict(base_channels=32, channel_mults=(1, 2, 2)),
     "unet_small": dict(base_channels=64, channel_mults=(1, 2, 2), attn_resolutions=(8,), dropout=0.1),
 }
-
-
-def timed(fn: Callable[[], None], repeats: int = 5) -> float:
-    """Median wall seconds of `fn` (CUDA synchronised), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def plain_loop(model: nn.Module, images: torch.Tensor, diffusion: GaussianDiffusion, steps: int, batch: int) -> None:
@@ -79,7 +64,7 @@ def main() -> None:
     rows: list[tuple[str, float, str]] = []
     gpu_images = images.to(dev)
     model = make().to(dev)
-    sec = timed(lambda: plain_loop(model, gpu_images, diffusion, steps, batch), repeats=3)
+    sec = median_seconds(lambda: plain_loop(model, gpu_images, diffusion, steps, batch), repeats=3)
     rows.append(("train: plain PyTorch loop, fp32", steps * batch / sec, "images/s"))
     for name, bf16 in (("train: diffquant loop, fp32", False), ("train: diffquant loop, bf16 autocast", True)):
         settings = TrainSettings(steps=steps, lr=1e-4, ema_decay=0.999, device="cuda", bf16=bf16, log_every=10**9)
@@ -89,7 +74,7 @@ def main() -> None:
             batches = (gpu_images[torch.randint(0, len(images), (batch,), generator=gen)] for _ in iter(int, 1))
             train_diffusion(make(), epsilon_loss(diffusion, gen), batches, settings, progress=False)  # noqa: B023 (called within this iteration)
 
-        rows.append((name, steps * batch / timed(ours, repeats=3), "images/s"))
+        rows.append((name, steps * batch / median_seconds(ours, repeats=3), "images/s"))
 
     fp32 = make().to(dev).eval()
     noise = torch.randn(sample_batch, channels, size, size, device=dev)
@@ -108,15 +93,17 @@ def main() -> None:
         settings = TrainSettings(steps=steps, lr=1e-4, device="cuda", log_every=10**9)
         train_diffusion(qmodel, distillation_loss(fp32, diffusion, gen, 1.0, 1.0), batches, settings, progress=False)
 
-    rows.append(("train: QAT W4A8 fake-quant + distillation, diffquant loop", steps * batch / timed(qat, repeats=1), "images/s"))
+    rows.append(
+        ("train: QAT W4A8 fake-quant + distillation, diffquant loop", steps * batch / median_seconds(qat, repeats=1), "images/s")
+    )
 
     sample = lambda m: ddim_sample(m, diffusion, noise, steps=50)  # noqa: E731
-    rows.append(("sample: fp32, DDIM 50", sample_batch / timed(lambda: sample(fp32)), "images/s"))
+    rows.append(("sample: fp32, DDIM 50", sample_batch / median_seconds(lambda: sample(fp32)), "images/s"))
     for bits in (8, 4):
         qmodel, _, _ = prepare_fake_quant(fp32, QuantPlan(QuantSpec(weight_bits=bits, act_bits=8)), qat=False)
         calibrate(qmodel.to(dev), ctx)
         to_device(qmodel.eval(), dev)
-        rows.append((f"sample: W{bits}A8 fake-quant, DDIM 50", sample_batch / timed(lambda: sample(qmodel)), "images/s"))  # noqa: B023 (called within this iteration)
+        rows.append((f"sample: W{bits}A8 fake-quant, DDIM 50", sample_batch / median_seconds(lambda: sample(qmodel)), "images/s"))  # noqa: B023 (called within this iteration)
     print(f"\n| measurement (batch {batch} train / {sample_batch} sample) | throughput | unit |\n|---|---|---|")
     for name, value, unit in rows:
         print(f"| {name} | {value:,.0f} | {unit} |")
