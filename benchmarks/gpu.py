@@ -64,7 +64,7 @@ def main() -> None:
     rows: list[tuple[str, float, str]] = []
     gpu_images = images.to(dev)
     model = make().to(dev)
-    sec = median_seconds(lambda: plain_loop(model, gpu_images, diffusion, steps, batch), repeats=3)
+    sec = median_seconds(lambda: plain_loop(model, gpu_images, diffusion, steps, batch), repeats=3, device=dev)
     rows.append(("train: plain PyTorch loop, fp32", steps * batch / sec, "images/s"))
     for name, bf16 in (("train: diffquant loop, fp32", False), ("train: diffquant loop, bf16 autocast", True)):
         settings = TrainSettings(steps=steps, lr=1e-4, ema_decay=0.999, device="cuda", bf16=bf16, log_every=10**9)
@@ -74,7 +74,7 @@ def main() -> None:
             batches = (gpu_images[torch.randint(0, len(images), (batch,), generator=gen)] for _ in iter(int, 1))
             train_diffusion(make(), epsilon_loss(diffusion, gen), batches, settings, progress=False)  # noqa: B023 (called within this iteration)
 
-        rows.append((name, steps * batch / median_seconds(ours, repeats=3), "images/s"))
+        rows.append((name, steps * batch / median_seconds(ours, repeats=3, device=dev), "images/s"))
 
     fp32 = make().to(dev).eval()
     noise = torch.randn(sample_batch, channels, size, size, device=dev)
@@ -94,16 +94,21 @@ def main() -> None:
         train_diffusion(qmodel, distillation_loss(fp32, diffusion, gen, 1.0, 1.0), batches, settings, progress=False)
 
     rows.append(
-        ("train: QAT W4A8 fake-quant + distillation, diffquant loop", steps * batch / median_seconds(qat, repeats=1), "images/s")
+        (
+            "train: QAT W4A8 fake-quant + distillation, diffquant loop",
+            steps * batch / median_seconds(qat, repeats=1, device=dev),
+            "images/s",
+        )
     )
 
     sample = lambda m: ddim_sample(m, diffusion, noise, steps=50)  # noqa: E731
-    rows.append(("sample: fp32, DDIM 50", sample_batch / median_seconds(lambda: sample(fp32)), "images/s"))
+    rows.append(("sample: fp32, DDIM 50", sample_batch / median_seconds(lambda: sample(fp32), device=dev), "images/s"))
     for bits in (8, 4):
         qmodel, _, _ = prepare_fake_quant(fp32, QuantPlan(QuantSpec(weight_bits=bits, act_bits=8)), qat=False)
         calibrate(qmodel.to(dev), ctx)
         to_device(qmodel.eval(), dev)
-        rows.append((f"sample: W{bits}A8 fake-quant, DDIM 50", sample_batch / median_seconds(lambda: sample(qmodel)), "images/s"))  # noqa: B023 (called within this iteration)
+        seconds = median_seconds(lambda: sample(qmodel), device=dev)  # noqa: B023 (called within this iteration)
+        rows.append((f"sample: W{bits}A8 fake-quant, DDIM 50", sample_batch / seconds, "images/s"))
     print(f"\n| measurement (batch {batch} train / {sample_batch} sample) | throughput | unit |\n|---|---|---|")
     for name, value, unit in rows:
         print(f"| {name} | {value:,.0f} | {unit} |")

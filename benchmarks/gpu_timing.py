@@ -16,50 +16,39 @@ from diffquant.diffusion.samplers import ddim_sample
 from diffquant.diffusion.schedule import GaussianDiffusion
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall seconds of `fn` over `repeats` calls after `warmup` untimed ones, each between CUDA synchronisations."""
+def sync(device: torch.device | None = None) -> None:
+    """Wait for `device`'s queued kernels (a CUDA device); with None, for the current CUDA device where CUDA is in use."""
+    if device is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    elif device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device | None = None) -> float:
+    """Wall seconds of one call of `fn`, between synchronisations of `device` (see `sync`)."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall seconds of `fn` over `repeats` synchronised calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        sync_all()
-        start = time.perf_counter()
-        fn()
-        sync_all()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def sync_all() -> None:
-    """Wait for the current CUDA device, where CUDA is in use."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
 def sample_seconds(model: nn.Module, diffusion: GaussianDiffusion, noise: Tensor, steps: int) -> float:
     """Wall seconds of one DDIM sampling of `steps` steps (CUDA synchronised)."""
-    sync(noise.device)
-    start = time.perf_counter()
-    ddim_sample(model, diffusion, noise, steps=steps)
-    sync(noise.device)
-    return time.perf_counter() - start
+    return timed(lambda: ddim_sample(model, diffusion, noise, steps=steps), noise.device)
 
 
 def forward_ms(model: nn.Module, x: Tensor, t: Tensor, iters: int = 10) -> float:
     """Median milliseconds of one forward, each timed alone between synchronisations (the sampler's cost left out)."""
-    times = []
-    for _ in range(iters):
-        sync(x.device)
-        start = time.perf_counter()
-        model(x, t)
-        sync(x.device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_seconds(lambda: model(x, t), iters, warmup=0, device=x.device) * 1000
 
 
 def peak_memory_gib(runner: nn.Module, diffusion: GaussianDiffusion, noise: Tensor) -> float:
