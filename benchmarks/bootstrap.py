@@ -5,30 +5,18 @@ replicates, torch threads, seconds) for the classifier space (D = 128) and the I
 (D = 2048) at 512 and 1024 samples (one and two eval seeds) against a digits-sized (359) and an
 MNIST-sized (10 000) reference, on random features of those shapes: the cost depends on the shapes
 only (and a little on the data: recall tests the pairs a ball can reach). The machine line
-names the CPU and whether it has AVX-512.
+names the CPU and its int8 ISA class (`avx512_vnni`, `avx2`, ...).
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 
 import torch
 
 from diffquant.metrics.paired import PairedSets, paired_bootstrap
-
-
-def machine() -> str:
-    """CPU model, logical cores and its widest vector ISA (from /proc/cpuinfo where there is one)."""
-    name, flags = platform.processor(), ""
-    if os.path.exists("/proc/cpuinfo"):
-        lines = open("/proc/cpuinfo").read().splitlines()
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
-        flags = next((line.split(":", 1)[1] for line in lines if line.startswith("flags")), "")
-    isa = "AVX-512" if "avx512f" in flags.split() else "AVX2-only" if "avx2" in flags.split() else "no AVX2"
-    return f"{name}, {os.cpu_count()} logical cores, {isa}"
+from diffquant.quant.machine import cpu_info
 
 
 def seconds(n: int, d: int, replicates: int, reference: int = 359) -> float:
@@ -53,7 +41,7 @@ def seconds(n: int, d: int, replicates: int, reference: int = 359) -> float:
 
 def main(argv: list[str]) -> None:
     replicates = int(argv[0]) if argv else 1000
-    print(f"Machine: {machine()}; torch {torch.__version__}\n")
+    print(f"Machine: {cpu_info().describe()}; torch {torch.__version__}\n")
     print("| N | D | M | B | threads | seconds |\n|---|---|---|---|---|---|")
     for n, d, m in ((512, 128, 359), (1024, 128, 359), (512, 128, 10_000), (512, 2048, 359), (1024, 2048, 359)):
         print(f"| {n} | {d} | {m} | {replicates} | {torch.get_num_threads()} | {seconds(n, d, replicates, m):.1f} |", flush=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -86,6 +85,7 @@ from diffquant.quant.calibration import CalibrationData, collect_trajectory  # n
 from diffquant.quant.engine import resolve_int8_numerics, set_engine  # noqa: E402
 from diffquant.quant.execution.compiling import compile_fp32  # noqa: E402
 from diffquant.quant.execution.scripted import ScriptedInt8  # noqa: E402
+from diffquant.quant.machine import cpu_info  # noqa: E402
 from diffquant.quant.plan import QuantContext  # noqa: E402
 from diffquant.quant.size import state_dict_bytes  # noqa: E402
 
@@ -97,21 +97,9 @@ class Variant:
     model: torch.nn.Module = field(repr=False)
     engine: str = "x86"
     bytes: int = 0
+    scheme: str = ""  # the int8 grid the self-test chose (backend.int8_scheme=auto) or the run named
     compile_s: dict[int, float] = field(default_factory=dict)  # batch -> seconds of compiling (first call)
     times: dict[int, list[float]] = field(default_factory=dict)
-
-
-def machine() -> str:
-    """CPU model and core count as the kernel reports them."""
-    name = (
-        next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-            platform.processor(),
-        )
-        if os.path.exists("/proc/cpuinfo")
-        else platform.processor()
-    )
-    return f"{name}, {os.cpu_count()} logical cores"
 
 
 def compose_config(overrides: list[str]) -> Config:
@@ -138,8 +126,9 @@ def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: Q
     )  # >= 30: the bootstrap minimum
     engine = job.backend.engine
     set_engine(engine)
-    outcome = build_strategy(job, resolve_int8_numerics(engine, job.backend.int8_scheme)).quantize(model, ctx)
-    variant = Variant(name, outcome.execution, outcome.model, engine, state_dict_bytes(outcome.model))
+    numerics = resolve_int8_numerics(engine, job.backend.int8_scheme)
+    outcome = build_strategy(job, numerics).quantize(model, ctx)
+    variant = Variant(name, outcome.execution, outcome.model, engine, state_dict_bytes(outcome.model), numerics.scheme.name)
     if outcome.compile_seconds:
         variant.compile_s[first_batch] = outcome.compile_seconds
     return variant
@@ -148,7 +137,7 @@ def int8_variant(overrides: list[str], name: str, model: torch.nn.Module, ctx: Q
 def python_variants(int8: list[Variant]) -> list[Variant]:
     """`<name> python`: each scripted int8 model's eager module, run from Python (qnnpack's is too slow to repeat)."""
     return [
-        Variant(f"{v.name} python", v.execution, v.model.eager, v.engine, v.bytes)
+        Variant(f"{v.name} python", v.execution, v.model.eager, v.engine, v.bytes, v.scheme)
         for v in int8
         if isinstance(v.model, ScriptedInt8) and v.engine != "qnnpack"
     ]
@@ -252,7 +241,7 @@ def table(name: str, variants: list[Variant], batches: list[int]) -> list[str]:
             med = statistics.median(v.times[batch])
             comp = f"{v.compile_s[batch]:.1f}" if batch in v.compile_s else "–"
             rows.append(
-                f"| {name} | {batch} | {v.name} | {v.execution} | {med:.3f} | {batch / med:.1f} | "
+                f"| {name} | {batch} | {v.name} | {v.execution}{' ' + v.scheme if v.scheme else ''} | {med:.3f} | {batch / med:.1f} | "
                 f"{base / med:.2f}x | {compiled / med:.2f}x | {v.bytes:,} | {v.bytes / variants[0].bytes:.2f} | {comp} |"
             )
     return rows
@@ -265,7 +254,7 @@ def main() -> None:
     batches = [int(b) for b in opts["batch"].split(",")]
     header = {
         **opts,
-        "machine": machine(),
+        "machine": cpu_info().describe(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "malloc_env": {k: os.environ.get(k, "(glibc default)") for k in TUNED_MALLOC},
