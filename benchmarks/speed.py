@@ -18,7 +18,9 @@ same model run eagerly from Python (`backend.torchscript=false`). Weights are ra
 not depend on them), but calibration runs the real data flow: (x_t, t) pairs from the model's own
 DDIM trajectory. Each round times one full sampling of every variant in turn; the table shows
 medians over `repeats` rounds after one warm-up round (compiling happens there and is reported
-apart).
+apart). The speedup columns pair the rounds: the median of the per-round ratios (baseline time /
+variant time, measured back to back) with their [min, max] over the rounds, since on a shared
+machine a whole round can run 10-20 % slower than the next.
 
 glibc malloc returns large blocks to the OS and page-faults them back on every step of a sampling
 loop (hundreds of thousands of faults per run, FP32 markedly slower); unless `allocator=default`, the
@@ -231,18 +233,27 @@ def run_model(name: str, opts: dict[str, str], overrides: list[str]) -> list[Var
     return variants
 
 
+def paired_ratio(base: list[float], times: list[float]) -> str:
+    """base / times round by round (each round times every variant back to back): median [min, max]."""
+    ratios = [b / t for b, t in zip(base, times, strict=True)]
+    return f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]"
+
+
 def table(name: str, variants: list[Variant], batches: list[int]) -> list[str]:
-    """Markdown rows: median time, throughput, speedups, bytes and compile time per variant and batch."""
+    """Markdown rows: median time, throughput, per-round speedups, bytes and compile time per variant and batch."""
     rows = []
     for batch in batches:
-        base = statistics.median(variants[0].times[batch])
-        compiled = min(statistics.median(v.times[batch]) for v in variants if v.name.startswith("fp32 compiled"))
+        base = variants[0].times[batch]
+        compiled = min(
+            (v for v in variants if v.name.startswith("fp32 compiled")), key=lambda v: statistics.median(v.times[batch])
+        ).times[batch]
         for v in variants:
             med = statistics.median(v.times[batch])
             comp = f"{v.compile_s[batch]:.1f}" if batch in v.compile_s else "–"
             rows.append(
-                f"| {name} | {batch} | {v.name} | {v.execution}{' ' + v.scheme if v.scheme else ''} | {med:.3f} | {batch / med:.1f} | "
-                f"{base / med:.2f}x | {compiled / med:.2f}x | {v.bytes:,} | {v.bytes / variants[0].bytes:.2f} | {comp} |"
+                f"| {name} | {batch} | {v.name} | {v.execution}{' ' + v.scheme if v.scheme else ''} | {med:.3f} | "
+                f"{batch / med:.1f} | {paired_ratio(base, v.times[batch])} | {paired_ratio(compiled, v.times[batch])} | "
+                f"{v.bytes:,} | {v.bytes / variants[0].bytes:.2f} | {comp} |"
             )
     return rows
 
@@ -272,7 +283,7 @@ def main() -> None:
         ]
     print(f"load average after: {os.getloadavg()}")
     print(
-        "| model | batch | variant | execution | s / sampling (median) | images/s | vs eager fp32 | vs compiled fp32 "
+        "| model | batch | variant | execution | s / sampling (median) | images/s | vs eager fp32 [min, max] | vs compiled fp32 [min, max] "
         "| state_dict bytes | vs fp32 | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     print("\n".join(rows), flush=True)
