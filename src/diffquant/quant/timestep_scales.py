@@ -25,7 +25,7 @@ from torch.ao.nn.intrinsic import quantized as nniq
 
 from diffquant.errors import DiffquantError
 from diffquant.quant.calibration import CalibrationData
-from diffquant.quant.execution.fast_int8 import Int8Wrapper
+from diffquant.quant.execution.fast_int8 import Int8Wrapper, conv_at, linear_at
 from diffquant.quant.execution.scripted import ScriptedInt8
 from diffquant.quant.observers import RefreshedOnUse
 
@@ -164,24 +164,6 @@ class TimestepQuantize(nn.Module):
     def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
         g = self.clock.current(x.shape[0])[:1] if group is None else group  # TimestepInt8Wrapper splits mixed batches
         return torch.quantize_per_tensor(x, self.scale[g], self.zero_point[g], torch.quint8)
-
-
-# The int8 ops with the output scale as an argument: TorchScript-compiled under tracing, so a trace reads the
-# table row at every call instead of recording one call's scale (as fast_int8.quantize_dynamic does).
-def conv_at(x: Tensor, packed: torch.classes.quantized.Conv2dPackedParamsBase, scale: Tensor, zp: Tensor, kind: int) -> Tensor:
-    """kind 0: conv2d, 1: conv2d_relu, 2: conv_transpose2d."""
-    if kind == 1:
-        return torch.ops.quantized.conv2d_relu(x, packed, float(scale), int(zp))
-    if kind == 2:
-        return torch.ops.quantized.conv_transpose2d(x, packed, float(scale), int(zp))
-    return torch.ops.quantized.conv2d(x, packed, float(scale), int(zp))
-
-
-def linear_at(x: Tensor, packed: torch.classes.quantized.LinearPackedParamsBase, scale: Tensor, zp: Tensor, relu: bool) -> Tensor:
-    """quantized.linear (or linear_relu) with this output scale."""
-    if relu:
-        return torch.ops.quantized.linear_relu(x, packed, float(scale), int(zp))
-    return torch.ops.quantized.linear(x, packed, float(scale), int(zp))
 
 
 class TimestepInt8Wrapper(Int8Wrapper):

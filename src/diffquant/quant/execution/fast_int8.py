@@ -11,6 +11,8 @@ showed where the time went besides the int8 convolutions, which emit channels_la
 - `QuantWrapper` calls three modules per layer; `Int8Wrapper` dequantizes inline.
 - The x86 engine runs its oneDNN kernels only for weights with zero points 0 (symmetric); affine
   weights fall back to FBGEMM's slower kernels: a warning says so.
+- `conv_at` / `linear_at` take the output scale as an argument (per-timestep scale tables read a
+  row per call; `quant/timestep_scales.py`).
 """
 
 from __future__ import annotations
@@ -121,3 +123,21 @@ def speed_up_int8(model: nn.Module) -> nn.Module:
             "kernels need symmetric weights: quant.symmetric=true"
         )
     return model
+
+
+# The int8 ops with the output scale as an argument: TorchScript-compiled under tracing, so a trace reads the
+# table row at every call instead of recording one call's scale (as fast_int8.quantize_dynamic does).
+def conv_at(x: Tensor, packed: torch.classes.quantized.Conv2dPackedParamsBase, scale: Tensor, zp: Tensor, kind: int) -> Tensor:
+    """kind 0: conv2d, 1: conv2d_relu, 2: conv_transpose2d."""
+    if kind == 1:
+        return torch.ops.quantized.conv2d_relu(x, packed, float(scale), int(zp))
+    if kind == 2:
+        return torch.ops.quantized.conv_transpose2d(x, packed, float(scale), int(zp))
+    return torch.ops.quantized.conv2d(x, packed, float(scale), int(zp))
+
+
+def linear_at(x: Tensor, packed: torch.classes.quantized.LinearPackedParamsBase, scale: Tensor, zp: Tensor, relu: bool) -> Tensor:
+    """quantized.linear (or linear_relu) with this output scale."""
+    if relu:
+        return torch.ops.quantized.linear_relu(x, packed, float(scale), int(zp))
+    return torch.ops.quantized.linear(x, packed, float(scale), int(zp))
