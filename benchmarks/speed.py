@@ -20,7 +20,8 @@ DDIM trajectory. Each round times one full sampling of every variant in turn; th
 medians over `repeats` rounds after one warm-up round (compiling happens there and is reported
 apart). The speedup columns pair the rounds: the median of the per-round ratios (baseline time /
 variant time, measured back to back) with their [min, max] over the rounds, since on a shared
-machine a whole round can run 10-20 % slower than the next.
+machine a whole round can run 10-20 % slower than the next. Every round's times land in
+`outputs/benchmarks/speed/<date>-<time>.json`, one file per run.
 
 glibc malloc returns large blocks to the OS and page-faults them back on every step of a sampling
 loop (hundreds of thousands of faults per run, FP32 markedly slower); unless `allocator=default`, the
@@ -289,7 +290,9 @@ def main() -> None:
     print("\n".join(rows), flush=True)
     out = ROOT / "outputs" / "benchmarks" / "speed"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"header": header, "results": results}, indent=1))
+    name = time.strftime("%Y-%m-%d-%H%M%S") + ".json"  # one file per run: a record's raw rounds stay findable
+    (out / name).write_text(json.dumps({"header": header, "results": results}, indent=1))
+    print(f"per-round times: {out / name}")
 
 
 if __name__ == "__main__":
