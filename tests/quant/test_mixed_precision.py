@@ -18,6 +18,7 @@ from diffquant.quant.engine import resolve_int8_numerics, set_engine
 from diffquant.quant.methods import MethodInputs, ptq, qat
 from diffquant.quant.mixed_precision import Budget, Layer, choose_bits, layer_bytes, solve
 from diffquant.quant.plan import QuantOutcome
+from diffquant.quant.qconfig import QuantSpec
 from helpers import calibration_context, random_pairs
 
 SETTINGS = {"observer": "minmax", "dynamic_input": False, "bias_correction": 0, "sensitivity": False, "keep_float": []}
@@ -56,15 +57,25 @@ def quantized(method: str = "ptq", **settings: object) -> QuantOutcome:
     return strategy.quantize(OneSensitive().eval(), calibration_context(data.x, data.t))
 
 
+def grid_width(quant_min: int, quant_max: int) -> int:
+    """Bits of an integer grid [quant_min, quant_max]."""
+    return int(quant_max - quant_min + 1).bit_length() - 1
+
+
+def eight_bit_width() -> int:
+    """Bits of the grid an 8-bit layer gets on this machine's int8 scheme: 7 on w7a8 (the self-test's pick without VNNI)."""
+    scheme = resolve_int8_numerics("fbgemm", "auto").scheme
+    return grid_width(*QuantSpec(weight_bits=8, reduce_weight_range=scheme.reduce_weight_range).weight_range())
+
+
 def model_bits(outcome: QuantOutcome) -> dict[str, int]:
-    """Each wrapped layer's weight width, read off its fake quantizer's grid; an 8-bit layer on the machine's
-    int8 scheme's grid counts as 8 (w7a8, the self-test's pick without VNNI, narrows it to [-64, 63])."""
-    narrow = resolve_int8_numerics("fbgemm", "auto").scheme.reduce_weight_range
+    """Each wrapped layer's weight width, read off its fake quantizer's grid; the 8-bit layers' grid counts as 8."""
+    narrowed = eight_bit_width()
     bits = {}
     for name in outcome.wrapped_layers:
         fq = outcome.model.get_submodule(name).module.weight_fake_quant
-        width = int(fq.quant_max - fq.quant_min + 1).bit_length() - 1
-        bits[name] = 8 if narrow and width == 7 else width
+        width = grid_width(fq.quant_min, fq.quant_max)
+        bits[name] = 8 if width == narrowed else width
     return bits
 
 
@@ -121,8 +132,7 @@ def test_the_sensitive_layer_gets_the_one_upgrade_the_budget_allows() -> None:
     errors = plan["layer_errors"]
     assert errors["fc.1"]["4"] > 10 * max(errors[n]["4"] for n in ("fc.0", "fc.2", "fc.3"))
     # 50x less error on [-128, 127]; each bit fewer (w7a8's [-64, 63] without VNNI) doubles the step: 4x the error
-    width = 7 if resolve_int8_numerics("fbgemm", "auto").scheme.reduce_weight_range else 8
-    assert all(e["8"] < e["4"] / (50 / 4 ** (8 - width)) for e in errors.values())
+    assert all(e["8"] < e["4"] / (50 / 4 ** (8 - eight_bit_width())) for e in errors.values())
     assert plan["est_loss"] == pytest.approx(errors["fc.1"]["8"] + sum(errors[n]["4"] for n in ("fc.0", "fc.2", "fc.3")))
     assert model_bits(outcome) == plan["layer_bits"] and outcome.execution == "fakequant"
 
